@@ -1,0 +1,22 @@
+"""Backends that compute the RWWCE loss on a flattened (M, K) problem.
+
+Every backend implements the same function (one dispatch point lives in ``rwwce.functional``)::
+
+    loss(logits, target, fn_weight, fp_weight, row_scale, label_smoothing, reduce) -> Tensor
+
+* ``logits``: (M, K) float16 / bfloat16 / float32 / float64, class dimension last.
+* ``target``: (M,) int64 class indices, all in [0, K) (ignored rows already carry a valid
+  placeholder class and a zero ``row_scale``), or (M, K) class probabilities (soft targets,
+  label smoothing already applied) in the compute dtype.
+* ``fn_weight``: (K,) in the compute dtype (float32, or float64 for float64 logits).
+* ``fp_weight``: ``None``, (K,) (FP[t, j] = v[j] for j != t) or (K, K) with a zero diagonal.
+* ``row_scale``: (M,) compute dtype, detached: ignore mask x sample weight / reduction denominator.
+* ``label_smoothing``: applies to index targets only: y = (1 - e) onehot(t) + e / K.
+* ``reduce``: True returns the 0-dim sum over rows of ``row_scale * loss_row``; False returns the
+  (M,) vector ``row_scale * loss_row``. Both in the compute dtype; differentiable w.r.t. ``logits``
+  only (the gradient comes back in the logits' dtype).
+
+The unreduced row loss, with p = softmax(z), a = y * fn and w = y @ FP::
+
+    loss_row = - sum_k a_k log p_k  -  sum_j w_j log(1 - p_j)
+"""
