@@ -1,0 +1,194 @@
+"""Argument checks shared by :mod:`rwwce.functional` and :mod:`rwwce.modules`.
+
+Two kinds of check:
+
+* static checks (types, shapes, option strings) read only metadata and always run;
+* data checks (ranges, NaN, distributions) read tensor values, which synchronises with a GPU, so
+  they run only when asked (``validate=True``, a module's first call, or CPU tensors by default).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Reduction = Literal["none", "sum", "mean", "weighted_mean"]
+InputType = Literal["logits", "probs"]
+Backend = Literal["auto", "torch", "triton"]
+
+REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
+INPUT_TYPES = ("logits", "probs")
+BACKENDS = ("auto", "torch", "triton")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_input(input: object, name: str = "input") -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(input).__name__}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64; got dtype {input.dtype}"
+        )
+
+
+def check_label_smoothing(value: float) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"label_smoothing must be a float in [0, 1]; got {value!r}")
+
+
+def should_check_data(validate: bool | None, *tensors: Tensor | None) -> bool:
+    """``validate=None`` checks data only when nothing lives on an accelerator (no sync)."""
+    if validate is not None:
+        return bool(validate)
+    return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
+def as_tensor(
+    name: str, value: object, *, device: torch.device, dtype: torch.dtype
+) -> Tensor | None:
+    """Weights given as a tensor, a NumPy array, a list or a number, as a tensor on ``device``."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
+        return value.detach().to(device=device, dtype=dtype)
+    try:
+        return torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"{name} must be a tensor, an array or a number; got {type(value).__name__}"
+        ) from error
+
+
+def fn_weight_vector(fn_weight: Tensor | None, num_classes: int) -> Tensor | None:
+    """Accept (K,) or the paper's (K, K) diagonal form; return (K,). Shape checks only."""
+    if fn_weight is None:
+        return None
+    if fn_weight.dim() == 1 and fn_weight.shape[0] == num_classes:
+        return fn_weight
+    if fn_weight.dim() == 2 and tuple(fn_weight.shape) == (num_classes, num_classes):
+        return torch.diagonal(fn_weight)
+    raise ValueError(
+        f"fn_weight must have shape ({num_classes},) or the diagonal form ({num_classes}, "
+        f"{num_classes}) for {num_classes} classes; got shape {tuple(fn_weight.shape)}"
+    )
+
+
+def check_fp_weight_shape(fp_weight: Tensor | None, num_classes: int) -> None:
+    if fp_weight is None:
+        return
+    if tuple(fp_weight.shape) not in ((num_classes,), (num_classes, num_classes)):
+        raise ValueError(
+            f"fp_weight must be None, shape ({num_classes},) or ({num_classes}, {num_classes}) "
+            f"for {num_classes} classes; got shape {tuple(fp_weight.shape)}"
+        )
+    if num_classes < 2:
+        raise ValueError(f"fp_weight needs at least 2 classes; the input has {num_classes}")
+
+
+def check_weight_values(name: str, weight: Tensor | None) -> None:
+    """Finite and non-negative (a data check). PyTorch accepts negative class weights; a negative
+    cost would reward the mistake it is meant to penalise, so we refuse it."""
+    if weight is None:
+        return
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"{name} must be finite; got {_first_bad(weight, ~torch.isfinite(weight))}")
+    if bool((weight < 0).any()):
+        raise ValueError(
+            f"{name} must be non-negative (a negative cost would reward that mistake); "
+            f"got {_first_bad(weight, weight < 0)}"
+        )
+
+
+def check_fn_matrix_diagonal(fn_weight: Tensor | None) -> None:
+    if fn_weight is None or fn_weight.dim() != 2:
+        return
+    off_diagonal = fn_weight - torch.diag(torch.diagonal(fn_weight))
+    if bool((off_diagonal != 0).any()):
+        raise ValueError(
+            "fn_weight given as a (K, K) matrix must be diagonal (the paper's form); "
+            f"got a non-zero off-diagonal entry {_first_bad(fn_weight, off_diagonal != 0)}; "
+            "put false-positive costs in fp_weight"
+        )
+
+
+def check_fp_diagonal(fp_weight: Tensor | None) -> None:
+    if fp_weight is None or fp_weight.dim() != 2:
+        return
+    diagonal = torch.diagonal(fp_weight)
+    if bool((diagonal != 0).any()):
+        index = int(torch.nonzero(diagonal != 0)[0, 0])
+        raise ValueError(
+            "fp_weight (K, K) must have a zero diagonal (predicting the true class is no false "
+            f"positive); got fp_weight[{index}, {index}] = {float(diagonal[index]):g}"
+        )
+
+
+def check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        raise IndexError(
+            f"target holds class indices in [0, {num_classes}) or ignore_index={ignore_index}; "
+            f"got {_first_bad(target, bad)}"
+        )
+
+
+def check_soft_targets(target: Tensor, tolerance: float = 1e-3) -> None:
+    if not bool(torch.isfinite(target).all()) or bool((target < 0).any()):
+        bad = ~torch.isfinite(target) | (target < 0)
+        raise ValueError(
+            "target given as class probabilities must be finite and non-negative; "
+            f"got {_first_bad(target, bad)}"
+        )
+    sums = target.sum(dim=1, dtype=torch.float64)
+    off = (sums - 1).abs() > tolerance
+    if bool(off.any()):
+        raise ValueError(
+            "target given as class probabilities must sum to 1 over dim 1; got a row summing to "
+            f"{float(sums[off][0]):.6g}; to pass class indices use an integer dtype"
+        )
+
+
+def check_input_values(input: Tensor, input_type: str) -> None:
+    """NaN/inf in the input, probabilities outside [0, 1], and softmax output passed as logits."""
+    if input_type == "probs":
+        if not bool(((input >= 0) & (input <= 1)).all()):
+            bad = ~((input >= 0) & (input <= 1))
+            raise ValueError(
+                f"input_type='probs' needs values in [0, 1]; got {_first_bad(input, bad)}"
+            )
+        return
+    if bool(torch.isnan(input).any()) or bool(torch.isposinf(input).any()):
+        bad = torch.isnan(input) | torch.isposinf(input)
+        raise ValueError(f"input (logits) must not hold NaN or +inf; got {_first_bad(input, bad)}")
+
+
+def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
+    """Warn when every row is in [0, 1] and sums to 1: softmax output passed as logits."""
+    if input.numel() == 0 or input.shape[class_dim] < 2:
+        return
+    in_unit = bool(((input >= 0) & (input <= 1)).all())
+    if in_unit and bool(((input.sum(dim=class_dim, dtype=torch.float32) - 1).abs() < 1e-3).all()):
+        warnings.warn(
+            "input looks like probabilities (every row is in [0, 1] and sums to 1) but "
+            "input_type='logits'; pass raw logits, or input_type='probs' if the model ends in "
+            "softmax",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _first_bad(values: Tensor, bad: Tensor) -> str:
+    index = tuple(int(i) for i in torch.nonzero(bad)[0])
+    shown = index[0] if len(index) == 1 else index
+    return f"{values[index].item()!r} at index {shown}"

@@ -1,0 +1,412 @@
+"""The loss functions: validate the arguments, then dispatch to a backend.
+
+:func:`real_world_weight_cross_entropy` is the single-label (softmax) loss and
+:func:`binary_real_world_weight_cross_entropy` the binary / multi-label (sigmoid) one, after
+Ho & Wookey, "The Real-World-Weight Cross-Entropy Loss Function: Modeling the Costs of
+Mislabeling", IEEE Access 8 (2020).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rwwce import _validate as V
+from rwwce.kernels import reference
+from rwwce.kernels.reference import compute_dtype
+
+__all__ = ["real_world_weight_cross_entropy", "binary_real_world_weight_cross_entropy"]
+
+
+def real_world_weight_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    fn_weight: Tensor | None = None,
+    fp_weight: Tensor | None = None,
+    *,
+    sample_weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: V.Reduction = "mean",
+    label_smoothing: float = 0.0,
+    input_type: V.InputType = "logits",
+    validate: bool | None = None,
+    global_normalize: bool = False,
+    backend: V.Backend = "auto",
+) -> Tensor:
+    r"""Real-World-Weight Cross-Entropy: cross-entropy with a false-negative weight per class and a
+    false-positive cost matrix.
+
+    For logits z, p = softmax(z) and target class t, each element's loss is
+
+    .. math::
+        \ell = -\,fn_t \log p_t \;-\; \sum_{j \ne t} FP_{t,j} \log(1 - p_j)
+
+    and for class-probability targets y, :math:`\ell = -\sum_k y_k fn_k \log p_k -
+    \sum_j (y\,FP)_j \log(1 - p_j)`. ``label_smoothing`` e turns t into
+    y = (1 - e) onehot(t) + e / K. With ``fp_weight=None`` this is class-weighted cross-entropy.
+
+    :math:`\log(1 - p_j)` is computed in log space, never by clipping: a confidently wrong
+    prediction with a logit gap of 1e4 costs about 1e4 (fn + FP) and keeps a non-zero gradient.
+
+    Reductions (``sample_weight`` s multiplies each element's loss first):
+
+    * ``'none'``: the per-element losses, shape of the target's index form (N, d1, ..., dk).
+    * ``'sum'``: :math:`\sum_i s_i \ell_i`.
+    * ``'mean'``: the sum divided by the number of non-ignored elements (the paper's per-sample
+      mean: the loss keeps the units of the costs). Sample weights do not change this count.
+    * ``'weighted_mean'``: the sum divided by :math:`\sum_i s_i\, fn_{t_i}` over non-ignored
+      elements (by :math:`\sum_i s_i` for probability targets): with ``fp_weight=None`` this is
+      exactly ``F.cross_entropy(weight=fn_weight, reduction='mean')``.
+
+    A batch whose denominator is 0 (every target ignored) gives a loss of 0 with a zero gradient
+    under ``'mean'`` and ``'weighted_mean'``; PyTorch returns NaN there.
+
+    Args:
+        input: logits (or probabilities with ``input_type='probs'``), float16, bfloat16, float32
+            or float64. Computed in float32 at least.
+        target: class indices (an integer dtype) or class probabilities (a floating dtype, the
+            input's shape).
+        fn_weight: (K,) false-negative weight of each class, or the paper's (K, K) diagonal form.
+            Default: all ones.
+        fp_weight: ``None`` (no false-positive term), (K,) meaning FP[t, j] = v[j] for every
+            t != j, or (K, K) with a zero diagonal: FP[t, j] is the cost weight of putting
+            probability on class j when the truth is t.
+        sample_weight: (N,) or the target's index shape: a non-negative weight per element.
+        ignore_index: class-index targets equal to it contribute nothing. Default -100.
+        reduction: ``'none'`` | ``'sum'`` | ``'mean'`` | ``'weighted_mean'``. Default ``'mean'``.
+        label_smoothing: e in [0, 1]. Default 0.
+        input_type: ``'logits'`` (default) or ``'probs'`` for a model that ends in softmax.
+            Probabilities are floored at the smallest normal float32 before the log, so an exact
+            0 gives a large finite loss (about 87 fn) rather than inf.
+        validate: check the data (target range, distributions, NaN, weight values) and warn when
+            logits look like softmax output. ``None`` (default) checks tensors on the CPU and skips
+            the checks on an accelerator, where they would synchronise; ``True`` always checks.
+        global_normalize: under torch.distributed, divide ``'mean'`` / ``'weighted_mean'`` by
+            the denominator summed over all processes, times the world size, so that
+            DistributedDataParallel's gradient averaging yields the exact global-batch gradient.
+        backend: ``'auto'`` (the Triton kernel for CUDA inputs when available, else PyTorch),
+            ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported).
+
+    Shape:
+        - input: (K,), (N, K) or (N, K, d1, ..., dk).
+        - target: (), (N) or (N, d1, ..., dk) of class indices in [0, K); or the input's shape.
+        - output: a scalar, or the target's index shape for ``reduction='none'``, in the input's
+          dtype.
+
+    Example::
+
+        >>> import torch, rwwce
+        >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+        >>> target = torch.tensor([0, 1])
+        >>> fp = torch.tensor([[0, 1, 1], [9, 0, 1], [1, 1, 0]], dtype=torch.float32)
+        >>> rwwce.real_world_weight_cross_entropy(logits, target, fp_weight=fp)
+        tensor(3.0519)
+    """
+    V.check_input(input)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    V.check_choice("input_type", input_type, V.INPUT_TYPES)
+    V.check_choice("backend", backend, V.BACKENDS)
+    V.check_label_smoothing(label_smoothing)
+    if not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
+
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+        if sample_weight is not None and torch.as_tensor(sample_weight).dim() == 0:
+            sample_weight = torch.as_tensor(sample_weight).reshape(1)
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: shape (K,), (N, K) or (N, K, ...)")
+    num_classes = input.shape[1]
+    element_shape = (input.shape[0], *input.shape[2:])
+    soft = _is_soft_target(input, target, element_shape)
+
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fn = V.fn_weight_vector(fn_given, num_classes)
+    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    V.check_fp_weight_shape(fp, num_classes)
+    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    weights = _sample_weight_per_element(weights, element_shape)
+
+    if V.should_check_data(validate, input, target, fn_given, fp, weights):
+        V.check_weight_values("fn_weight", fn_given)
+        V.check_fn_matrix_diagonal(fn_given)
+        V.check_weight_values("fp_weight", fp)
+        V.check_fp_diagonal(fp)
+        V.check_weight_values("sample_weight", weights)
+        V.check_input_values(input, input_type)
+        if input_type == "logits":
+            V.warn_if_probabilities(input)
+        if soft:
+            V.check_soft_targets(_classes_last(target))
+        else:
+            V.check_class_targets(target, num_classes, ignore_index)
+
+    logits = _classes_last(_as_logits(input, input_type))
+    if fn is None:
+        fn = torch.ones(num_classes, dtype=dtype, device=device)
+
+    if soft:
+        target_2d = _classes_last(target).to(dtype)
+        if label_smoothing:
+            target_2d = target_2d * (1.0 - label_smoothing) + label_smoothing / num_classes
+        smoothing = 0.0
+        valid = None
+        row_weight = torch.ones(target_2d.shape[0], dtype=dtype, device=device)
+    else:
+        flat = target.reshape(-1).long()
+        valid = flat != ignore_index
+        target_2d = torch.where(valid, flat, torch.zeros_like(flat))
+        smoothing = float(label_smoothing)
+        row_weight = valid.to(dtype)
+    if weights is not None:
+        row_weight = row_weight * weights.reshape(-1)
+
+    denominator = _denominator(reduction, row_weight, fn, target_2d, valid)
+    row_scale = _row_scale(row_weight, denominator, global_normalize)
+    loss = _pick_backend(backend, logits, target_2d, fp)(
+        logits, target_2d, fn, fp, row_scale, smoothing, reduction != "none"
+    )
+    if reduction == "none":
+        loss = loss.reshape(element_shape)
+        if unbatched:
+            loss = loss.squeeze(0)
+    return loss.to(input.dtype)
+
+
+def binary_real_world_weight_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    fn_weight: float | Tensor = 1.0,
+    fp_weight: float | Tensor = 1.0,
+    *,
+    sample_weight: Tensor | None = None,
+    reduction: V.Reduction = "mean",
+    input_type: V.InputType = "logits",
+    validate: bool | None = None,
+) -> Tensor:
+    r"""Binary / multi-label Real-World-Weight Cross-Entropy (sigmoid outputs).
+
+    For a logit z and a target y in [0, 1], each element's loss is
+
+    .. math::
+        \ell = fn \cdot y \cdot \mathrm{softplus}(-z) \;+\; fp \cdot (1 - y) \cdot
+        \mathrm{softplus}(z)
+
+    i.e. :math:`-fn\,y \log \sigma(z) - fp\,(1-y) \log(1-\sigma(z))`, computed stably. It equals
+    ``F.binary_cross_entropy_with_logits(weight=w, pos_weight=pw)`` with fn = w * pw, fp = w.
+
+    Reductions: ``'none'``; ``'sum'``; ``'mean'`` (divide by the number of elements);
+    ``'weighted_mean'`` (divide by :math:`\sum s\,(fn\,y + fp\,(1-y))`, the total weight).
+
+    Args:
+        input: logits, or probabilities with ``input_type='probs'`` (floored at the smallest
+            normal float32 before the log, so 0 and 1 give a large finite loss, not inf).
+        target: the input's shape, values in [0, 1] (bool and integer targets are accepted).
+        fn_weight: cost weight of a missed positive: a number or a tensor broadcastable to the
+            input (e.g. (C,) for C labels). Default 1.
+        fp_weight: cost weight of a false alarm, likewise. Default 1.
+        sample_weight: non-negative weights broadcastable to the input.
+        reduction: ``'none'`` | ``'sum'`` | ``'mean'`` | ``'weighted_mean'``. Default ``'mean'``.
+        input_type: ``'logits'`` (default) or ``'probs'``.
+        validate: check target range, weights and NaN (see
+            :func:`real_world_weight_cross_entropy`).
+
+    Shape:
+        - input: any shape, e.g. (N,) or (N, C) for C labels.
+        - target: the input's shape.
+        - output: a scalar, or the input's shape for ``'none'``, in the input's dtype.
+
+    Example::
+
+        >>> import torch, rwwce
+        >>> logits = torch.tensor([2.0, -1.0, 0.5])
+        >>> target = torch.tensor([1.0, 1.0, 0.0])
+        >>> rwwce.binary_real_world_weight_cross_entropy(logits, target, fn_weight=20.0)
+        tensor(9.9260)
+    """
+    V.check_input(input)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    V.check_choice("input_type", input_type, V.INPUT_TYPES)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
+        _check_broadcasts(name, value, input.shape)
+
+    if V.should_check_data(validate, input, target, fn, fp, weights):
+        for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
+            V.check_weight_values(name, value)
+        V.check_input_values(input, input_type)
+        if not bool(((target >= 0) & (target <= 1)).all()):
+            bad = ~((target >= 0) & (target <= 1))
+            raise ValueError(f"target must be in [0, 1]; got {V._first_bad(target, bad)}")
+
+    x = input.to(dtype)
+    y = target.to(dtype)
+    if input_type == "logits":
+        neg_log_p, neg_log_not_p = F.softplus(-x), F.softplus(x)
+    else:
+        tiny = torch.finfo(torch.float32).tiny
+        neg_log_p = -torch.log(x.clamp_min(tiny))
+        neg_log_not_p = -torch.log((1.0 - x).clamp_min(tiny))
+    loss = fn * y * neg_log_p + fp * (1.0 - y) * neg_log_not_p
+    if weights is not None:
+        loss = loss * weights
+
+    if reduction == "none":
+        return loss.to(input.dtype)
+    total = loss.sum()
+    if reduction == "mean":
+        total = _safe_divide(total, torch.tensor(float(loss.numel()), dtype=dtype, device=device))
+    elif reduction == "weighted_mean":
+        weight_total = fn * y + fp * (1.0 - y)
+        if weights is not None:
+            weight_total = weight_total * weights
+        total = _safe_divide(total, weight_total.expand(loss.shape).sum().detach())
+    return total.to(input.dtype)
+
+
+def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
+    """Class probabilities (the input's shape, floating) or class indices (integer)."""
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold class indices or probabilities; got dtype {target.dtype}")
+    if target.is_floating_point():
+        if target.shape == input.shape:
+            return True
+        if tuple(target.shape) == element_shape:
+            raise TypeError(
+                f"target has the class-index shape {tuple(target.shape)} but dtype {target.dtype}; "
+                "class indices must be an integer dtype (use target.long())"
+            )
+        raise ValueError(
+            f"target given as class probabilities must have the input's shape "
+            f"{tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    if tuple(target.shape) != element_shape:
+        raise ValueError(
+            f"target of class indices must have shape {element_shape} for input of shape "
+            f"{tuple(input.shape)}; got {tuple(target.shape)} (for one-hot or probability "
+            "targets use a floating dtype)"
+        )
+    return False
+
+
+def _sample_weight_per_element(
+    weights: Tensor | None, element_shape: tuple[int, ...]
+) -> Tensor | None:
+    """(N,) or the element shape (N, d1, ..., dk), expanded to the element shape."""
+    if weights is None:
+        return None
+    if tuple(weights.shape) == element_shape:
+        return weights
+    if weights.dim() == 1 and weights.shape[0] == element_shape[0]:
+        return weights.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
+    raise ValueError(
+        f"sample_weight must have shape ({element_shape[0]},) or {element_shape}; "
+        f"got {tuple(weights.shape)}"
+    )
+
+
+def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> None:
+    if value is None:
+        return
+    try:
+        broadcast = torch.broadcast_shapes(value.shape, shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != shape:
+        raise ValueError(
+            f"{name} must be a number or broadcastable to the input's shape {tuple(shape)}; "
+            f"got shape {tuple(value.shape)}"
+        )
+
+
+def _as_logits(input: Tensor, input_type: str) -> Tensor:
+    """Logits as given, or log-probabilities (softmax(log p) = p for rows that sum to 1)."""
+    if input_type == "logits":
+        return input
+    probs = input.to(compute_dtype(input.dtype))
+    return torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def _classes_last(tensor: Tensor) -> Tensor:
+    """(N, K, d1, ..., dk) -> (N * d1 * ... * dk, K); (N, K) unchanged."""
+    if tensor.dim() == 2:
+        return tensor
+    return tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
+
+
+def _denominator(
+    reduction: str, row_weight: Tensor, fn: Tensor, target: Tensor, valid: Tensor | None
+) -> Tensor | None:
+    """What 'mean' / 'weighted_mean' divide by; ``valid`` is None for probability targets."""
+    if reduction == "mean":
+        if valid is None:
+            return torch.tensor(float(row_weight.numel()), device=row_weight.device)
+        return valid.sum()
+    if reduction == "weighted_mean":
+        return row_weight.sum() if valid is None else (row_weight * fn[target]).sum()
+    return None
+
+
+def _row_scale(row_weight: Tensor, denominator: Tensor | None, global_normalize: bool) -> Tensor:
+    """Per-row factor: ignore mask x sample weight / denominator (0 when the denominator is 0)."""
+    if denominator is None:
+        return row_weight
+    denominator = denominator.to(row_weight.dtype).detach()
+    scale = 1.0
+    if global_normalize:
+        denominator, scale = _all_reduce_sum(denominator)
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, row_weight * (scale / safe), torch.zeros_like(row_weight))
+
+
+def _all_reduce_sum(value: Tensor) -> tuple[Tensor, int]:
+    """Sum over the default process group, and the world size (1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value, 1
+    total = value.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total, dist.get_world_size()
+
+
+def _safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
+    """total / denominator, and 0 (with a zero gradient) when the denominator is 0."""
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, total / safe, total * 0)
+
+
+def _pick_backend(backend: str, logits: Tensor, target: Tensor, fp_weight: Tensor | None):
+    """The one dispatch point. 'auto' takes Triton only for CUDA inputs it supports."""
+    if backend == "torch" or (backend == "auto" and not logits.is_cuda):
+        return reference.rwwce_loss
+    try:
+        from rwwce.kernels import triton as triton_backend
+    except ImportError as error:  # pragma: no cover - the module guards its own triton import
+        reason = f"the Triton backend failed to import ({error})"
+    else:
+        if triton_backend.is_available():
+            reason = triton_backend.supports(logits, target, fp_weight)
+            if reason is None:
+                return triton_backend.rwwce_loss
+        else:
+            reason = "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 is not set"
+    if backend == "triton":
+        raise ValueError(f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'")
+    return reference.rwwce_loss

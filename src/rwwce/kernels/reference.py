@@ -1,0 +1,228 @@
+"""Pure-PyTorch RWWCE backend: the executable form of the math in DESIGN.md.
+
+This is the specification every other backend (the Triton kernel) is tested against. It follows
+the backend contract of :mod:`rwwce.kernels`: a flattened (M, K) problem whose ignore mask, sample
+weights and reduction denominator are already folded into ``row_scale``.
+
+Per row, with logits z, p = softmax(z), FN weights a = y * fn and FP weights w = y @ FP::
+
+    loss = - sum_k a_k log p_k  -  sum_j w_j log(1 - p_j)
+
+Numerics. Let m be the row's arg-max and d = z_m - logsumexp_{j != m} z_j (the log-odds of the
+arg-max class). Then, exactly,
+
+    log p_m       = -softplus(-d)        log(1 - p_m) = -softplus(d)
+    p_j           = q_j * sigmoid(-d)    for j != m, with q = softmax over the classes j != m
+
+so log(1 - p_m) never goes through ``1 - p_m`` (which is 0 in float32 once the logit gap exceeds
+about 17), and for j != m, p_j <= 1/2 so ``log1p(-p_j)`` is accurate. The log-sum-exp over the other
+classes is taken relative to the second-largest logit, so it cannot underflow either: a logit gap of
+1e4 gives log(1 - p_m) = -1e4 exactly, not -inf. Nothing is clipped.
+
+Memory. Rows are processed in chunks whose temporaries fit in cache; the only (M, K) buffers are
+the gradient computed during the forward (when a gradient is needed) and the scaled gradient that
+``backward`` returns. No (M, K, K) tensor is ever built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["rwwce_loss"]
+
+# Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
+# large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
+_CPU_CHUNK_ELEMENTS = 1 << 16
+_CUDA_CHUNK_ELEMENTS = 1 << 26
+
+
+@dataclass(frozen=True)
+class _Options:
+    label_smoothing: float
+    reduce: bool
+
+
+def rwwce_loss(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    label_smoothing: float = 0.0,
+    reduce: bool = True,
+) -> Tensor:
+    """RWWCE on a flattened problem (see :mod:`rwwce.kernels` for the contract).
+
+    Args:
+        logits: (M, K) float16, bfloat16, float32 or float64.
+        target: (M,) int64 class indices in [0, K), or (M, K) class probabilities.
+        fn_weight: (K,) false-negative weights.
+        fp_weight: ``None``, (K,) or (K, K) false-positive weights (zero diagonal).
+        row_scale: (M,) per-row factor (ignore mask x sample weight / denominator).
+        label_smoothing: e in [0, 1]; index targets become (1 - e) onehot(t) + e / K.
+        reduce: sum the scaled row losses to a 0-dim tensor, or return them as (M,).
+
+    Returns:
+        0-dim or (M,) tensor in float32 (float64 for float64 logits).
+    """
+    options = _Options(float(label_smoothing), bool(reduce))
+    return _RWWCEFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _RWWCEFunction(torch.autograd.Function):
+    """Forward computes the loss and, when needed, d loss_row / d logits; backward only scales it."""
+
+    @staticmethod
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: _Options):
+        num_rows, num_classes = logits.shape
+        dtype = compute_dtype(logits.dtype)
+        needs_grad = ctx.needs_input_grad[0]
+        row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
+        row_grad = (
+            torch.empty(num_rows, num_classes, dtype=dtype, device=logits.device)
+            if needs_grad
+            else None
+        )
+        chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
+        chunk_rows = max(1, chunk_elements // max(num_classes, 1))
+        for start in range(0, num_rows, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            _rows_forward(
+                logits[rows].to(dtype),
+                target[rows],
+                fn_weight,
+                fp_weight,
+                options.label_smoothing,
+                out_loss=row_loss[rows],
+                out_grad=row_grad[rows] if needs_grad else None,
+            )
+        row_loss.mul_(row_scale)
+        ctx.save_for_backward(row_grad, row_scale)
+        ctx.logits_dtype = logits.dtype
+        ctx.reduce = options.reduce
+        return row_loss.sum() if options.reduce else row_loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        row_grad, row_scale = ctx.saved_tensors
+        if row_grad is None:
+            return None, None, None, None, None, None
+        # Out of place: the saved gradient must survive a second backward (retain_graph=True).
+        scale = row_scale * grad_output.to(row_scale.dtype)
+        grad_logits = (row_grad * scale.unsqueeze(1)).to(ctx.logits_dtype)
+        return grad_logits, None, None, None, None, None
+
+
+def _rows_forward(
+    z: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    smoothing: float,
+    *,
+    out_loss: Tensor,
+    out_grad: Tensor | None,
+) -> None:
+    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``."""
+    num_classes = z.shape[1]
+    soft = target.dim() == 2
+
+    # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
+    z_max, argmax = z.max(dim=1, keepdim=True)
+    q = z.scatter(1, argmax, float("-inf"))
+    second_max = q.amax(dim=1, keepdim=True)
+    second_max = torch.where(torch.isfinite(second_max), second_max, torch.zeros_like(second_max))
+    q.sub_(second_max).exp_()
+    sum_others = q.sum(dim=1, keepdim=True)
+    lse_others = second_max + sum_others.log()
+    q.div_(sum_others.clamp_min(torch.finfo(z.dtype).tiny))  # softmax over j != m; q_m = 0
+    d = z_max - lse_others  # log-odds of the arg-max class; +inf when every other logit is -inf
+    lse = z_max + F.softplus(-d)
+    p_max = torch.sigmoid(d)
+    p = q * torch.sigmoid(-d)
+    p.scatter_(1, argmax, p_max)
+
+    # FN term: -sum_k a_k log p_k with a = y * fn.
+    if soft:
+        fn_coef = target * fn_weight  # a, (R, K)
+        out_loss.copy_(-(fn_coef * (z - lse)).sum(dim=1))
+        fn_total = fn_coef.sum(dim=1, keepdim=True)
+    else:
+        t = target.unsqueeze(1)
+        fn_t = fn_weight[target].unsqueeze(1)
+        log_p_t = z.gather(1, t) - lse
+        loss = -(1.0 - smoothing) * fn_t * log_p_t
+        if smoothing:
+            loss -= (smoothing / num_classes) * ((z - lse) @ fn_weight).unsqueeze(1)
+        out_loss.copy_(loss.squeeze(1))
+        fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
+
+    if out_grad is not None:
+        # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i.
+        torch.mul(p, fn_total, out=out_grad)
+        if soft:
+            out_grad.sub_(fn_coef)
+        else:
+            out_grad.scatter_add_(1, t, -(1.0 - smoothing) * fn_t)
+            if smoothing:
+                out_grad.sub_((smoothing / num_classes) * fn_weight)
+
+    if fp_weight is None:
+        return
+
+    # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP.
+    w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
+    log_not_p = torch.log1p(-p)
+    # log(1 - p_m) = -softplus(d); capped so that a zero weight times it stays 0 when d = +inf.
+    log_not_p_max = (-F.softplus(d)).clamp_min(torch.finfo(z.dtype).min)
+    log_not_p.scatter_(1, argmax, log_not_p_max)
+    out_loss.sub_((w * log_not_p).sum(dim=1))
+    if out_grad is None:
+        return
+
+    # Gradient of L = -sum_j w_j log(1 - p_j). With dp_j/dz_i = p_j (delta_ij - p_i):
+    #   dL/dz_i = sum_j w_j p_j (delta_ij - p_i) / (1 - p_j) = r_i - p_i R,
+    #   r_j = w_j p_j / (1 - p_j),  R = sum_j r_j.
+    # r_m = w_m p_m / (1 - p_m) overflows when p_m -> 1, so split it off. With R' = sum_{j!=m} r_j
+    # and p_i / (1 - p_m) = q_i (softmax over the classes != m):
+    #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i
+    #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
+    # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2.
+    r = p / (1.0 - p)
+    r.scatter_(1, argmax, 0.0)
+    r.mul_(w)
+    r_sum = r.sum(dim=1, keepdim=True)
+    w_max = w.gather(1, argmax)
+    out_grad.add_(r)
+    out_grad.addcmul_(p, r_sum, value=-1.0)
+    out_grad.addcmul_(q, w_max * p_max, value=-1.0)
+    out_grad.scatter_add_(1, argmax, w_max * p_max)
+
+
+def _fp_coefficients(
+    target: Tensor, fp_weight: Tensor, smoothing: float, num_classes: int, num_rows: int
+) -> Tensor:
+    """w = y @ FP for a chunk: (R, K). A (K,) ``fp_weight`` v means FP[t, j] = v[j] for j != t."""
+    if target.dim() == 2:  # soft targets
+        if fp_weight.dim() == 2:
+            return target @ fp_weight
+        return fp_weight * (target.sum(dim=1, keepdim=True) - target)
+    uniform = smoothing / num_classes
+    if fp_weight.dim() == 2:
+        w = fp_weight.index_select(0, target)
+        if smoothing:
+            w.mul_(1.0 - smoothing).add_(uniform * fp_weight.sum(dim=0))
+        return w
+    # (y @ FP)_j = v_j * (1 - y_j) with y = (1 - e) onehot(t) + e / K.
+    w = (fp_weight * (1.0 - uniform)).expand(num_rows, num_classes).clone()
+    w.scatter_add_(1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1))
+    return w

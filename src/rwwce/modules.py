@@ -1,0 +1,236 @@
+"""``nn.Module`` wrappers: the weights are buffers, ``forward`` is one call to the function."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rwwce import _validate as V
+from rwwce.functional import (
+    binary_real_world_weight_cross_entropy,
+    real_world_weight_cross_entropy,
+)
+
+__all__ = ["RWWCELoss", "BinaryRWWCELoss"]
+
+
+def _weight_buffer(name: str, value: object) -> Tensor | None:
+    """A float32 copy (float64 stays float64), checked once; the buffer then follows ``.to()``."""
+    if value is None:
+        return None
+    given = value if isinstance(value, Tensor) else None
+    dtype = torch.float64 if given is not None and given.dtype == torch.float64 else torch.float32
+    device = given.device if given is not None else torch.device("cpu")
+    tensor = V.as_tensor(name, value, device=device, dtype=dtype).clone()
+    V.check_weight_values(name, tensor)
+    return tensor
+
+
+class RWWCELoss(nn.Module):
+    """Real-World-Weight Cross-Entropy as a module; see
+    :func:`rwwce.real_world_weight_cross_entropy` for the formula, reductions and shapes.
+
+    ``fn_weight`` and ``fp_weight`` are registered buffers: ``.to()``, ``.cuda()`` and
+    ``state_dict()`` carry them. Their values are checked once, here. The data checks that read
+    the input and target run on the first call only (then not again, so a training loop on a GPU
+    does not synchronise); ``validate=True`` checks every call, ``validate=False`` never.
+
+    Args:
+        fn_weight: (K,) or (K, K) diagonal false-negative weights; default all ones.
+        fp_weight: ``None``, (K,) or (K, K) false-positive weights with a zero diagonal.
+        ignore_index, reduction, label_smoothing, input_type, validate, global_normalize,
+        backend: as in the function.
+
+    Example::
+
+        >>> import torch, rwwce
+        >>> costs = [[0, 1, 5], [1, 0, 1], [20, 1, 0]]   # C[truth, prediction]
+        >>> criterion = rwwce.RWWCELoss.from_costs(costs)
+        >>> loss = criterion(torch.randn(8, 3), torch.randint(0, 3, (8,)))
+    """
+
+    fn_weight: Tensor | None
+    fp_weight: Tensor | None
+
+    def __init__(
+        self,
+        fn_weight: Tensor | None = None,
+        fp_weight: Tensor | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: V.Reduction = "mean",
+        label_smoothing: float = 0.0,
+        input_type: V.InputType = "logits",
+        validate: bool | None = None,
+        global_normalize: bool = False,
+        backend: V.Backend = "auto",
+    ) -> None:
+        super().__init__()
+        V.check_choice("reduction", reduction, V.REDUCTIONS)
+        V.check_choice("input_type", input_type, V.INPUT_TYPES)
+        V.check_choice("backend", backend, V.BACKENDS)
+        V.check_label_smoothing(label_smoothing)
+        fn = _weight_buffer("fn_weight", fn_weight)
+        fp = _weight_buffer("fp_weight", fp_weight)
+        if fn is not None:
+            if fn.dim() not in (1, 2) or (fn.dim() == 2 and fn.shape[0] != fn.shape[1]):
+                raise ValueError(
+                    f"fn_weight must have shape (K,) or (K, K); got {tuple(fn.shape)}"
+                )
+            V.check_fn_matrix_diagonal(fn)
+            fn = V.fn_weight_vector(fn, fn.shape[0]).clone()
+        if fp is not None:
+            if fp.dim() not in (1, 2) or (fp.dim() == 2 and fp.shape[0] != fp.shape[1]):
+                raise ValueError(
+                    f"fp_weight must have shape (K,) or (K, K); got {tuple(fp.shape)}"
+                )
+            V.check_fp_diagonal(fp)
+        if fn is not None and fp is not None and fn.shape[0] != fp.shape[0]:
+            raise ValueError(
+                f"fn_weight has {fn.shape[0]} classes but fp_weight has {fp.shape[0]}"
+            )
+        self.register_buffer("fn_weight", fn)
+        self.register_buffer("fp_weight", fp)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.input_type = input_type
+        self.validate = validate
+        self.global_normalize = global_normalize
+        self.backend = backend
+        self._checked = False
+
+    @classmethod
+    def from_costs(cls, costs, **options) -> RWWCELoss:
+        """From a cost matrix C[truth, prediction] (a :class:`rwwce.CostMatrix` or (K, K)
+        array-like): fn[i] = min_{j != i} C[i, j] and FP = C - fn off the diagonal, so that the
+        Real World Cost of every mistake is fn[i] + FP[i, j] = C[i, j]."""
+        from rwwce.costs import as_cost_matrix
+
+        fn, fp = as_cost_matrix(costs).loss_weights()
+        return cls(fn, fp, **options)
+
+    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        validate = self.validate if self.validate is not None else not self._checked
+        loss = real_world_weight_cross_entropy(
+            input,
+            target,
+            self.fn_weight,
+            self.fp_weight,
+            sample_weight=sample_weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            input_type=self.input_type,
+            validate=validate,
+            global_normalize=self.global_normalize,
+            backend=self.backend,
+        )
+        self._checked = True
+        return loss
+
+    def extra_repr(self) -> str:
+        parts = []
+        if self.fn_weight is not None:
+            parts.append(f"fn_weight={_describe(self.fn_weight)}")
+        if self.fp_weight is not None:
+            parts.append(f"fp_weight={_describe(self.fp_weight)}")
+        parts.append(f"reduction={self.reduction!r}")
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        if self.input_type != "logits":
+            parts.append(f"input_type={self.input_type!r}")
+        if self.global_normalize:
+            parts.append("global_normalize=True")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)
+
+
+class BinaryRWWCELoss(nn.Module):
+    """Binary / multi-label Real-World-Weight Cross-Entropy as a module; see
+    :func:`rwwce.binary_real_world_weight_cross_entropy`.
+
+    Args:
+        fn_weight: cost weight of a missed positive: a number or a tensor broadcastable to the
+            input (per label). Default 1. Stored as a buffer.
+        fp_weight: cost weight of a false alarm, likewise. Default 1.
+        reduction, input_type, validate: as in the function.
+
+    Example::
+
+        >>> import torch, rwwce
+        >>> criterion = rwwce.BinaryRWWCELoss(fn_weight=2000.0, fp_weight=100.0)
+        >>> loss = criterion(torch.randn(16), torch.randint(0, 2, (16,)).float())
+    """
+
+    fn_weight: Tensor
+    fp_weight: Tensor
+
+    def __init__(
+        self,
+        fn_weight: float | Tensor = 1.0,
+        fp_weight: float | Tensor = 1.0,
+        *,
+        reduction: V.Reduction = "mean",
+        input_type: V.InputType = "logits",
+        validate: bool | None = None,
+    ) -> None:
+        super().__init__()
+        V.check_choice("reduction", reduction, V.REDUCTIONS)
+        V.check_choice("input_type", input_type, V.INPUT_TYPES)
+        self.register_buffer("fn_weight", _weight_buffer("fn_weight", fn_weight))
+        self.register_buffer("fp_weight", _weight_buffer("fp_weight", fp_weight))
+        self.reduction = reduction
+        self.input_type = input_type
+        self.validate = validate
+        self._checked = False
+
+    @classmethod
+    def from_costs(cls, costs, **options) -> BinaryRWWCELoss:
+        """From a 2 x 2 cost matrix C[truth, prediction]: fn = C[1, 0], fp = C[0, 1]."""
+        from rwwce.costs import as_cost_matrix
+
+        c_fn, c_fp = as_cost_matrix(costs).binary_weights()
+        return cls(c_fn, c_fp, **options)
+
+    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        validate = self.validate if self.validate is not None else not self._checked
+        loss = binary_real_world_weight_cross_entropy(
+            input,
+            target,
+            self.fn_weight,
+            self.fp_weight,
+            sample_weight=sample_weight,
+            reduction=self.reduction,
+            input_type=self.input_type,
+            validate=validate,
+        )
+        self._checked = True
+        return loss
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"fn_weight={_describe(self.fn_weight)}",
+            f"fp_weight={_describe(self.fp_weight)}",
+            f"reduction={self.reduction!r}",
+        ]
+        if self.input_type != "logits":
+            parts.append(f"input_type={self.input_type!r}")
+        return ", ".join(parts)
+
+
+def _describe(weight: Tensor) -> str:
+    """Small weights in full (nested for a matrix), large ones by shape and range."""
+    if weight.numel() == 1:
+        return f"{weight.item():g}"
+    if weight.numel() <= 16:
+        def fmt(values):
+            if isinstance(values, list):
+                return "[" + ", ".join(fmt(v) for v in values) + "]"
+            return f"{values:g}"
+
+        return fmt(weight.tolist())
+    return f"<{tuple(weight.shape)} in [{weight.min().item():g}, {weight.max().item():g}]>"
