@@ -101,7 +101,9 @@ def check_weight_values(name: str, weight: Tensor | None) -> None:
     if weight is None:
         return
     if not bool(torch.isfinite(weight).all()):
-        raise ValueError(f"{name} must be finite; got {_first_bad(weight, ~torch.isfinite(weight))}")
+        raise ValueError(
+            f"{name} must be finite; got {_first_bad(weight, ~torch.isfinite(weight))}"
+        )
     if bool((weight < 0).any()):
         raise ValueError(
             f"{name} must be non-negative (a negative cost would reward that mistake); "

@@ -91,8 +91,9 @@ def real_world_weight_cross_entropy(
     Shape:
         - input: (K,), (N, K) or (N, K, d1, ..., dk).
         - target: (), (N) or (N, d1, ..., dk) of class indices in [0, K); or the input's shape.
-        - output: a scalar, or the target's index shape for ``reduction='none'``, in the input's
-          dtype.
+        - output: the target's index shape for ``reduction='none'``, in the input's dtype; else
+          a scalar in float32 (float64 for float64 input), so a half-precision batch cannot
+          overflow its sum.
 
     Example::
 
@@ -172,11 +173,10 @@ def real_world_weight_cross_entropy(
     loss = _pick_backend(backend, logits, target_2d, fp)(
         logits, target_2d, fn, fp, row_scale, smoothing, reduction != "none"
     )
-    if reduction == "none":
-        loss = loss.reshape(element_shape)
-        if unbatched:
-            loss = loss.squeeze(0)
-    return loss.to(input.dtype)
+    if reduction != "none":
+        return loss
+    loss = loss.reshape(element_shape)
+    return (loss.squeeze(0) if unbatched else loss).to(input.dtype)
 
 
 def binary_real_world_weight_cross_entropy(
@@ -220,7 +220,8 @@ def binary_real_world_weight_cross_entropy(
     Shape:
         - input: any shape, e.g. (N,) or (N, C) for C labels.
         - target: the input's shape.
-        - output: a scalar, or the input's shape for ``'none'``, in the input's dtype.
+        - output: the input's shape for ``'none'``, in the input's dtype; else a scalar in float32
+          (float64 for float64 input).
 
     Example::
 
@@ -269,7 +270,7 @@ def binary_real_world_weight_cross_entropy(
 
     if reduction == "none":
         return loss.to(input.dtype)
-    total = loss.sum()
+    total = loss.sum()  # reduced in float32 at least, like the multi-class loss
     if reduction == "mean":
         total = _safe_divide(total, torch.tensor(float(loss.numel()), dtype=dtype, device=device))
     elif reduction == "weighted_mean":
@@ -277,13 +278,15 @@ def binary_real_world_weight_cross_entropy(
         if weights is not None:
             weight_total = weight_total * weights
         total = _safe_divide(total, weight_total.expand(loss.shape).sum().detach())
-    return total.to(input.dtype)
+    return total
 
 
 def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
     """Class probabilities (the input's shape, floating) or class indices (integer)."""
     if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(f"target must hold class indices or probabilities; got dtype {target.dtype}")
+        raise TypeError(
+            f"target must hold class indices or probabilities; got dtype {target.dtype}"
+        )
     if target.is_floating_point():
         if target.shape == input.shape:
             return True
@@ -408,5 +411,7 @@ def _pick_backend(backend: str, logits: Tensor, target: Tensor, fp_weight: Tenso
         else:
             reason = "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 is not set"
     if backend == "triton":
-        raise ValueError(f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'")
+        raise ValueError(
+            f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
+        )
     return reference.rwwce_loss

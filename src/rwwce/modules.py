@@ -74,21 +74,15 @@ class RWWCELoss(nn.Module):
         fp = _weight_buffer("fp_weight", fp_weight)
         if fn is not None:
             if fn.dim() not in (1, 2) or (fn.dim() == 2 and fn.shape[0] != fn.shape[1]):
-                raise ValueError(
-                    f"fn_weight must have shape (K,) or (K, K); got {tuple(fn.shape)}"
-                )
+                raise ValueError(f"fn_weight must have shape (K,) or (K, K); got {tuple(fn.shape)}")
             V.check_fn_matrix_diagonal(fn)
             fn = V.fn_weight_vector(fn, fn.shape[0]).clone()
         if fp is not None:
             if fp.dim() not in (1, 2) or (fp.dim() == 2 and fp.shape[0] != fp.shape[1]):
-                raise ValueError(
-                    f"fp_weight must have shape (K,) or (K, K); got {tuple(fp.shape)}"
-                )
+                raise ValueError(f"fp_weight must have shape (K,) or (K, K); got {tuple(fp.shape)}")
             V.check_fp_diagonal(fp)
         if fn is not None and fp is not None and fn.shape[0] != fp.shape[0]:
-            raise ValueError(
-                f"fn_weight has {fn.shape[0]} classes but fp_weight has {fp.shape[0]}"
-            )
+            raise ValueError(f"fn_weight has {fn.shape[0]} classes but fp_weight has {fp.shape[0]}")
         self.register_buffer("fn_weight", fn)
         self.register_buffer("fp_weight", fp)
         self.ignore_index = ignore_index
@@ -227,6 +221,7 @@ def _describe(weight: Tensor) -> str:
     if weight.numel() == 1:
         return f"{weight.item():g}"
     if weight.numel() <= 16:
+
         def fmt(values):
             if isinstance(values, list):
                 return "[" + ", ".join(fmt(v) for v in values) + "]"

@@ -1,0 +1,119 @@
+"""rwwce.modules: buffers, repr, first-call validation, parity with the functions."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rwwce
+from rwwce import _validate
+
+
+def test_weights_are_buffers_that_move_and_save():
+    fn = torch.tensor([1.0, 2.0, 3.0])
+    fp = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [5.0, 1.0, 0.0]])
+    criterion = rwwce.RWWCELoss(fn, fp)
+    assert set(criterion.state_dict()) == {"fn_weight", "fp_weight"}
+    assert criterion.to(torch.float64).fp_weight.dtype == torch.float64
+    restored = rwwce.RWWCELoss(torch.ones(3), torch.ones(3, 3) - torch.eye(3))
+    restored.load_state_dict(rwwce.RWWCELoss(fn, fp).state_dict())
+    assert torch.equal(restored.fp_weight, fp)
+    fn[0] = 100.0  # the module keeps its own copy
+    assert restored.fn_weight[0] == 1.0 and rwwce.RWWCELoss(torch.ones(3)).fn_weight[0] == 1.0
+
+
+def test_module_matches_function():
+    x = torch.randn(6, 4, 2, requires_grad=True)
+    target = torch.randint(0, 4, (6, 2))
+    fn = torch.rand(4) + 0.5
+    fp = torch.rand(4) * 2
+    sample_weight = torch.rand(6)
+    options = dict(reduction="weighted_mean", label_smoothing=0.1, ignore_index=3)
+    module_loss = rwwce.RWWCELoss(fn, fp, **options)(x, target, sample_weight)
+    function_loss = rwwce.real_world_weight_cross_entropy(
+        x, target, fn, fp, sample_weight=sample_weight, **options
+    )
+    torch.testing.assert_close(module_loss, function_loss)
+
+
+def test_module_without_fp_is_weighted_cross_entropy():
+    x = torch.randn(10, 5)
+    target = torch.randint(0, 5, (10,))
+    weight = torch.rand(5) + 0.1
+    torch.testing.assert_close(
+        rwwce.RWWCELoss(weight, reduction="weighted_mean")(x, target),
+        torch.nn.CrossEntropyLoss(weight=weight)(x, target),
+    )
+
+
+def test_binary_module_matches_bce_with_logits():
+    x = torch.randn(12, 3)
+    target = torch.randint(0, 2, (12, 3)).float()
+    pos_weight = torch.tensor([1.0, 4.0, 9.0])
+    torch.testing.assert_close(
+        rwwce.BinaryRWWCELoss(pos_weight, 1.0)(x, target),
+        F.binary_cross_entropy_with_logits(x, target, pos_weight=pos_weight),
+    )
+
+
+def test_repr_is_readable():
+    criterion = rwwce.RWWCELoss(torch.tensor([1.0, 2.0]), torch.tensor([[0.0, 3.0], [1.0, 0.0]]))
+    assert repr(criterion) == (
+        "RWWCELoss(fn_weight=[1, 2], fp_weight=[[0, 3], [1, 0]], reduction='mean')"
+    )
+    large = rwwce.RWWCELoss(fp_weight=torch.linspace(0, 4, 100), label_smoothing=0.1)
+    assert "fp_weight=<(100,) in [0, 4]>" in repr(large) and "label_smoothing=0.1" in repr(large)
+    assert repr(rwwce.BinaryRWWCELoss(2000, 100)) == (
+        "BinaryRWWCELoss(fn_weight=2000, fp_weight=100, reduction='mean')"
+    )
+
+
+def test_data_checks_run_on_the_first_call_only(monkeypatch):
+    calls = []
+    real_check = _validate.check_class_targets
+    monkeypatch.setattr(
+        _validate, "check_class_targets", lambda *a: calls.append(1) or real_check(*a)
+    )
+    criterion = rwwce.RWWCELoss(torch.ones(3))
+    x, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    for _ in range(3):
+        criterion(x, target)
+    assert len(calls) == 1
+    always = rwwce.RWWCELoss(torch.ones(3), validate=True)
+    for _ in range(2):
+        always(x, target)
+    assert len(calls) == 3
+    with pytest.raises(IndexError, match="got 7"):
+        rwwce.RWWCELoss(torch.ones(3))(x, torch.tensor([0, 7, 1, 1]))
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        ((torch.tensor([1.0, -2.0]),), {}, "fn_weight must be non-negative"),
+        ((None, torch.ones(2, 2)), {}, "zero diagonal"),
+        ((torch.ones(3), torch.ones(2)), {}, "fn_weight has 3 classes but fp_weight has 2"),
+        ((torch.ones(2, 3),), {}, r"fn_weight must have shape \(K,\) or \(K, K\)"),
+        ((torch.tensor([[1.0, 2.0], [0.0, 1.0]]),), {}, "must be diagonal"),
+        ((), {"reduction": "mean_per_class"}, "reduction must be one of"),
+        ((), {"label_smoothing": -0.1}, "label_smoothing"),
+    ],
+)
+def test_bad_construction_raises(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rwwce.RWWCELoss(*args, **kwargs)
+
+
+def test_binary_bad_construction_raises():
+    with pytest.raises(ValueError, match="fp_weight must be finite"):
+        rwwce.BinaryRWWCELoss(1.0, float("nan"))
+    with pytest.raises(ValueError, match="input_type must be one of"):
+        rwwce.BinaryRWWCELoss(input_type="sigmoid")
+
+
+def test_from_costs_reproduces_every_mistake_cost():
+    costs = [[0.0, 1.0, 5.0], [2.0, 0.0, 2.0], [20.0, 30.0, 0.0]]
+    criterion = rwwce.RWWCELoss.from_costs(costs)
+    assert criterion.fn_weight.tolist() == [1.0, 2.0, 20.0]
+    assert criterion.fp_weight.tolist() == [[0.0, 0.0, 4.0], [0.0, 0.0, 0.0], [0.0, 10.0, 0.0]]
+    binary = rwwce.BinaryRWWCELoss.from_costs([[0.0, 100.0], [2000.0, 0.0]])
+    assert binary.fn_weight.item() == 2000.0 and binary.fp_weight.item() == 100.0
