@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   installs, then runs the main job (the paper's experiments on embedded data)
+#   make test   installs, then runs the test suite (the Triton kernel through its interpreter too)
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test bench lint
+
+install:
+	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e ".[experiments,gpu,dev]"
+
+demo: install
+	$(PYTHON) -m rwwce experiment --dataset digits --scenario all --quick --out runs/demo
+
+test: install
+	$(PYTHON) -m pytest -q
+	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q tests/test_kernels_triton.py
+
+bench: install
+	$(PYTHON) benchmarks/bench_loss.py
+
+lint:
+	ruff check src tests benchmarks examples
