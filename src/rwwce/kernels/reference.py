@@ -166,15 +166,11 @@ def _rows_forward(
         out_loss.copy_(loss.squeeze(1))
         fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
 
-    if out_grad is not None:
+    fp_grad = out_grad is not None and fp_weight is not None
+    if out_grad is not None and not fp_grad:
         # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i.
         torch.mul(p, fn_total, out=out_grad)
-        if soft:
-            out_grad.sub_(fn_coef)
-        else:
-            out_grad.scatter_add_(1, t, -(1.0 - smoothing) * fn_t)
-            if smoothing:
-                out_grad.sub_((smoothing / num_classes) * fn_weight)
+        _subtract_fn_coefficients(out_grad, fn_coef if soft else None, target, fn_weight, smoothing)
 
     if fp_weight is None:
         return
@@ -186,7 +182,7 @@ def _rows_forward(
     log_not_p_max = (-F.softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     log_not_p.scatter_(1, argmax, log_not_p_max)
     out_loss.sub_((w * log_not_p).sum(dim=1))
-    if out_grad is None:
+    if not fp_grad:
         return
 
     # Gradient of L = -sum_j w_j log(1 - p_j). With dp_j/dz_i = p_j (delta_ij - p_i):
@@ -197,15 +193,30 @@ def _rows_forward(
     #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i
     #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2.
-    r = p / (1.0 - p)
+    # r is built in the gradient buffer itself, which then receives the other terms in place.
+    r = torch.div(p, 1.0 - p, out=out_grad)
     r.scatter_(1, argmax, 0.0)
     r.mul_(w)
     r_sum = r.sum(dim=1, keepdim=True)
     w_max = w.gather(1, argmax)
-    out_grad.add_(r)
-    out_grad.addcmul_(p, r_sum, value=-1.0)
+    # FP gradient plus the FN gradient p_i * sum_k a_k - a_i, sharing the p_i factor.
+    out_grad.addcmul_(p, fn_total - r_sum)
     out_grad.addcmul_(q, w_max * p_max, value=-1.0)
     out_grad.scatter_add_(1, argmax, w_max * p_max)
+    _subtract_fn_coefficients(out_grad, fn_coef if soft else None, target, fn_weight, smoothing)
+
+
+def _subtract_fn_coefficients(
+    grad: Tensor, fn_coef: Tensor | None, target: Tensor, fn_weight: Tensor, smoothing: float
+) -> None:
+    """grad -= a, with a = y * fn: given (soft targets) or (1 - e) fn_t onehot(t) + e fn / K."""
+    if fn_coef is not None:
+        grad.sub_(fn_coef)
+        return
+    t = target.unsqueeze(1)
+    grad.scatter_add_(1, t, -(1.0 - smoothing) * fn_weight[target].unsqueeze(1))
+    if smoothing:
+        grad.sub_((smoothing / grad.shape[1]) * fn_weight)
 
 
 def _fp_coefficients(
