@@ -508,16 +508,23 @@ def test_softmax_output_as_logits_warns_and_validate_false_is_silent():
         rce(torch.randn(6, 4), torch.randint(0, 4, (6,)))
 
 
-def test_unavailable_triton_backend_is_a_clear_error(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+@pytest.fixture
+def fresh_triton_probe():
+    """Clear the cached availability probe before and after (the environment changes)."""
     try:
         from rwwce.kernels import triton as triton_backend
+    except ImportError:
+        yield
+        return
+    triton_backend.is_available.cache_clear()
+    yield
+    triton_backend.is_available.cache_clear()
 
-        triton_backend.is_available.cache_clear()
-    except (ImportError, AttributeError):
-        pass
+
+def test_unavailable_triton_backend_is_a_clear_error(monkeypatch, fresh_triton_probe):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device may make Triton available")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="backend='triton' cannot run this call"):
         rce(X, T, backend="triton")
 

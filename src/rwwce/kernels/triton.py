@@ -1,0 +1,764 @@
+"""Fused Triton backend: the RWWCE loss and its gradient in one kernel.
+
+Implements the backend contract of :mod:`rwwce.kernels` (see there, and ``kernels/reference.py``
+for the executable spec). Three layers:
+
+1. ``_rwwce_fwd_kernel`` (``@triton.jit``): one program per block of rows. It sweeps the row's
+   logits once for the row statistics (arg-max m, its logit, and the log-sum-exp of the *other*
+   classes relative to the second-largest logit), then computes the loss and, when a gradient is
+   needed, d loss / d logits, scaled by ``row_scale``. When the row fits in one block
+   (K <= ``BLOCK_K``, up to 8192 classes) the logits are read from memory exactly once and the
+   gradient written once. Larger vocabularies loop over column blocks: a statistics sweep, a
+   loss sweep (which also collects the row sums the gradient needs) and a gradient sweep; without
+   an FP term the gradient is written in the loss sweep (two reads of the logits).
+2. ``_launch_forward`` / ``_launch_scale``: contiguity, allocation, block sizes, grid.
+3. ``_RWWCETritonFunction``: the forward computes the loss and the gradient into a new buffer in the
+   logits' dtype; the backward only multiplies it by the incoming gradient, on the device, without
+   a host synchronisation (a tiny kernel that skips elements whose upstream factor is exactly 1).
+
+Triton is optional: its import here is guarded, so importing this module never fails when triton
+is missing (``is_available()`` then returns False), and ``import rwwce`` never imports this module
+(``rwwce.functional`` imports it on the first call that may use it).
+``TRITON_INTERPRET=1`` must be in the environment before this module is first imported (triton
+decides at ``@triton.jit`` decoration time whether a kernel runs in its interpreter); then
+``rwwce_loss`` accepts CPU tensors and runs the same kernel code in the interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["is_available", "supports", "rwwce_loss"]
+
+try:  # triton is an optional dependency (the `gpu` extra)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without triton
+    triton = None
+    tl = None
+
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Largest column block; rows with more classes loop over blocks of this size (three sweeps).
+_MAX_BLOCK_K = 8192
+# Elements per program tile when many short rows share a program (small K).
+_TILE_ELEMENTS = 2048
+_SCALE_BLOCK = 4096
+
+
+def _interpret_mode() -> bool:
+    """TRITON_INTERPRET=1 now, and it was set when this module's kernels were decorated."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and _kernels_interpreted()
+
+
+def _kernels_interpreted() -> bool:
+    # triton reads TRITON_INTERPRET in @triton.jit, i.e. when this module was imported
+    return type(globals().get("_rwwce_fwd_kernel")).__name__ == "InterpretedFunction"
+
+
+@functools.cache
+def is_available() -> bool:
+    """True when triton is importable and there is a CUDA device or ``TRITON_INTERPRET=1``."""
+    if triton is None:
+        return False
+    return bool(torch.cuda.is_available() or _interpret_mode())
+
+
+def supports(logits: Tensor, target: Tensor, fp_weight: Tensor | None) -> str | None:
+    """None when the kernel handles this call, else a short reason (for fallback or an error)."""
+    if triton is None:
+        return "triton is not installed"
+    if logits.dim() != 2:
+        return f"logits must be 2-D (M, K); got shape {tuple(logits.shape)}"
+    if logits.dtype == torch.float64:
+        return "float64 logits (the kernel computes in float32; use backend='torch')"
+    if logits.dtype not in _SUPPORTED_DTYPES:
+        return f"logits dtype {logits.dtype}"
+    if logits.device.type != "cuda" and not (logits.device.type == "cpu" and _interpret_mode()):
+        return (
+            f"logits on {logits.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1 set "
+            "before rwwce.kernels.triton is imported)"
+        )
+    if logits.shape[1] == 0:
+        return "zero classes"
+    if target.device != logits.device:
+        return "target on a different device than logits"
+    if target.dim() == 2:
+        if target.shape != logits.shape:
+            return f"soft target shape {tuple(target.shape)} != logits shape {tuple(logits.shape)}"
+        if not target.is_floating_point():
+            return "soft targets must be floating point"
+    elif target.dim() != 1 or target.is_floating_point() or target.is_complex():
+        return f"target must be (M,) class indices or (M, K) probabilities; got {target.dtype} {tuple(target.shape)}"
+    if fp_weight is not None and fp_weight.dim() not in (1, 2):
+        return f"fp_weight must be (K,) or (K, K); got shape {tuple(fp_weight.shape)}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Non-tensor options of one call (travels through the autograd.Function as one object)."""
+
+    label_smoothing: float = 0.0
+    reduce: bool = True
+    block_k: int | None = None  # column block override (tests use small ones)
+
+
+def rwwce_loss(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    label_smoothing: float = 0.0,
+    reduce: bool = True,
+    *,
+    block_k: int | None = None,
+) -> Tensor:
+    """RWWCE on a flattened (M, K) problem with the fused Triton kernel.
+
+    Same contract as :func:`rwwce.kernels.reference.rwwce_loss`: returns the 0-dim sum (``reduce``)
+    or the (M,) vector of ``row_scale * loss_row`` in float32, differentiable w.r.t. ``logits``
+    only (the gradient comes back in the logits' dtype). ``block_k`` (a power of two) overrides
+    the column block size; meant for tests and tuning.
+    """
+    reason = supports(logits, target, fp_weight)
+    if reason is not None:
+        raise ValueError(f"the Triton RWWCE kernel cannot run this call: {reason}")
+    if block_k is not None and (block_k < 2 or block_k & (block_k - 1)):
+        raise ValueError(f"block_k must be a power of two >= 2; got {block_k}")
+    options = _Options(float(label_smoothing), bool(reduce), block_k)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _RWWCETritonFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
+    row_loss, _ = _launch_forward(logits, target, fn_weight, fp_weight, row_scale, options, False)
+    return row_loss.sum() if options.reduce else row_loss
+
+
+class _RWWCETritonFunction(torch.autograd.Function):
+    """Forward: loss and scaled gradient in one kernel. Backward: multiply by grad_output."""
+
+    @staticmethod
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: _Options):
+        needs_grad = bool(ctx.needs_input_grad[0])
+        row_loss, grad = _launch_forward(
+            logits, target, fn_weight, fp_weight, row_scale, options, needs_grad
+        )
+        # Only our own gradient buffer is saved (not the logits): autograd frees it after a
+        # backward that does not retain the graph, and reports a second backward as usual.
+        ctx.save_for_backward(grad)
+        return row_loss.sum() if options.reduce else row_loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if grad is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        # When the graph is freed after this backward, the buffer is ours to consume: scale it in
+        # place (a no-op for grad_output == 1, decided on the device) and hand it to autograd.
+        # When the graph is retained (retain_graph=True, or torch too old to tell), a later
+        # backward needs the unscaled buffer again, so write the product into a new tensor.
+        in_place = not _graph_is_retained()
+        return _launch_scale(grad, grad_output, in_place), None, None, None, None, None
+
+
+def _graph_is_retained() -> bool:
+    """Whether the running backward keeps the graph (True when torch cannot tell us)."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if probe is None:  # pragma: no cover - older torch
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:  # pragma: no cover - not inside an engine-run backward
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+
+def _device_of(tensor: Tensor):
+    """Launch on the tensor's GPU (triton launches on the current device)."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _block_sizes(num_rows: int, num_classes: int, block_k: int | None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps) for a problem; single pass when num_classes <= BLOCK_K."""
+    if block_k is None:
+        block_k = min(_next_power_of_2(num_classes), _MAX_BLOCK_K)
+    block_k = max(block_k, 2)
+    if num_classes <= block_k:
+        block_m = max(1, min(_next_power_of_2(num_rows), _TILE_ELEMENTS // block_k))
+    else:
+        block_m = 1
+    tile = block_m * block_k
+    num_warps = min(32, max(4, tile // 256))
+    return block_m, block_k, num_warps
+
+
+def _launch_forward(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    options: _Options,
+    needs_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Run the fused kernel: (row_scale * loss_row as float32 (M,), gradient (M, K) or None)."""
+    num_rows, num_classes = logits.shape
+    device = logits.device
+    f32 = torch.float32
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    row_loss = torch.empty(num_rows, dtype=f32, device=device)
+    grad = (
+        torch.empty((num_rows, num_classes), dtype=logits.dtype, device=device)
+        if needs_grad
+        else None
+    )
+    if num_rows == 0:
+        return row_loss, grad
+
+    fn = fn_weight.detach().to(device=device, dtype=f32).contiguous()
+    scale = row_scale.detach().to(device=device, dtype=f32).contiguous()
+    soft = target.dim() == 2
+    smoothing = 0.0 if soft else options.label_smoothing
+    fp_mode = 0 if fp_weight is None else fp_weight.dim()
+    fp = fn if fp_weight is None else fp_weight.detach().to(device=device, dtype=f32).contiguous()
+    fp_colsum = fn  # placeholder pointer when unused
+    soft_w = fn
+    if soft:
+        tgt = target.detach().to(dtype=f32).contiguous()
+        if fp_mode == 2:
+            soft_w = (tgt @ fp).contiguous()  # w = y @ FP
+        elif fp_mode == 1:
+            soft_w = (fp * (tgt.sum(dim=1, keepdim=True) - tgt)).contiguous()
+    else:
+        tgt = target.detach().contiguous()
+        if fp_mode == 2 and smoothing != 0.0:
+            fp_colsum = fp.sum(dim=0).contiguous()
+
+    block_m, block_k, num_warps = _block_sizes(num_rows, num_classes, options.block_k)
+    grid = (triton.cdiv(num_rows, block_m),)
+    # 0: no gradient; 1: gradient from registers (single pass) or its own sweep; 2: written in
+    # the loss sweep (several column blocks and no FP term: two reads of the logits, not three)
+    if grad is None:
+        grad_mode = 0
+    elif num_classes > block_k and fp_mode == 0:
+        grad_mode = 2
+    else:
+        grad_mode = 1
+    with _device_of(logits):
+        _rwwce_fwd_kernel[grid](
+            logits,
+            logits.stride(0),
+            tgt,
+            fn,
+            fp,
+            fp_colsum,
+            soft_w,
+            scale,
+            row_loss,
+            grad if grad is not None else row_loss,
+            num_rows,
+            num_classes,
+            float(smoothing),
+            FP_MODE=fp_mode,
+            SOFT=soft,
+            SMOOTH=smoothing != 0.0,
+            GRAD_MODE=grad_mode,
+            BLOCK_M=block_m,
+            BLOCK_K=block_k,
+            SINGLE_PASS=num_classes <= block_k,
+            ROUND_BF16=_kernels_interpreted() and logits.dtype == torch.bfloat16,
+            num_warps=num_warps,
+        )
+    return row_loss, grad
+
+
+def _launch_scale(grad: Tensor, grad_output: Tensor, in_place: bool) -> Tensor:
+    """grad * grad_output (0-dim, or (M,) per row) on the device, without a host sync.
+
+    In place, elements whose factor is exactly 1 are neither read nor written; otherwise the
+    product goes into a new tensor and ``grad`` is left untouched.
+    """
+    go = grad_output.detach().to(device=grad.device, dtype=torch.float32)
+    per_row = go.dim() > 0
+    go = go.contiguous() if per_row else go.reshape(1)
+    out = grad if in_place else torch.empty_like(grad)
+    numel = grad.numel()
+    if numel == 0:
+        return out
+    grid = (triton.cdiv(numel, _SCALE_BLOCK),)
+    with _device_of(grad):
+        _scale_kernel[grid](
+            grad,
+            out,
+            go,
+            numel,
+            grad.shape[1],
+            PER_ROW=per_row,
+            IN_PLACE=in_place,
+            BLOCK=_SCALE_BLOCK,
+            ROUND_BF16=_kernels_interpreted() and grad.dtype == torch.bfloat16,
+            num_warps=8,
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _log1p(x):
+        # log(1 + x) accurate for small |x| (Goldberg's trick: u - 1 is exact, and the ratio
+        # x / (u - 1) corrects log(u) for the rounding of u = 1 + x). Few-ulp accurate in float32.
+        u = 1.0 + x
+        um1 = u - 1.0
+        safe = tl.where(um1 == 0.0, 1.0, um1)
+        return tl.where(um1 == 0.0, x, tl.log(u) * (x / safe))
+
+    @triton.jit
+    def _softplus(x):
+        # log(1 + exp(x)) without overflow: max(x, 0) + log1p(exp(-|x|)).
+        return tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x)))
+
+    @triton.jit
+    def _to_dtype(x, ptr, ROUND_BF16: tl.constexpr):
+        """Cast float32 to the element type of ``ptr``, rounding to nearest even.
+
+        Triton's interpreter truncates float32 -> bfloat16 conversions (the GPU rounds to nearest
+        even); ``ROUND_BF16`` (set only under TRITON_INTERPRET=1) does the rounding on the bits so
+        that the interpreter reproduces the GPU's result.
+        """
+        if ROUND_BF16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            y = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            y = x.to(ptr.dtype.element_ty)
+        return y
+
+    @triton.jit
+    def _tile_stats(z, cols):
+        """Per-row (max, first arg-max column, max of the others, sum exp(others - that max))."""
+        tmax = tl.max(z, axis=1)
+        big = 2147483647
+        targ = tl.min(tl.where(z == tmax[:, None], cols[None, :], big), axis=1)
+        others = tl.where(cols[None, :] == targ[:, None], float("-inf"), z)
+        omax = tl.max(others, axis=1)
+        base = tl.where(omax == float("-inf"), 0.0, omax)
+        osum = tl.sum(tl.exp(others - base[:, None]), axis=1)
+        return tmax, targ, omax, osum
+
+    @triton.jit
+    def _merge_stats(m, idx, m2, s2, bm, bidx, bm2, bs2):
+        """Merge running (max, argmax, second max, sum over others) with a block's."""
+        # The block's max becomes the new arg-max only when strictly larger (first occurrence
+        # wins on ties); the loser of the two maxima joins the "others".
+        new_max = bm > m
+        loser = tl.where(new_max, m, bm)
+        n2 = tl.maximum(tl.maximum(m2, bm2), loser)
+        base = tl.where(n2 == float("-inf"), 0.0, n2)
+        n_s2 = s2 * tl.exp(m2 - base) + bs2 * tl.exp(bm2 - base) + tl.exp(loser - base)
+        return tl.maximum(m, bm), tl.where(new_max, bidx, idx), n2, n_s2
+
+    @triton.jit
+    def _tile_coefficients(
+        rows_c,
+        cols,
+        col_ok,
+        t,
+        fn_t,
+        target_ptr,
+        fn_ptr,
+        fp_ptr,
+        fp_colsum_ptr,
+        soft_w_ptr,
+        n_cols,
+        smoothing,
+        FP_MODE: tl.constexpr,
+        SOFT: tl.constexpr,
+        SMOOTH: tl.constexpr,
+    ):
+        """a = y * fn and w = y @ FP on a tile (zero outside the valid columns)."""
+        offs2 = rows_c[:, None] * n_cols + cols[None, :]
+        mask2 = col_ok
+        if SOFT:
+            y = tl.load(target_ptr + offs2, mask=mask2, other=0.0)
+            fn = tl.load(fn_ptr + cols, mask=cols < n_cols, other=0.0)
+            a = y * fn[None, :]
+            if FP_MODE != 0:
+                w = tl.load(soft_w_ptr + offs2, mask=mask2, other=0.0)
+            else:
+                w = tl.zeros_like(a)
+        else:
+            is_t = cols[None, :] == t[:, None]
+            a = tl.where(is_t, (1.0 - smoothing) * fn_t[:, None], 0.0)
+            uniform = smoothing / n_cols
+            if SMOOTH:
+                fn = tl.load(fn_ptr + cols, mask=cols < n_cols, other=0.0)
+                a = a + uniform * fn[None, :]
+            if FP_MODE == 1:
+                # FP[t, j] = v_j for j != t, so (y @ FP)_j = v_j (1 - y_j).
+                v = tl.load(fp_ptr + cols, mask=cols < n_cols, other=0.0)
+                if SMOOTH:
+                    y = tl.where(is_t, 1.0 - smoothing + uniform, uniform)
+                    w = v[None, :] * (1.0 - y)
+                else:
+                    w = tl.where(is_t, 0.0, v[None, :] + tl.zeros_like(a))
+            elif FP_MODE == 2:
+                w = tl.load(
+                    fp_ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask2, other=0.0
+                )
+                if SMOOTH:
+                    cs = tl.load(fp_colsum_ptr + cols, mask=cols < n_cols, other=0.0)
+                    w = (1.0 - smoothing) * w + uniform * cs[None, :]
+            else:
+                w = tl.zeros_like(a)
+        a = tl.where(mask2, a, 0.0)
+        w = tl.where(mask2, w, 0.0)
+        return a, w
+
+    @triton.jit
+    def _w_at(
+        rows_c,
+        col,
+        t,
+        target_ptr,
+        fp_ptr,
+        fp_colsum_ptr,
+        soft_w_ptr,
+        n_cols,
+        smoothing,
+        FP_MODE: tl.constexpr,
+        SOFT: tl.constexpr,
+        SMOOTH: tl.constexpr,
+    ):
+        """w = (y @ FP) at one column per row (the arg-max class)."""
+        if FP_MODE == 0:
+            wm = tl.zeros(rows_c.shape, dtype=tl.float32)
+        elif SOFT:
+            wm = tl.load(soft_w_ptr + rows_c * n_cols + col)
+        else:
+            uniform = smoothing / n_cols
+            if FP_MODE == 1:
+                v = tl.load(fp_ptr + col)
+                if SMOOTH:
+                    y = tl.where(col == t, 1.0 - smoothing + uniform, uniform)
+                    wm = v * (1.0 - y)
+                else:
+                    wm = tl.where(col == t, 0.0, v)
+            else:
+                wm = tl.load(fp_ptr + t.to(tl.int64) * n_cols + col)
+                if SMOOTH:
+                    wm = (1.0 - smoothing) * wm + uniform * tl.load(fp_colsum_ptr + col)
+        return wm
+
+    @triton.jit
+    def _tile_terms(z, cols, col_ok, mx, amax, d, c, base2, log_s2, sig_d):
+        """p, q, is_m, log p and log(1 - p) on a tile, from the row statistics."""
+        is_m = cols[None, :] == amax[:, None]
+        # log p_j = (z_j - z_m) - softplus(-d): exact for j = m too (z_m - z_m = 0).
+        log_p = (z - mx[:, None]) - c[:, None]
+        p = tl.where(is_m, sig_d[:, None], tl.exp(log_p))
+        # q_j = softmax over the classes != m = exp((z_j - m2) - log s2); 0 at m. Subtract the
+        # second max first: lse_others = m2 + log s2 rounded in float32 would lose the
+        # precision of log s2 when |m2| is large.
+        q = tl.where(is_m, 0.0, tl.exp((z - base2[:, None]) - log_s2[:, None]))
+        # log(1 - p_m) = -softplus(d) (never 1 - p_m, which is 0 in float32 once d > ~17);
+        # p_j <= 1/2 for j != m, so log1p(-p_j) is accurate there.
+        log_1mp = tl.where(is_m, -_softplus(d)[:, None], _log1p(-p))
+        p = tl.where(col_ok, p, 0.0)
+        q = tl.where(col_ok, q, 0.0)
+        return is_m, p, q, log_p, log_1mp
+
+    @triton.jit
+    def _rwwce_fwd_kernel(
+        logits_ptr,
+        stride_row,
+        target_ptr,
+        fn_ptr,
+        fp_ptr,
+        fp_colsum_ptr,
+        soft_w_ptr,
+        row_scale_ptr,
+        loss_ptr,
+        grad_ptr,
+        n_rows,
+        n_cols,
+        smoothing,
+        FP_MODE: tl.constexpr,
+        SOFT: tl.constexpr,
+        SMOOTH: tl.constexpr,
+        GRAD_MODE: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        SINGLE_PASS: tl.constexpr,
+        ROUND_BF16: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_rows
+        # Rows past the end compute a copy of the last row (no NaN paths) and store nothing.
+        rows_c = tl.minimum(rows, n_rows - 1).to(tl.int64)
+        cols0 = tl.arange(0, BLOCK_K)
+        z_rows = logits_ptr + rows_c[:, None] * stride_row
+        if SOFT:
+            t = tl.zeros([BLOCK_M], dtype=tl.int32)
+            fn_t = tl.zeros([BLOCK_M], dtype=tl.float32)
+        else:
+            t = tl.load(target_ptr + rows_c).to(tl.int32)
+            fn_t = tl.load(fn_ptr + t)
+        row_scale = tl.load(row_scale_ptr + rows_c)
+
+        # ---- sweep 1: row statistics (float32; online merge over column blocks) -------------
+        if SINGLE_PASS:
+            col_ok = (cols0 < n_cols)[None, :] & (rows_c[:, None] >= 0)
+            z = tl.load(z_rows + cols0[None, :], mask=col_ok, other=float("-inf")).to(tl.float32)
+            mx, amax, m2, s2 = _tile_stats(z, cols0)
+        else:
+            mx = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            amax = tl.zeros([BLOCK_M], dtype=tl.int32)
+            m2 = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            s2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for k0 in range(0, n_cols, BLOCK_K):
+                cols = k0 + cols0
+                ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
+                zb = tl.load(z_rows + cols[None, :], mask=ok, other=float("-inf")).to(tl.float32)
+                bm, bidx, bm2, bs2 = _tile_stats(zb, cols)
+                mx, amax, m2, s2 = _merge_stats(mx, amax, m2, s2, bm, bidx, bm2, bs2)
+
+        # d = z_m - logsumexp_{j != m} z_j, from the second max: (z_m - m2) is exact-ish and
+        # s2 >= 1, so nothing underflows even for a logit gap of 1e4. d = +inf when K = 1.
+        base2 = tl.where(m2 == float("-inf"), 0.0, m2)
+        log_s2 = tl.log(s2)  # -inf when there are no other classes (K = 1)
+        d = (mx - base2) - log_s2
+        c = _softplus(-d)  # logsumexp(z) - z_m = -log p_m
+        sig_d = tl.sigmoid(d)  # p_m
+        w_m = _w_at(
+            rows_c,
+            amax,
+            t,
+            target_ptr,
+            fp_ptr,
+            fp_colsum_ptr,
+            soft_w_ptr,
+            n_cols,
+            smoothing,
+            FP_MODE,
+            SOFT,
+            SMOOTH,
+        )
+
+        # ---- sweep 2: loss, A = sum_k a_k, R' = sum_{j != m} w_j p_j / (1 - p_j) ------------
+        # loss_row = -sum_k a_k log p_k - sum_j w_j log(1 - p_j)   (a = y fn, w = y @ FP)
+        if SINGLE_PASS:
+            a, w = _tile_coefficients(
+                rows_c,
+                cols0,
+                col_ok,
+                t,
+                fn_t,
+                target_ptr,
+                fn_ptr,
+                fp_ptr,
+                fp_colsum_ptr,
+                soft_w_ptr,
+                n_cols,
+                smoothing,
+                FP_MODE,
+                SOFT,
+                SMOOTH,
+            )
+            is_m, p, q, log_p, log_1mp = _tile_terms(
+                z, cols0, col_ok, mx, amax, d, c, base2, log_s2, sig_d
+            )
+            # zero weights times an infinite log (masked columns, d = +inf) must stay 0
+            terms = tl.where(a != 0.0, a * log_p, 0.0) + tl.where(w != 0.0, w * log_1mp, 0.0)
+            loss = -tl.sum(terms, axis=1)
+            a_sum = tl.sum(a, axis=1)
+            r = tl.where(is_m, 0.0, w * p / (1.0 - p))
+            r_sum = tl.sum(r, axis=1)
+        else:
+            loss = tl.zeros([BLOCK_M], dtype=tl.float32)
+            a_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+            r_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+            if GRAD_MODE == 2:
+                # No FP term: the gradient p_i A - a_i (the FN part of the derivation below) needs
+                # only A = sum_k a_k, which does not depend on the logits. Get A first (no logits
+                # read), then write the gradient in the loss sweep.
+                for k0 in range(0, n_cols, BLOCK_K):
+                    cols = k0 + cols0
+                    ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
+                    ab, wb = _tile_coefficients(
+                        rows_c,
+                        cols,
+                        ok,
+                        t,
+                        fn_t,
+                        target_ptr,
+                        fn_ptr,
+                        fp_ptr,
+                        fp_colsum_ptr,
+                        soft_w_ptr,
+                        n_cols,
+                        smoothing,
+                        FP_MODE,
+                        SOFT,
+                        SMOOTH,
+                    )
+                    a_sum += tl.sum(ab, axis=1)
+            for k0 in range(0, n_cols, BLOCK_K):
+                cols = k0 + cols0
+                ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
+                zb = tl.load(z_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                ab, wb = _tile_coefficients(
+                    rows_c,
+                    cols,
+                    ok,
+                    t,
+                    fn_t,
+                    target_ptr,
+                    fn_ptr,
+                    fp_ptr,
+                    fp_colsum_ptr,
+                    soft_w_ptr,
+                    n_cols,
+                    smoothing,
+                    FP_MODE,
+                    SOFT,
+                    SMOOTH,
+                )
+                is_mb, pb, qb, log_pb, log_1mpb = _tile_terms(
+                    zb, cols, ok, mx, amax, d, c, base2, log_s2, sig_d
+                )
+                terms = tl.where(ab != 0.0, ab * log_pb, 0.0) + tl.where(
+                    wb != 0.0, wb * log_1mpb, 0.0
+                )
+                loss -= tl.sum(terms, axis=1)
+                if GRAD_MODE == 2:
+                    g = (pb * a_sum[:, None] - ab) * row_scale[:, None]
+                    tl.store(
+                        grad_ptr + rows_c[:, None] * n_cols + cols[None, :],
+                        _to_dtype(g, grad_ptr, ROUND_BF16),
+                        mask=ok & row_ok[:, None],
+                    )
+                else:
+                    a_sum += tl.sum(ab, axis=1)
+                    r_sum += tl.sum(tl.where(is_mb, 0.0, wb * pb / (1.0 - pb)), axis=1)
+        tl.store(loss_ptr + rows, loss * row_scale, mask=row_ok)
+
+        if GRAD_MODE == 1:
+            # ---- gradient ---------------------------------------------------------------------
+            # L = -sum_k a_k log p_k - sum_j w_j log(1 - p_j), with d log p_k / dz_i = delta_ki - p_i
+            # and d p_j / dz_i = p_j (delta_ij - p_i):
+            #   FN part:  dL/dz_i = p_i A - a_i,                       A = sum_k a_k
+            #   FP part:  dL/dz_i = sum_j w_j p_j (delta_ij - p_i) / (1 - p_j) = r_i - p_i R,
+            #             r_j = w_j p_j / (1 - p_j),  R = sum_j r_j.
+            # r_m = w_m p_m / (1 - p_m) = w_m e^d overflows for a confident arg-max, so split it
+            # off: R = R' + r_m with R' = sum_{j != m} r_j (every 1 - p_j >= 1/2 there), and
+            #   i != m:  p_i r_m = w_m p_i e^d = w_m q_i sigmoid(-d) e^d = w_m sigmoid(d) q_i
+            #            dL/dz_i = p_i A - a_i + r_i - p_i R' - w_m sigmoid(d) q_i
+            #   i == m:  r_m - p_m r_m - p_m R' = r_m (1 - p_m) - p_m R' = sigmoid(d) (w_m - R')
+            #            dL/dz_m = p_m A - a_m + sigmoid(d) (w_m - R')
+            # With r_m := 0 and q_m := 0 both read  p (A - R') - a + r - w_m sigmoid(d) q
+            # plus w_m sigmoid(d) at i = m. Every factor is bounded; no 1 - p_m anywhere.
+            # Computed in float32, scaled by row_scale, stored in the logits' dtype.
+            wm_sd = w_m * sig_d
+            coef = a_sum - r_sum
+            if SINGLE_PASS:
+                g = (
+                    p * coef[:, None]
+                    - a
+                    + r
+                    - wm_sd[:, None] * q
+                    + tl.where(is_m, wm_sd[:, None], 0.0)
+                )
+                g = g * row_scale[:, None]
+                tl.store(
+                    grad_ptr + rows_c[:, None] * n_cols + cols0[None, :],
+                    _to_dtype(g, grad_ptr, ROUND_BF16),
+                    mask=col_ok & row_ok[:, None],
+                )
+            else:
+                for k0 in range(0, n_cols, BLOCK_K):
+                    cols = k0 + cols0
+                    ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
+                    zb = tl.load(z_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+                    ab, wb = _tile_coefficients(
+                        rows_c,
+                        cols,
+                        ok,
+                        t,
+                        fn_t,
+                        target_ptr,
+                        fn_ptr,
+                        fp_ptr,
+                        fp_colsum_ptr,
+                        soft_w_ptr,
+                        n_cols,
+                        smoothing,
+                        FP_MODE,
+                        SOFT,
+                        SMOOTH,
+                    )
+                    is_mb, pb, qb, log_pb, log_1mpb = _tile_terms(
+                        zb, cols, ok, mx, amax, d, c, base2, log_s2, sig_d
+                    )
+                    rb = tl.where(is_mb, 0.0, wb * pb / (1.0 - pb))
+                    g = (
+                        pb * coef[:, None]
+                        - ab
+                        + rb
+                        - wm_sd[:, None] * qb
+                        + tl.where(is_mb, wm_sd[:, None], 0.0)
+                    )
+                    g = g * row_scale[:, None]
+                    tl.store(
+                        grad_ptr + rows_c[:, None] * n_cols + cols[None, :],
+                        _to_dtype(g, grad_ptr, ROUND_BF16),
+                        mask=ok & row_ok[:, None],
+                    )
+
+    @triton.jit
+    def _scale_kernel(
+        grad_ptr,
+        out_ptr,
+        go_ptr,
+        numel,
+        n_cols,
+        PER_ROW: tl.constexpr,
+        IN_PLACE: tl.constexpr,
+        BLOCK: tl.constexpr,
+        ROUND_BF16: tl.constexpr,
+    ):
+        """out = grad * grad_output; in place, factors of exactly 1 skip the element entirely."""
+        pid = tl.program_id(0).to(tl.int64)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < numel
+        if PER_ROW:
+            g = tl.load(go_ptr + offs // n_cols, mask=ok, other=1.0)
+        else:
+            g = tl.load(go_ptr) + tl.zeros([BLOCK], dtype=tl.float32)
+        if IN_PLACE:
+            ok = ok & (g != 1.0)
+        x = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs, _to_dtype(x * g, out_ptr, ROUND_BF16), mask=ok)
