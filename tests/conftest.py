@@ -7,6 +7,12 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI runs the same examples every time (CI=true there); locally hypothesis explores new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 CUDA = torch.cuda.is_available()
 REQUIRE_CUDA = os.environ.get("RWWCE_REQUIRE_CUDA") == "1"
