@@ -1,10 +1,13 @@
 """rwwce: the Real-World-Weight Cross-Entropy loss and cost-sensitive training tools for PyTorch."""
 
+from rwwce import metrics
+from rwwce.costs import CostMatrix
 from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
     real_world_weight_cross_entropy,
 )
 from rwwce.modules import BinaryRWWCELoss, RWWCELoss
+from rwwce.weights import class_weights, count_classes
 
 __version__ = "0.1.0"
 
@@ -12,6 +15,10 @@ __all__ = [
     "__version__",
     "BinaryRWWCELoss",
     "RWWCELoss",
+    "CostMatrix",
+    "class_weights",
+    "count_classes",
+    "metrics",
     "binary_real_world_weight_cross_entropy",
     "real_world_weight_cross_entropy",
 ]

@@ -1,0 +1,427 @@
+"""Cost matrices: what each kind of mistake costs in the real world.
+
+A cost matrix ``C`` (K x K) holds ``C[i, j]``, the cost of predicting class ``j`` when the truth is
+class ``i`` (rows: truth, columns: prediction). It is the common currency of this package:
+
+* the Real World Cost metric is ``RWC = sum_ij C[i, j] * count[i, j] / n``
+  (see :mod:`rwwce.metrics`);
+* the RWWCE loss weights map onto it by ``C[i, j] = fn[i] + FP[i, j]`` for ``i != j``, and back by
+  ``fn[i] = min_{j != i} C[i, j]``, ``FP[i, j] = C[i, j] - fn[i]`` (:meth:`CostMatrix.loss_weights`).
+
+Example::
+
+    >>> from rwwce.costs import CostMatrix
+    >>> cm = CostMatrix.binary(c_fn=2000.0, c_fp=100.0)
+    >>> cm.binary_weights()
+    (2000.0, 100.0)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CostMatrix", "as_cost_matrix"]
+
+_CORNER = "truth \\ predicted"
+_MAX_REPR_CLASSES = 12
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    """Turn a tensor (any device), NumPy array, list or scalar into a tensor, keeping its device.
+
+    Tensors are detached and returned as they are; everything else goes through NumPy, so nested
+    lists of Python floats become float64 and lists of ints become int64.
+    """
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} could not be turned into an array ({err}); expected a tensor, a NumPy array "
+            "or a (nested) list of numbers with equal-length rows"
+        ) from None
+    if arr.dtype == object or arr.dtype.kind in "USVMm":
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}; expected numbers (a tensor, a NumPy array or a "
+            "nested list of ints / floats)"
+        )
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}); expected real numbers")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return torch.as_tensor(np.ascontiguousarray(arr))
+
+
+def _check_costs(values: torch.Tensor, name: str) -> None:
+    """Raise ValueError naming the first NaN, infinite or negative entry of ``values``."""
+    bad = ~torch.isfinite(values) | (values < 0)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        v = float(values[idx])
+        where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+        raise ValueError(f"{where} is {v}; expected a finite cost >= 0")
+
+
+def _check_classes(classes: Sequence[str] | None, k: int) -> tuple[str, ...]:
+    if classes is None:
+        return tuple(str(i) for i in range(k))
+    if isinstance(classes, str):
+        raise TypeError(f"classes is the string {classes!r}; expected a sequence of {k} names")
+    names = tuple(classes)
+    if len(names) != k:
+        raise ValueError(f"classes has {len(names)} names; expected {k}, one per row of the matrix")
+    for i, n in enumerate(names):
+        if not isinstance(n, str):
+            raise TypeError(f"classes[{i}] is {n!r} ({type(n).__name__}); expected a str")
+        if not n.strip() or n != n.strip():
+            raise ValueError(
+                f"classes[{i}] is {n!r}; expected a non-empty name without leading or trailing "
+                "whitespace"
+            )
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(
+                f"classes[{i}] is {n!r}, the same as classes[{seen[n]}]; names must be unique"
+            )
+        seen[n] = i
+    return names
+
+
+def _validate_matrix(matrix: Any, name: str) -> torch.Tensor:
+    """A validated float64 CPU copy of a (K, K) cost matrix (K >= 2, finite, >= 0)."""
+    m = _as_tensor(matrix, name)
+    if m.dtype == torch.bool:
+        m = m.to(torch.int64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"{name} has shape {tuple(m.shape)}; expected a square (K, K) cost matrix")
+    if m.shape[0] < 2:
+        raise ValueError(f"{name} has shape {tuple(m.shape)}; expected at least 2 classes")
+    m = m.to(device="cpu", dtype=torch.float64).clone()
+    _check_costs(m, name)
+    return m
+
+
+def _format_number(v: float) -> str:
+    """Shortest text that reads back as exactly ``v`` (integers without a trailing '.0')."""
+    if v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+class CostMatrix:
+    """A validated K x K matrix of misclassification costs with class names.
+
+    ``C[i, j]`` is the cost of predicting class ``j`` when the truth is class ``i`` (rows: truth,
+    columns: prediction). Entries must be finite and >= 0. The diagonal (the cost of a correct
+    decision) is usually 0; a non-zero diagonal is allowed and is used by the metrics
+    (:func:`rwwce.metrics.real_world_cost`, :func:`rwwce.metrics.expected_costs`), but
+    :meth:`loss_weights` and :meth:`binary_weights` ignore it, because the RWWCE loss has no
+    term for correct predictions. (Subtracting ``C[i, i]`` from row ``i`` never changes the
+    cost-optimal decision, so a matrix whose diagonal is not larger than its rows' other entries
+    loses nothing by this.)
+
+    The matrix is immutable: :attr:`matrix` returns a copy.
+
+    Args:
+        matrix: (K, K) costs, K >= 2: nested lists, a NumPy array or a tensor on any device.
+        classes: K unique, non-empty class names; default ``("0", ..., "K-1")``.
+
+    Example::
+
+        >>> cm = CostMatrix([[0, 1, 5], [2, 0, 2], [9, 9, 0]], classes=["ok", "warn", "fail"])
+        >>> fn, fp = cm.loss_weights()
+        >>> fn.tolist(), fp[0].tolist()
+        ([1.0, 2.0, 9.0], [0.0, 0.0, 4.0])
+        >>> CostMatrix.from_fn_fp(fn, fp, classes=cm.classes) == cm
+        True
+    """
+
+    __slots__ = ("_matrix", "_classes")
+
+    def __init__(self, matrix: Any, classes: Sequence[str] | None = None) -> None:
+        self._matrix = _validate_matrix(matrix, "matrix")
+        self._classes = _check_classes(classes, self._matrix.shape[0])
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_fn_fp(
+        cls, fn: Any, fp: Any = None, classes: Sequence[str] | None = None
+    ) -> CostMatrix:
+        """Build ``C`` from RWWCE loss weights: ``C[i, j] = fn[i] + FP[i, j]`` (i != j), ``C[i, i] = 0``.
+
+        Args:
+            fn: (K,) false-negative weights, or a (K, K) diagonal matrix (the paper's notebook form).
+            fp: ``None`` (no FP term), a (K,) vector meaning ``FP[i, j] = fp[j]``, or a (K, K)
+                matrix with a zero diagonal.
+            classes: class names, as in :class:`CostMatrix`.
+
+        Example::
+
+            >>> CostMatrix.from_fn_fp([2000.0, 100.0]).binary_weights()
+            (100.0, 2000.0)
+        """
+        f = _as_tensor(fn, "fn").to(device="cpu", dtype=torch.float64)
+        if f.ndim == 2 and f.shape[0] == f.shape[1]:
+            off = f - torch.diag(torch.diagonal(f))
+            if bool((off != 0).any()):
+                raise ValueError(
+                    f"fn is a {tuple(f.shape)} matrix with non-zero off-diagonal entries; "
+                    "expected a (K,) vector or a diagonal (K, K) matrix"
+                )
+            f = torch.diagonal(f).clone()
+        if f.ndim != 1:
+            raise ValueError(f"fn has shape {tuple(f.shape)}; expected (K,) or a diagonal (K, K)")
+        k = f.shape[0]
+        if k < 2:
+            raise ValueError(f"fn has shape {tuple(f.shape)}; expected at least 2 classes")
+        _check_costs(f, "fn")
+        if fp is None:
+            full = torch.zeros(k, k, dtype=torch.float64)
+        else:
+            p = _as_tensor(fp, "fp").to(device="cpu", dtype=torch.float64)
+            if p.shape == (k,):
+                _check_costs(p, "fp")
+                full = p.expand(k, k).clone()
+            elif p.shape == (k, k):
+                _check_costs(p, "fp")
+                if bool((torch.diagonal(p) != 0).any()):
+                    raise ValueError(
+                        f"fp has diagonal {torch.diagonal(p).tolist()}; expected a (K, K) matrix "
+                        "with a zero diagonal (a correct prediction has no false-positive cost)"
+                    )
+                full = p.clone()
+            else:
+                raise ValueError(
+                    f"fp has shape {tuple(p.shape)}; expected None, ({k},) or ({k}, {k}) to "
+                    f"match fn of shape ({k},)"
+                )
+        c = f[:, None] + full
+        c.fill_diagonal_(0.0)
+        return cls(c, classes)
+
+    @classmethod
+    def binary(cls, c_fn: float, c_fp: float) -> CostMatrix:
+        """The 2 x 2 matrix of a binary problem, classes ``("negative", "positive")``.
+
+        ``C[1, 0] = c_fn`` (a missed positive), ``C[0, 1] = c_fp`` (a false alarm), zero diagonal.
+
+        Example::
+
+            >>> CostMatrix.binary(2000, 100).matrix.tolist()
+            [[0.0, 100.0], [2000.0, 0.0]]
+        """
+        return cls([[0.0, float(c_fp)], [float(c_fn), 0.0]], classes=("negative", "positive"))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str]) -> CostMatrix:
+        """Read a cost matrix written as a CSV table.
+
+        The first row holds the predicted class names, the first column the true class names (in
+        the same order); the top-left cell is free text. For example::
+
+            truth \\ predicted,negative,positive
+            negative,0,100
+            positive,2000,0
+
+        Blank lines are skipped and cells are stripped of surrounding whitespace. Malformed files
+        (empty, not square, a non-numeric / negative / NaN / infinite cost, row names that differ
+        from the column names, duplicate names) raise ValueError naming the row and column,
+        1-based as a spreadsheet shows them.
+        """
+        p = Path(path)
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [
+                (n, [c.strip() for c in r])
+                for n, r in enumerate(csv.reader(fh), start=1)
+                if any(c.strip() for c in r)
+            ]
+        if not rows:
+            raise ValueError(
+                f"{p}: the file is empty; expected a CSV cost matrix with a header row"
+            )
+        (hdr_line, header), body = rows[0], rows[1:]
+        names = header[1:]
+        k = len(names)
+        if k < 2:
+            raise ValueError(
+                f"{p}: row {hdr_line} has {k} class name(s) after the corner cell; expected at "
+                "least 2"
+            )
+        seen: dict[str, int] = {}
+        for col, name in enumerate(names, start=2):
+            if not name:
+                raise ValueError(f"{p}: row {hdr_line}, column {col}: empty class name")
+            if name in seen:
+                raise ValueError(
+                    f"{p}: row {hdr_line}, column {col}: duplicate class name {name!r} (also in "
+                    f"column {seen[name]}); class names must be unique"
+                )
+            seen[name] = col
+        if len(body) != k:
+            raise ValueError(
+                f"{p}: {len(body)} class row(s) below the header; expected {k}, one per class "
+                f"named in row {hdr_line} (the matrix must be square)"
+            )
+        values = np.zeros((k, k), dtype=np.float64)
+        for i, (line, cells) in enumerate(body):
+            if len(cells) != k + 1:
+                raise ValueError(
+                    f"{p}: row {line} has {len(cells)} cells; expected {k + 1} (a class name and "
+                    f"{k} costs, like the header row)"
+                )
+            if cells[0] != names[i]:
+                raise ValueError(
+                    f"{p}: row {line}, column 1: row name {cells[0]!r} differs from the column "
+                    f"name {names[i]!r} in row {hdr_line}, column {i + 2}; rows and columns must "
+                    "name the same classes in the same order"
+                )
+            for j, cell in enumerate(cells[1:]):
+                where = f"{p}: row {line}, column {j + 2}"
+                try:
+                    v = float(cell)
+                except ValueError:
+                    raise ValueError(
+                        f"{where}: {cell!r} is not a number; expected a cost >= 0"
+                    ) from None
+                if not math.isfinite(v) or v < 0:
+                    raise ValueError(
+                        f"{where}: cost {cell!r} is invalid; expected a finite number >= 0"
+                    )
+                values[i, j] = v
+        return cls(values, classes=names)
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def matrix(self) -> torch.Tensor:
+        """A copy of the (K, K) costs as a float64 CPU tensor."""
+        return self._matrix.clone()
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The K class names (rows and columns share them)."""
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes."""
+        return self._matrix.shape[0]
+
+    def loss_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """RWWCE loss weights ``(fn, fp)`` that encode this matrix (its diagonal is ignored).
+
+        ``fn[i] = min_{j != i} C[i, j]`` (what any mistake on a true ``i`` costs at least) and
+        ``fp[i, j] = C[i, j] - fn[i]`` off the diagonal, 0 on it. ``fp`` is all zeros when each
+        row's off-diagonal costs are equal (then the loss is plain class-weighted cross-entropy).
+        ``CostMatrix.from_fn_fp(*cm.loss_weights())`` gives back ``cm`` with a zero diagonal.
+
+        Returns:
+            ``fn`` float32 (K,), ``fp`` float32 (K, K).
+        """
+        c = self._matrix.clone()
+        k = c.shape[0]
+        eye = torch.eye(k, dtype=torch.bool)
+        fn = c.masked_fill(eye, math.inf).amin(dim=1)
+        fp = (c - fn[:, None]).masked_fill(eye, 0.0)
+        return fn.to(torch.float32), fp.to(torch.float32)
+
+    def binary_weights(self) -> tuple[float, float]:
+        """``(c_fn, c_fp) = (C[1, 0], C[0, 1])`` of a 2 x 2 matrix (class 1 is the positive class).
+
+        Raises:
+            ValueError: the matrix is not 2 x 2.
+        """
+        if self.num_classes != 2:
+            raise ValueError(
+                f"binary_weights() needs a 2 x 2 cost matrix; this one is "
+                f"{self.num_classes} x {self.num_classes}"
+            )
+        return float(self._matrix[1, 0]), float(self._matrix[0, 1])
+
+    # ------------------------------------------------------------------ output
+    def to_csv(self, path: str | os.PathLike[str], *, corner: str = _CORNER) -> None:
+        """Write the matrix as CSV (the format :meth:`from_csv` reads), atomically.
+
+        The table goes to a temporary file in the destination folder, which then replaces
+        ``path`` in one step, so readers never see a half-written file.
+        """
+        p = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh, lineterminator="\n")
+                w.writerow([corner, *self._classes])
+                for name, row in zip(self._classes, self._matrix.tolist(), strict=True):
+                    w.writerow([name, *(_format_number(v) for v in row)])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def __repr__(self) -> str:
+        k = self.num_classes
+        head = f"CostMatrix({k} classes; rows: truth, columns: prediction)"
+        if k > _MAX_REPR_CLASSES:
+            vals = self._matrix.masked_select(~torch.eye(k, dtype=torch.bool))
+            return (
+                f"{head[:-1]}, off-diagonal costs in [{_format_number(float(vals.min()))}, "
+                f"{_format_number(float(vals.max()))}])"
+            )
+        cells = [[_format_number(v) for v in row] for row in self._matrix.tolist()]
+        name_w = max(len(n) for n in self._classes)
+        col_w = [max(len(self._classes[j]), *(len(r[j]) for r in cells)) for j in range(k)]
+        lines = [
+            head,
+            " " * name_w
+            + "".join(f"  {n:>{w}}" for n, w in zip(self._classes, col_w, strict=True)),
+        ]
+        for name, row in zip(self._classes, cells, strict=True):
+            lines.append(
+                f"{name:>{name_w}}"
+                + "".join(f"  {v:>{w}}" for v, w in zip(row, col_w, strict=True))
+            )
+        return "\n".join(lines)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CostMatrix):
+            return NotImplemented
+        return self._classes == other._classes and torch.equal(self._matrix, other._matrix)
+
+    def __hash__(self) -> int:
+        return hash((self._classes, tuple(self._matrix.flatten().tolist())))
+
+
+def as_cost_matrix(costs: Any, *, name: str = "costs") -> CostMatrix:
+    """Return ``costs`` as a :class:`CostMatrix`.
+
+    Args:
+        costs: a :class:`CostMatrix` (returned as is) or anything array-like of shape (K, K):
+            nested lists, a NumPy array, a tensor on any device.
+        name: the argument name that error messages use.
+
+    Example::
+
+        >>> as_cost_matrix([[0, 1], [5, 0]]).binary_weights()
+        (5.0, 1.0)
+    """
+    if isinstance(costs, CostMatrix):
+        return costs
+    cm = CostMatrix.__new__(CostMatrix)
+    cm._matrix = _validate_matrix(costs, name)
+    cm._classes = _check_classes(None, cm._matrix.shape[0])
+    return cm

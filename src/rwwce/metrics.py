@@ -1,0 +1,418 @@
+"""The Real World Cost metric, cost-optimal decisions and probability calibration.
+
+With a cost matrix ``C`` (``C[i, j]``: the cost of predicting ``j`` when the truth is ``i``) and
+the confusion counts ``count[i, j]`` of ``n`` samples::
+
+    real_world_cost      = sum_ij C[i, j] * count[i, j] / n
+    expected_costs(p)_j  = sum_i p_i C[i, j]                 (the expected cost of deciding j)
+    bayes_decision(p)    = argmin_j expected_costs(p)_j
+
+Every ``costs`` argument accepts a :class:`rwwce.CostMatrix` or anything array-like of shape
+(K, K). Labels and probabilities may be tensors on any device, NumPy arrays or lists; results are
+tensors on the device of the first tensor argument (the CPU for arrays and lists).
+
+``RealWorldCost`` (a ``torchmetrics.Metric``) is loaded on first use, so ``import rwwce`` does not
+import torchmetrics.
+
+Example::
+
+    >>> from rwwce import metrics
+    >>> costs = [[0, 100], [2000, 0]]          # FN costs 2000, FP costs 100
+    >>> float(metrics.real_world_cost([1, 1, 0, 0], [1, 0, 1, 0], costs))
+    525.0
+    >>> metrics.bayes_decision([0.02, 0.06], costs).tolist()   # threshold 100 / 2100 = 0.0476
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from rwwce.costs import _as_tensor, as_cost_matrix
+
+if TYPE_CHECKING:
+    from rwwce._torchmetrics import RealWorldCost
+
+__all__ = [
+    "RealWorldCost",
+    "bayes_decision",
+    "confusion_matrix",
+    "expected_costs",
+    "real_world_benefit",
+    "real_world_cost",
+    "unweight_probabilities",
+]
+
+_LAZY = ("RealWorldCost",)
+
+
+def __getattr__(name: str) -> Any:
+    # RealWorldCost subclasses torchmetrics.Metric: import torchmetrics only when it is asked for.
+    if name in _LAZY:
+        from rwwce import _torchmetrics
+
+        value = getattr(_torchmetrics, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+# ---------------------------------------------------------------------- input checks
+def _labels(
+    x: Any, name: str, num_classes: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """int64 class indices in [0, K), any shape, on ``device`` (default: where they are)."""
+    t = _as_tensor(x, name)
+    if t.dtype == torch.bool or t.numel() == 0:  # [] reads as float64: no values, no doubt
+        t = t.to(torch.int64)
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(
+            f"{name} has dtype {t.dtype}; expected integer class indices (for probabilities or "
+            "scores use bayes_decision(...) or .argmax(dim=1) first)"
+        )
+    t = t.to(device=device if device is not None else t.device, dtype=torch.int64)
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} contains the label {lo if lo < 0 else hi}; expected class indices in "
+                f"[0, {num_classes})"
+            )
+    return t
+
+
+def _check_k(num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes is {num_classes!r}; expected a positive int")
+    if num_classes < 1:
+        raise ValueError(f"num_classes is {num_classes}; expected a positive int")
+    return int(num_classes)
+
+
+def _float_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for the metric arithmetic, float32 where the device lacks float64 (MPS)."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+def _cost_tensor(costs: Any, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return as_cost_matrix(costs).matrix.to(like.device, dtype or _float_dtype(like))
+
+
+def _probs(x: Any, name: str, k: int) -> torch.Tensor:
+    """Validated (N, K) probabilities (float32 at least); (N,) = P(positive) when K == 2."""
+    p = _as_tensor(x, name)
+    if p.is_complex():
+        raise TypeError(f"{name} is complex; expected real probabilities")
+    # rows of 16-bit softmax output sum to 1 only within a few units of their epsilon
+    tol = 1e-2 if p.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    p = p.to(torch.promote_types(p.dtype, torch.float32))
+    if p.ndim == 1:
+        if k != 2:
+            raise ValueError(
+                f"{name} has shape {tuple(p.shape)} (binary probabilities of the positive class) "
+                f"but costs has {k} classes; expected ({p.shape[0]}, {k}) probabilities, or a "
+                "2 x 2 cost matrix"
+            )
+        if not bool(((p >= 0) & (p <= 1)).all()):
+            bad = p[~((p >= 0) & (p <= 1))][0]
+            raise ValueError(
+                f"{name} contains {float(bad)}; expected probabilities in [0, 1] (apply "
+                "torch.sigmoid to logits first)"
+            )
+        return torch.stack([1.0 - p, p], dim=1)
+    if p.ndim != 2 or p.shape[1] != k:
+        raise ValueError(
+            f"{name} has shape {tuple(p.shape)}; expected (N, {k}) class probabilities to match "
+            f"the {k} x {k} cost matrix"
+            + (" or (N,) probabilities of the positive class" if k == 2 else "")
+        )
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        raise ValueError(
+            f"{name} contains negative, NaN or infinite values; expected probabilities "
+            "(apply softmax to logits first)"
+        )
+    err = (p.sum(dim=1) - 1).abs()
+    if p.shape[0] and float(err.max()) > tol:
+        i = int(err.argmax())
+        raise ValueError(
+            f"{name}[{i}] sums to {float(p[i].sum()):.6g}; expected each row to sum to 1 "
+            f"(within {tol:g}); apply softmax to logits first"
+        )
+    return p
+
+
+# ---------------------------------------------------------------------- confusion and cost
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> torch.Tensor:
+    """Confusion counts ``count[i, j] = #{y_true == i and y_pred == j}`` (rows: truth).
+
+    Equals ``sklearn.metrics.confusion_matrix(y_true, y_pred, labels=range(num_classes))``.
+
+    Args:
+        y_true: class indices in ``[0, num_classes)``, any shape.
+        y_pred: class indices, the same shape as ``y_true``.
+        num_classes: K.
+
+    Returns:
+        int64 tensor of shape (K, K) on ``y_true``'s device.
+
+    Example::
+
+        >>> confusion_matrix([0, 1, 1], [0, 0, 1], num_classes=2).tolist()
+        [[1, 0], [1, 1]]
+    """
+    k = _check_k(num_classes)
+    t = _labels(y_true, "y_true", k)
+    p = _labels(y_pred, "y_pred", k, device=t.device)
+    if t.shape != p.shape:
+        raise ValueError(
+            f"y_true has shape {tuple(t.shape)} and y_pred has shape {tuple(p.shape)}; expected "
+            "the same shape (one prediction per label)"
+        )
+    flat = (t * k + p).reshape(-1)
+    return torch.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def _confusion_and_costs(y_true: Any, y_pred: Any, costs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    cm = as_cost_matrix(costs)
+    counts = confusion_matrix(y_true, y_pred, cm.num_classes)
+    if int(counts.sum()) == 0:
+        raise ValueError("y_true is empty; expected at least one sample")
+    return counts, _cost_tensor(cm, counts)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction is {reduction!r}; expected 'mean' or 'sum'")
+
+
+def real_world_cost(
+    y_true: Any, y_pred: Any, costs: Any, *, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """The Real World Cost of a set of decisions.
+
+    ``RWC = sum_ij C[i, j] * count[i, j] / n`` for ``reduction="mean"`` (the average cost per
+    sample, in the units of ``C``), without the ``/ n`` for ``"sum"``. Binary with a zero
+    diagonal: ``(FN * c_fn + FP * c_fp) / n``.
+
+    Args:
+        y_true: true class indices, any shape, values in ``[0, K)``.
+        y_pred: predicted class indices, the same shape.
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+        reduction: ``"mean"`` (default) or ``"sum"``.
+
+    Returns:
+        A 0-dim float64 tensor on ``y_true``'s device.
+
+    Example::
+
+        >>> cost = real_world_cost([1, 1, 0], [0, 1, 1], [[0, 1], [10, 0]])   # one FN, one FP
+        >>> round(float(cost), 4)
+        3.6667
+    """
+    _check_reduction(reduction)
+    counts, c = _confusion_and_costs(y_true, y_pred, costs)
+    total = (counts.to(c.dtype) * c).sum()
+    return total / counts.sum() if reduction == "mean" else total
+
+
+def real_world_benefit(
+    y_true: Any,
+    y_pred: Any,
+    costs: Any,
+    *,
+    reduction: Literal["mean", "sum"] = "mean",
+    baseline: int = 0,
+) -> torch.Tensor:
+    """The cost the model saves compared with doing nothing: predicting ``baseline`` for every sample.
+
+    ``benefit = (sum_i n_i C[i, b] - sum_ij C[i, j] count[i, j]) / n`` with ``n_i`` the number of
+    samples of true class ``i`` and ``b = baseline`` (default 0, the negative class): the cost of
+    the all-negative baseline minus the model's Real World Cost. Binary with a zero diagonal it is
+    ``(P * c_fn - (FN * c_fn + FP * c_fp)) / n``, i.e. ``(TP * c_fn - FP * c_fp) / n``: every caught
+    positive saves ``c_fn``, every false alarm spends ``c_fp``. Positive means the model is worth
+    deploying; the maximum, ``P * c_fn / n``, is reached by a perfect model. ``"sum"`` drops the
+    ``/ n``. Written for the binary case; any K works.
+
+    Args:
+        y_true, y_pred, costs, reduction: as in :func:`real_world_cost`.
+        baseline: the class the reference policy predicts for every sample. Default 0.
+
+    Example::
+
+        >>> float(real_world_benefit([1, 1, 0, 0], [1, 0, 1, 0], [[0, 100], [2000, 0]]))
+        475.0
+    """
+    _check_reduction(reduction)
+    counts, c = _confusion_and_costs(y_true, y_pred, costs)
+    k = c.shape[0]
+    if (
+        isinstance(baseline, bool)
+        or not isinstance(baseline, numbers.Integral)
+        or not 0 <= baseline < k
+    ):
+        raise ValueError(f"baseline is {baseline!r}; expected a class index in [0, {k})")
+    counts = counts.to(c.dtype)
+    total = (counts.sum(dim=1) * c[:, baseline]).sum() - (counts * c).sum()
+    return total / counts.sum() if reduction == "mean" else total
+
+
+# ---------------------------------------------------------------------- decisions
+def expected_costs(probs: Any, costs: Any) -> torch.Tensor:
+    """The expected cost of each decision: ``E[j] = sum_i p_i C[i, j]``, i.e. ``probs @ C``.
+
+    Args:
+        probs: (N, K) class probabilities (non-negative rows summing to 1), or for a 2 x 2 cost
+            matrix (N,) probabilities of the positive class.
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+
+    Returns:
+        (N, K) tensor in ``probs``' dtype promoted to float32 at least, on ``probs``' device.
+
+    Example::
+
+        >>> expected_costs([[0.9, 0.1]], [[0, 100], [2000, 0]]).tolist()
+        [[200.0, 90.0]]
+    """
+    cm = as_cost_matrix(costs)
+    p = _probs(probs, "probs", cm.num_classes)
+    return p @ _cost_tensor(cm, p, p.dtype)
+
+
+def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
+    """The cost-optimal class for each sample: ``argmin_j sum_i p_i C[i, j]``.
+
+    With a 2 x 2 cost matrix with a zero diagonal and (N,) probabilities of the positive class,
+    this is the threshold rule ``predict 1 when p > c_fp / (c_fp + c_fn)``. Ties go to the lower
+    class index.
+
+    Args:
+        probs: (N, K) class probabilities, or (N,) probabilities of the positive class for a 2 x 2
+            cost matrix. Feed calibrated probabilities: a model trained with RWWCE already leans
+            towards the costly classes, see :func:`unweight_probabilities`.
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+
+    Returns:
+        int64 tensor of shape (N,) on ``probs``' device.
+
+    Example::
+
+        >>> bayes_decision([[0.5, 0.3, 0.2]], [[0, 1, 1], [1, 0, 1], [20, 20, 0]]).tolist()
+        [2]
+    """
+    cm = as_cost_matrix(costs)
+    c = cm.matrix
+    raw = _as_tensor(probs, "probs")
+    if raw.ndim == 1 and cm.num_classes == 2 and float(c[0, 0]) == 0 and float(c[1, 1]) == 0:
+        p = _probs(raw, "probs", 2)[:, 1]
+        c_fn, c_fp = cm.binary_weights()
+        if c_fn + c_fp == 0:
+            return torch.zeros(p.shape, dtype=torch.int64, device=p.device)
+        return (p > c_fp / (c_fp + c_fn)).to(torch.int64)
+    return expected_costs(raw, cm).argmin(dim=1)
+
+
+# ---------------------------------------------------------------------- calibration
+def _positive_scalar(v: Any, name: str) -> float:
+    t = _as_tensor(v, name)
+    if t.numel() != 1:
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)}; expected a scalar for binary (N,) probabilities"
+        )
+    f = float(t.reshape(()))
+    if not f > 0 or f == float("inf"):
+        raise ValueError(f"{name} is {f}; expected a finite weight > 0")
+    return f
+
+
+def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) -> torch.Tensor:
+    """Undo the lean of a cost-weighted model: recover calibrated probabilities ``p`` from its ``q``.
+
+    A model trained with RWWCE does not learn ``p`` but the loss minimiser ``q``:
+
+    * binary, ``fn * y * softplus(-z) + fp * (1 - y) * softplus(z)``:
+      ``q = fn p / (fn p + fp (1 - p))``, inverted as ``p = fp q / (fp q + fn (1 - q))``;
+    * multi-class with FN weights only (class-weighted cross-entropy): ``q_k ∝ fn_k p_k``,
+      inverted as ``p_k ∝ q_k / fn_k``;
+    * two-class softmax with an FP term: the same with ``fn_k + FP[k, 1 - k]`` in place of ``fn_k``.
+
+    A general multi-class FP term has no closed-form inverse (NotImplementedError).
+
+    Args:
+        probs: (N,) binary probabilities of the positive class (``sigmoid`` output), or (N, K)
+            class probabilities (``softmax`` output).
+        fn_weight: binary: a positive scalar; multi-class: (K,) positive weights or a diagonal
+            (K, K) matrix.
+        fp_weight: binary: a positive scalar, ``None`` meaning 1.0; multi-class: ``None`` (or all
+            zeros); for K == 2 also (K,) or (K, K) with a zero diagonal.
+
+    Returns:
+        Probabilities of ``probs``' shape, dtype and device.
+
+    Example::
+
+        >>> q = torch.tensor([0.5])        # a model trained with fn=3, fp=1 says 0.5 ...
+        >>> unweight_probabilities(q, 3.0, 1.0)    # ... which means p = 1/4
+        tensor([0.2500])
+    """
+    q = _as_tensor(probs, "probs")
+    if not q.is_floating_point():
+        raise TypeError(f"probs has dtype {q.dtype}; expected floating-point probabilities")
+    work = torch.promote_types(q.dtype, torch.float32)
+    if q.ndim == 1:
+        fn = _positive_scalar(fn_weight, "fn_weight")
+        fp = 1.0 if fp_weight is None else _positive_scalar(fp_weight, "fp_weight")
+        qq = _probs(q, "probs", 2)[:, 1].to(work)
+        p = fp * qq / (fp * qq + fn * (1.0 - qq))
+        return p.to(q.dtype)
+    if q.ndim != 2:
+        raise ValueError(
+            f"probs has shape {tuple(q.shape)}; expected (N,) binary or (N, K) class probabilities"
+        )
+    k = q.shape[1]
+    qq = _probs(q, "probs", k).to(work)
+    fn = _as_tensor(fn_weight, "fn_weight").to(q.device, work)
+    if fn.shape == (k, k):
+        if bool((fn - torch.diag(torch.diagonal(fn)) != 0).any()):
+            raise ValueError(
+                f"fn_weight is a ({k}, {k}) matrix with non-zero off-diagonal entries; expected a "
+                f"({k},) vector or a diagonal matrix"
+            )
+        fn = torch.diagonal(fn)
+    if fn.shape != (k,):
+        raise ValueError(
+            f"fn_weight has shape {tuple(fn.shape)}; expected ({k},) to match probs of shape "
+            f"{tuple(q.shape)}"
+        )
+    if not bool(torch.isfinite(fn).all()) or not bool((fn > 0).all()):
+        raise ValueError(
+            f"fn_weight is {fn.tolist()}; expected finite weights > 0 (a class with weight 0 is "
+            "never learned, so its probability cannot be recovered)"
+        )
+    w = fn
+    if fp_weight is not None:
+        fp = _as_tensor(fp_weight, "fp_weight").to(q.device, work)
+        if fp.shape == (k,):
+            fp = fp.expand(k, k) * (1 - torch.eye(k, device=q.device, dtype=work))
+        if fp.shape != (k, k):
+            raise ValueError(
+                f"fp_weight has shape {tuple(fp.shape)}; expected None, ({k},) or ({k}, {k})"
+            )
+        if bool(fp.any()):
+            if k != 2:
+                raise NotImplementedError(
+                    f"unweight_probabilities: a {k}-class model trained with an FP term has no "
+                    "closed-form inverse (its loss minimiser solves a non-linear system); it can "
+                    "be inverted exactly only for binary / 2-class models or with fp_weight=None"
+                )
+            # 2 classes: 1 - q_j is the other class's probability, so the FP term folds into fn.
+            w = fn + fp.sum(dim=1)
+    p = qq / w
+    p = p / p.sum(dim=1, keepdim=True)
+    return p.to(q.dtype)

@@ -1,0 +1,446 @@
+"""class_weights against scikit-learn and the published formulas; count_classes on every input form."""
+
+import builtins
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.utils.class_weight import compute_class_weight
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+import rwwce
+from rwwce import weights as W
+from rwwce.weights import class_weights, count_classes
+
+SCHEMES = ["balanced", "inverse", "inverse_sqrt", "effective_number", "median_frequency"]
+
+
+def oracle(counts, scheme, beta=0.999):
+    """The schemes written out with NumPy from their papers' formulas."""
+    n_c = np.asarray(counts, dtype=np.float64)
+    k, n = len(n_c), n_c.sum()
+    if scheme == "balanced":
+        return n / (k * n_c)
+    if scheme == "inverse":
+        return 1 / n_c
+    if scheme == "inverse_sqrt":
+        return 1 / np.sqrt(n_c)
+    if scheme == "effective_number":
+        w = (1 - beta) / (1 - beta**n_c)
+        return w / w.sum() * k
+    f = n_c / n
+    return np.median(f) / f
+
+
+# label lists in which every class of [0, k) occurs
+@st.composite
+def full_labels(draw, max_k=8):
+    k = draw(st.integers(1, max_k))
+    extra = draw(st.lists(st.integers(0, k - 1), max_size=60))
+    labels = list(range(k)) + extra
+    return draw(st.permutations(labels)), k
+
+
+# ---------------------------------------------------------------------------- class_weights
+@settings(max_examples=80, deadline=None)
+@given(full_labels())
+def test_balanced_equals_scikit_learn(labels_k):
+    labels, k = labels_k
+    expected = compute_class_weight("balanced", classes=np.arange(k), y=np.array(labels))
+    got = class_weights(labels)
+    assert got.dtype == torch.float32 and got.shape == (k,)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("beta", [0.9, 0.999, 0.99999])
+def test_schemes_match_formulas(scheme, beta):
+    counts = np.array([5000.0, 1200.0, 300.0, 40.0, 7.0, 1.0])
+    got = class_weights(torch.tensor(counts), scheme, beta=beta)
+    np.testing.assert_allclose(got.numpy(), oracle(counts, scheme, beta), rtol=1e-5)
+
+
+def test_known_values():
+    counts = [6.0, 3.0, 1.0]
+    assert class_weights(counts, "inverse").tolist() == pytest.approx([1 / 6, 1 / 3, 1.0])
+    assert class_weights(counts, "inverse_sqrt").tolist() == pytest.approx([6**-0.5, 3**-0.5, 1.0])
+    assert class_weights(counts, "balanced").tolist() == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    # median frequency: the median class gets weight 1
+    assert class_weights(counts, "median_frequency").tolist() == pytest.approx([0.5, 1.0, 3.0])
+    # even K: numpy's median averages the two middle frequencies (0.2 and 0.3 -> 0.25)
+    assert class_weights([4.0, 3.0, 2.0, 1.0], "median_frequency").tolist() == pytest.approx(
+        [0.625, 2.5 / 3, 1.25, 2.5]
+    )
+
+
+def test_effective_number_limits():
+    counts = torch.tensor([100.0, 10.0, 1.0])
+    # beta = 0: every sample is "the same", all weights 1
+    assert class_weights(counts, "effective_number", beta=0.0).tolist() == [1.0, 1.0, 1.0]
+    # beta -> 1: (1 - beta) / (1 - beta^n) -> 1 / n, i.e. inverse frequency scaled to sum K
+    near_one = class_weights(counts, "effective_number", beta=1 - 1e-9)
+    inv = 1 / counts.double()
+    np.testing.assert_allclose(near_one.numpy(), (inv / inv.sum() * 3).numpy(), rtol=1e-5)
+    assert float(class_weights(counts, "effective_number").sum()) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_normalize(scheme):
+    counts = torch.tensor([50.0, 20.0, 5.0, 1.0])
+    raw = class_weights(counts, scheme).double()
+    mean = class_weights(counts, scheme, normalize="mean").double()
+    total = class_weights(counts, scheme, normalize="sum").double()
+    assert float(mean.mean()) == pytest.approx(1.0, rel=1e-6)
+    assert float(total.sum()) == pytest.approx(1.0, rel=1e-6)
+    # normalisation only rescales
+    np.testing.assert_allclose((mean / raw).numpy(), float(mean[0] / raw[0]), rtol=1e-6)
+    np.testing.assert_allclose((total / raw).numpy(), float(total[0] / raw[0]), rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 10_000), min_size=1, max_size=10),
+    st.sampled_from(SCHEMES),
+    st.sampled_from([None, "mean", "sum"]),
+)
+def test_invariants(counts, scheme, normalize):
+    c = torch.tensor(counts, dtype=torch.float64)
+    w = class_weights(c, scheme, normalize=normalize).double()
+    assert torch.isfinite(w).all() and (w > 0).all()
+    # rarer classes never weigh less
+    order = torch.argsort(c)
+    assert (w[order][1:] <= w[order][:-1] * (1 + 1e-5)).all()
+    # labels and their counts give the same weights
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    np.testing.assert_allclose(
+        class_weights(labels, scheme, normalize=normalize).double().numpy(), w.numpy(), rtol=1e-6
+    )
+    if scheme in ("balanced", "median_frequency") or normalize is not None:
+        # invariant to the dataset's size (effective_number is not: beta^n depends on n)
+        if scheme != "effective_number":
+            np.testing.assert_allclose(
+                class_weights(c * 3, scheme, normalize=normalize).double().numpy(),
+                w.numpy(),
+                rtol=1e-5,
+            )
+    if scheme == "balanced" and normalize is None:
+        # the count-weighted mean of balanced weights is 1: the loss keeps its scale
+        assert float((w * c).sum() / c.sum()) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [0, 1, 1, 2, 2, 2],
+        np.array([0, 1, 1, 2, 2, 2], dtype=np.int32),
+        np.array([0, 1, 1, 2, 2, 2], dtype=np.uint8),
+        torch.tensor([0, 1, 1, 2, 2, 2]),
+        torch.tensor([[0, 1, 1], [2, 2, 2]]),  # a segmentation mask: flattened
+        (0, 1, 1, 2, 2, 2),
+    ],
+)
+def test_label_inputs(labels):
+    assert class_weights(labels).tolist() == pytest.approx([2.0, 1.0, 2 / 3])
+
+
+def test_bool_labels_and_count_inputs():
+    assert class_weights([True, False, False, False]).tolist() == pytest.approx([2 / 3, 2.0])
+    for counts in ([1.0, 2.0, 3.0], np.array([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0])):
+        assert class_weights(counts).tolist() == pytest.approx([2.0, 1.0, 2 / 3])
+    # fractional (weighted) counts are fine
+    assert class_weights([0.5, 1.5], "inverse").tolist() == pytest.approx([2.0, 2 / 3])
+    # int64 counts from count_classes are labels: cast them to float
+    counts = count_classes([0, 1, 1], 2)
+    assert class_weights(counts.double()).tolist() == pytest.approx([1.5, 0.75])
+
+
+def test_num_classes_extends_label_range_and_checks_counts():
+    with pytest.raises(ValueError, match=r"class 3 has no samples"):
+        class_weights([0, 1, 2], num_classes=4)
+    assert class_weights([0, 1, 2], num_classes=3).shape == (3,)
+    assert class_weights([1.0, 2.0], num_classes=2).shape == (2,)
+
+
+@pytest.mark.cuda
+def test_weights_follow_the_input_device():
+    w = class_weights(torch.tensor([0, 1, 1], device="cuda"))
+    assert w.device.type == "cuda"
+    assert w.tolist() == pytest.approx([1.5, 0.75])
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (
+            ([0, 1],),
+            {"scheme": "focal"},
+            r"scheme is 'focal'; expected one of 'balanced', 'inverse'",
+        ),
+        (([0, 1],), {"normalize": "max"}, r"normalize is 'max'; expected None, 'mean' or 'sum'"),
+        (([0, 1],), {"beta": 1.0}, r"beta is 1.0; expected a float in \[0, 1\)"),
+        (([0, 1],), {"beta": -0.1}, r"beta is -0.1; expected a float in \[0, 1\)"),
+        (([0, 1],), {"beta": "0.9"}, r"beta is '0.9'"),
+        (([0, 1],), {"num_classes": 0}, r"num_classes is 0; expected a positive int"),
+        (([0, 1],), {"num_classes": 2.0}, r"num_classes is 2.0; expected a positive int"),
+        (([0, 1],), {"num_classes": True}, r"num_classes is True"),
+        (([0, -1, 1],), {}, r"labels_or_counts contains the label -1; expected class indices >= 0"),
+        (
+            ([0, -1, 1],),
+            {"num_classes": 2},
+            r"contains the label -1; expected class indices in \[0, 2\)",
+        ),
+        (
+            ([0, 1, 5],),
+            {"num_classes": 3},
+            r"contains the label 5; expected class indices in \[0, 3\)",
+        ),
+        (([0, 0, 2],), {}, r"^class 1 has no samples, so its weight would be infinite"),
+        (([0, 0, 3],), {}, r"^classes \[1, 2\] have no samples"),
+        (([2.0, 0.0, 1.0],), {}, r"^class 1 has no samples"),
+        (([2.0, -1.0],), {}, r"labels_or_counts\[1\] is -1.0; expected finite counts >= 0"),
+        (([2.0, float("nan")],), {}, r"labels_or_counts\[1\] is nan"),
+        (([2.0, float("inf")],), {}, r"labels_or_counts\[1\] is inf"),
+        (
+            ([[1.0, 2.0]],),
+            {},
+            r"floating tensor of shape \(1, 2\), so it is read as per-class counts",
+        ),
+        (([],), {}, r"shape \(0,\)"),
+        ((torch.zeros(0, dtype=torch.long),), {}, r"labels_or_counts is empty"),
+        (([1.0, 2.0],), {"num_classes": 3}, r"num_classes is 3 but labels_or_counts holds 2"),
+        (([[0, 1], [2]],), {}, r"labels_or_counts could not be turned into an array"),
+    ],
+)
+def test_class_weights_errors(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        class_weights(*args, **kwargs)
+
+
+def test_class_weights_type_errors():
+    with pytest.raises(TypeError, match=r"labels_or_counts has dtype <U1"):
+        class_weights(["a", "b"])
+
+
+def test_never_inf_or_nan_on_extreme_counts():
+    counts = torch.tensor([1e12, 1.0, 1e-300 + 1.0])
+    for scheme in SCHEMES:
+        w = class_weights(counts, scheme)
+        assert torch.isfinite(w).all(), scheme
+
+
+# ---------------------------------------------------------------------------- count_classes
+LABELS = torch.tensor([0, 2, 2, 1, 2, 0, 2, 1, 1, 2])
+EXPECTED = [2, 3, 5]
+
+
+class PairDataset(Dataset):
+    """Items are (features, python int)."""
+
+    def __len__(self):
+        return len(LABELS)
+
+    def __getitem__(self, i):
+        return torch.zeros(2), int(LABELS[i])
+
+
+class DictDataset(Dataset):
+    def __len__(self):
+        return len(LABELS)
+
+    def __getitem__(self, i):
+        return {"image": torch.zeros(2), "label": LABELS[i]}
+
+
+class MaskDataset(Dataset):
+    """Segmentation-style: each item's target is a 2 x 2 mask."""
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return torch.zeros(3), torch.full((2, 2), i, dtype=torch.long)
+
+
+class Stream(IterableDataset):
+    def __iter__(self):
+        for i in range(0, len(LABELS), 3):
+            yield torch.zeros(1), LABELS[i : i + 3]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LABELS,
+        lambda: LABELS.numpy(),
+        lambda: LABELS.tolist(),
+        lambda: LABELS.view(2, 5),
+        lambda: TensorDataset(torch.randn(10, 3), LABELS),
+        lambda: PairDataset(),
+        lambda: DictDataset(),
+        lambda: DataLoader(TensorDataset(torch.randn(10, 3), LABELS), batch_size=3),
+        lambda: DataLoader(PairDataset(), batch_size=4, shuffle=True),
+        lambda: DataLoader(DictDataset(), batch_size=4),
+        lambda: Stream(),
+        lambda: ((torch.zeros(3, 1), LABELS[i : i + 3]) for i in range(0, 10, 3)),  # generator
+        lambda: [LABELS[:4], LABELS[4:]],  # a list of label batches
+        lambda: [LABELS[:4].numpy(), LABELS[4:].numpy()],  # array batches
+        lambda: [{"y": LABELS}],
+    ],
+)
+def test_count_classes_input_forms(make):
+    counts = count_classes(make(), 3)
+    assert counts.dtype == torch.int64
+    assert counts.device.type == "cpu"
+    assert counts.tolist() == EXPECTED
+
+
+def test_count_classes_segmentation_masks_and_ignore_index():
+    assert count_classes(MaskDataset(), 3).tolist() == [4, 4, 4]
+    masks = torch.tensor([[0, 255], [1, 1]])
+    assert count_classes(masks, 2, ignore_index=255).tolist() == [1, 2]
+    assert count_classes([(None, masks)], 2, ignore_index=255).tolist() == [1, 2]
+    assert count_classes([0, -100, 1], 2, ignore_index=-100).tolist() == [1, 1]
+
+
+def test_count_classes_many_scalar_items_counted_in_chunks():
+    labels = torch.randint(0, 7, (70_000,))
+    ds = TensorDataset(torch.zeros(70_000, 1), labels)
+    assert (
+        count_classes(ds, 7, progress=False).tolist()
+        == torch.bincount(labels, minlength=7).tolist()
+    )
+
+
+def test_count_classes_agrees_with_numpy_bincount():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 13, size=5000)
+    assert count_classes(y, 13).tolist() == np.bincount(y, minlength=13).tolist()
+    # classes that never occur count 0
+    assert count_classes(np.array([1, 1]), 4).tolist() == [0, 2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "data, kwargs, exc, match",
+    [
+        (
+            torch.tensor([0, 3]),
+            {},
+            ValueError,
+            r"data contains the label 3; expected class indices in \[0, 3\)",
+        ),
+        ([0, -1], {}, ValueError, r"data contains the label -1; .* \(pass ignore_index="),
+        ([0, 5], {"ignore_index": 5}, None, None),
+        (
+            PairDataset(),
+            {"num_classes": 2},
+            ValueError,
+            r"data item 1 has the label 2; expected class indices in \[0, 2\)",
+        ),
+        (
+            DataLoader(TensorDataset(torch.zeros(4, 1), torch.tensor([0, 1, 2, 9])), batch_size=2),
+            {},
+            ValueError,
+            r"data batch 1 contains the label 9",
+        ),
+        (
+            torch.tensor([0.0, 1.0]),
+            {},
+            TypeError,
+            r"data has dtype torch.float32; expected integer class indices",
+        ),
+        (
+            [(torch.zeros(1), torch.tensor([0.5]))],
+            {},
+            TypeError,
+            r"the target of data batch 0 has dtype torch.float32",
+        ),
+        (
+            [(torch.zeros(1),)],
+            {},
+            ValueError,
+            r"data batch 0 is a tuple of length 1; expected \(x, y, ...\)",
+        ),
+        ([{"x": 1}], {}, ValueError, r"data batch 0 is a dict with keys \['x'\]; expected one of"),
+        ([object()], {}, TypeError, r"data batch 0 is a object"),
+        (42, {}, TypeError, r"data is a int; expected labels"),
+        ([0, 1], {"num_classes": 0}, ValueError, r"num_classes is 0; expected a positive int"),
+        ([0, 1], {"num_classes": None}, ValueError, r"num_classes is None"),
+        (
+            [0, 1],
+            {"ignore_index": 1.5},
+            ValueError,
+            r"ignore_index is 1.5; expected an int or None",
+        ),
+    ],
+)
+def test_count_classes_errors(data, kwargs, exc, match):
+    kwargs = {"num_classes": 3, **kwargs}
+    if exc is None:
+        assert count_classes(data, **kwargs).tolist() == [1, 0, 0]
+        return
+    with pytest.raises(exc, match=match):
+        count_classes(data, **kwargs)
+
+
+def test_progress_bar_only_for_long_data(monkeypatch, capsys):
+    ds = TensorDataset(torch.zeros(50, 1), torch.zeros(50, dtype=torch.long))
+    monkeypatch.setattr(W, "PROGRESS_MIN_LENGTH", 10)
+    assert count_classes(ds, 1).tolist() == [50]
+    assert "counting classes" in capsys.readouterr().err
+    assert count_classes(ds, 1, progress=False).tolist() == [50]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(W, "PROGRESS_MIN_LENGTH", 100)
+    assert count_classes(ds, 1).tolist() == [50]
+    assert capsys.readouterr().err == ""
+    # plain label tensors never need a bar
+    monkeypatch.setattr(W, "PROGRESS_MIN_LENGTH", 0)
+    assert count_classes(torch.zeros(50, dtype=torch.long), 1).tolist() == [50]
+    assert capsys.readouterr().err == ""
+
+
+def _hide(monkeypatch, *prefixes):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.split(".")[0] in prefixes:
+            raise ImportError(f"no {name}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_progress_falls_back_to_rich_then_to_nothing(monkeypatch):
+    pytest.importorskip("rich")
+    ds = TensorDataset(torch.zeros(30, 1), torch.ones(30, dtype=torch.long))
+    monkeypatch.setattr(W, "PROGRESS_MIN_LENGTH", 5)
+    used = []
+    import rich.progress
+
+    real_track = rich.progress.track
+
+    def spy(*args, **kwargs):
+        used.append("rich")
+        return real_track(*args, **kwargs)
+
+    monkeypatch.setattr(rich.progress, "track", spy)
+    _hide(monkeypatch, "tqdm")
+    assert count_classes(ds, 2).tolist() == [0, 30]
+    assert used == ["rich"]
+    _hide(monkeypatch, "tqdm", "rich")
+    assert count_classes(ds, 2).tolist() == [0, 30]
+    assert used == ["rich"]
+
+
+def test_count_classes_outside_distributed_does_not_reduce():
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    assert count_classes(LABELS, 3, all_reduce=True).tolist() == EXPECTED
+
+
+def test_public_names():
+    assert rwwce.class_weights is class_weights
+    assert rwwce.count_classes is count_classes
+    assert "class_weights" in rwwce.__all__ and "count_classes" in rwwce.__all__
+    assert sys.modules["rwwce.weights"].__all__ == ["class_weights", "count_classes"]
