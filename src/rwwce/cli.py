@@ -1,0 +1,329 @@
+"""The ``rwwce`` command line: ``experiment``, ``weights`` and ``cost``.
+
+Every user mistake (a missing or malformed file, an unknown class, an unavailable device) ends in
+one line on stderr and exit status 2, never a traceback: the commands raise ValueError /
+FileNotFoundError / OSError and :func:`main` is the one place that turns them into that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+SCHEMES = ("balanced", "inverse", "inverse_sqrt", "effective_number", "median_frequency")
+PROB_PREFIX = "p_"
+
+
+class _UserError(ValueError):
+    """A problem with the user's input, reported as one line."""
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _read_csv(path: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV file with a header row (cells stripped, blank lines skipped)."""
+    if os.path.isdir(path):
+        raise _UserError(f"{path!r} is a directory, expected a CSV file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [
+                [c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)
+            ]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such file: {path!r}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise _UserError(f"{path!r} is not a readable CSV file ({e})") from None
+    if not rows:
+        raise _UserError(f"{path!r} is empty; expected a header row and data rows")
+    header, body = rows[0], rows[1:]
+    for n, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise _UserError(
+                f"{path!r} line {n} has {len(row)} cells, the header has {len(header)}"
+            )
+    return header, body
+
+
+def _column(path: str, header: list[str], body: list[list[str]], name: str) -> list[str]:
+    if name not in header:
+        raise _UserError(f"{path!r} has no column {name!r} (columns: {', '.join(header)})")
+    i = header.index(name)
+    return [row[i] for row in body]
+
+
+def _sorted_names(values: list[str]) -> list[str]:
+    """Sorted unique labels: numerically when every label is an integer, else as strings."""
+    uniq = set(values)
+    try:
+        return sorted(uniq, key=int)
+    except ValueError:
+        return sorted(uniq)
+
+
+# ---------------------------------------------------------------------------------- commands
+def _cmd_weights(args: argparse.Namespace) -> int:
+    import torch
+
+    import rwwce
+
+    header, body = _read_csv(args.labels)
+    column = args.column if args.column is not None else header[0]
+    values = _column(args.labels, header, body, column)
+    if not values:
+        raise _UserError(f"{args.labels!r} has no labels in column {column!r}")
+    if any(v == "" for v in values):
+        row = values.index("") + 2
+        raise _UserError(f"{args.labels!r} line {row}: empty label in column {column!r}")
+    names = _sorted_names(values)
+    index = {n: i for i, n in enumerate(names)}
+    labels = torch.tensor([index[v] for v in values], dtype=torch.long)
+    weights = rwwce.class_weights(labels, args.scheme, num_classes=len(names)).tolist()
+    counts = torch.bincount(labels, minlength=len(names)).tolist()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "scheme": args.scheme,
+                    "column": column,
+                    "weights": dict(zip(names, weights, strict=True)),
+                    "counts": dict(zip(names, counts, strict=True)),
+                }
+            )
+        )
+    else:
+        width = max(len(n) for n in names + ["class"])
+        print(f"{'class':<{width}}  {'count':>7}  weight ({args.scheme})")
+        for n, c, w in zip(names, counts, weights, strict=True):
+            print(f"{n:<{width}}  {c:>7}  {w:.6g}")
+    return 0
+
+
+def _class_index(value: str, classes: list[str], where: str) -> int:
+    if value in classes:
+        return classes.index(value)
+    try:
+        i = int(value)
+    except ValueError:
+        i = -1
+    if 0 <= i < len(classes) and str(i) == value.strip():
+        return i
+    raise _UserError(
+        f"{where}: unknown class {value!r}; the cost matrix's classes are "
+        f"{', '.join(classes)} (or indices 0..{len(classes) - 1})"
+    )
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rwwce import metrics
+    from rwwce.costs import CostMatrix
+
+    if not os.path.isfile(args.costs):
+        raise FileNotFoundError(f"no such file: {args.costs!r} (--costs)")
+    cm = CostMatrix.from_csv(args.costs)
+    classes = [str(c) for c in cm.classes]
+    header, body = _read_csv(args.predictions)
+    if not body:
+        raise _UserError(f"{args.predictions!r} has a header but no rows")
+    y_true = np.array(
+        [
+            _class_index(v, classes, f"{args.predictions!r} line {n}, y_true")
+            for n, v in enumerate(_column(args.predictions, header, body, "y_true"), start=2)
+        ]
+    )
+    prob_cols = [PROB_PREFIX + c for c in classes]
+    has_pred = "y_pred" in header
+    has_probs = any(c in header for c in prob_cols)
+    if not has_pred and not has_probs:
+        raise _UserError(
+            f"{args.predictions!r} needs a y_pred column or probability columns "
+            f"{', '.join(prob_cols)}"
+        )
+    out: dict[str, float | int] = {"n": len(y_true)}
+    if has_pred:
+        y_pred = np.array(
+            [
+                _class_index(v, classes, f"{args.predictions!r} line {n}, y_pred")
+                for n, v in enumerate(_column(args.predictions, header, body, "y_pred"), start=2)
+            ]
+        )
+        out["cost_y_pred"] = float(metrics.real_world_cost(y_true, y_pred, cm))
+    if has_probs:
+        missing = [c for c in prob_cols if c not in header]
+        if missing:
+            raise _UserError(f"{args.predictions!r} lacks probability columns {', '.join(missing)}")
+        probs = np.empty((len(body), len(classes)))
+        for k, c in enumerate(prob_cols):
+            for n, v in enumerate(_column(args.predictions, header, body, c)):
+                try:
+                    probs[n, k] = float(v)
+                except ValueError:
+                    raise _UserError(
+                        f"{args.predictions!r} line {n + 2}, {c}: {v!r} is not a number"
+                    ) from None
+        if not np.isfinite(probs).all() or (probs < 0).any():
+            raise _UserError(f"{args.predictions!r}: probabilities must be finite and non-negative")
+        probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-300)
+        out["cost_argmax"] = float(metrics.real_world_cost(y_true, probs.argmax(1), cm))
+        bayes = np.asarray(metrics.bayes_decision(probs, cm))
+        out["cost_bayes"] = float(metrics.real_world_cost(y_true, bayes, cm))
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"samples: {out['n']}")
+    labels = {
+        "cost_y_pred": "Real World Cost of y_pred",
+        "cost_argmax": "Real World Cost of arg-max decisions",
+        "cost_bayes": "Real World Cost of Bayes-optimal decisions",
+    }
+    for k, label in labels.items():
+        if k in out:
+            print(f"{label}: {out[k]:.6g}")
+    if "cost_bayes" in out and out["cost_argmax"] > 0:
+        print(f"Bayes vs arg-max: {100 * (out['cost_bayes'] / out['cost_argmax'] - 1):+.1f}%")
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    import torch
+
+    from rwwce.experiments.runner import print_summary, run_experiment
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise _UserError("--device cuda was requested but CUDA is not available on this machine")
+    for name in ("seeds", "epochs", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise _UserError(f"--{name} must be at least 1, got {v}")
+    seeds = args.seeds if args.seeds is not None else (3 if args.quick else 5)
+    if args.out is None:
+        base = os.path.basename(os.path.normpath(args.dataset)) or "data"
+        args.out = os.path.join(
+            "runs", f"{base}-{args.scenario}" + ("-quick" if args.quick else "")
+        )
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise _UserError(f"--out {args.out!r} exists and is not a directory")
+    records = run_experiment(
+        args.dataset,
+        args.scenario,
+        seeds=seeds,
+        quick=args.quick,
+        epochs=args.epochs,
+        device=args.device,
+        out=args.out,
+        threads=args.threads,
+    )
+    print_summary(records, args.scenario)
+    print(
+        f"results: {os.path.join(args.out, 'results.jsonl')}, report: "
+        f"{os.path.join(args.out, 'report.md')}"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rwwce",
+        description="Real-World-Weight Cross-Entropy: the paper's experiments, class weights "
+        "and the Real World Cost of predictions.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "experiment",
+        help="run the paper's experiments (batched, resumable)",
+        description="Train the paper's models (MLP in-50-20-K, in-10-1; Adam 1e-3, batch 100) "
+        "for each arm over several seeds; write results.jsonl, report.md and plots to "
+        "--out. Rerunning with the same --out skips finished runs.",
+    )
+    p.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits | breast-cancer | a directory of MNIST-format IDX files (default: digits)",
+    )
+    p.add_argument(
+        "--scenario",
+        default="all",
+        choices=["fp-pair", "medical", "imbalance", "all"],
+        help="fp-pair (paper A), medical (paper B), imbalance, or all (default)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few pairs / classes and 3 seeds: a smoke run in under a minute",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="seeds per configuration (default 5, 3 with --quick)",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
+    p.add_argument(
+        "--out", default=None, help="output directory (default runs/<dataset>-<scenario>)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for training (default: 1 for small models, all cores for "
+        "large batched groups)",
+    )
+    p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser(
+        "weights",
+        help="class weights from a CSV file of labels",
+        description="Print each class and its weight. The CSV has a header row; labels may be "
+        "strings (sorted unique names become classes 0..K-1) or integers.",
+    )
+    p.add_argument("labels", metavar="LABELS.csv")
+    p.add_argument("--column", default=None, help="label column (default: the first column)")
+    p.add_argument("--scheme", default="balanced", choices=SCHEMES, help="default balanced")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_weights)
+
+    p = sub.add_parser(
+        "cost",
+        help="Real World Cost of a predictions file",
+        description="PREDICTIONS.csv has a y_true column and either y_pred or one probability "
+        f"column per class named {PROB_PREFIX}<class> (classes as in the cost CSV's "
+        "header; labels may also be integer indices). With probabilities it also "
+        "reports the cost of the Bayes-optimal decisions next to arg-max.",
+    )
+    p.add_argument("predictions", metavar="PREDICTIONS.csv")
+    p.add_argument(
+        "--costs",
+        required=True,
+        metavar="COSTS.csv",
+        help="cost matrix CSV: header row of predicted classes, first column true classes",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_cost)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("rwwce: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, IndexError, OSError) as e:  # FileNotFoundError is an OSError
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"rwwce {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The ``rwwce`` command line: experiment runs and resume, weights, cost, and user mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+
+from rwwce.cli import build_parser, main
+
+TINY = ["--quick", "--epochs", "1", "--seeds", "2"]
+
+
+def _run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "rwwce", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def _keys(path):
+    with open(path) as f:
+        return [json.loads(line)["key"] for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------------------------- experiment
+def test_quick_experiment_writes_results_report_and_plots(tmp_path):
+    out = tmp_path / "run"
+    r = _run("experiment", "--dataset", "digits", "--scenario", "all", *TINY, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = (out / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    # quick: 3 pairs x 4 arms + 2 positive classes x 5 arms + 1 rare class x 4 arms, per seed
+    assert len(recs) == 2 * (12 + 10 + 4)
+    assert len({r["key"] for r in recs}) == len(recs)
+    for rec in recs:
+        assert {"config", "seed", "arm", "metrics", "versions"} <= set(rec)
+        assert rec["versions"]["torch"] == torch.__version__
+        assert rec["metrics"]["real_world_cost"] >= 0
+    med = [r for r in recs if r["scenario"] == "medical"]
+    assert all(
+        r["metrics"]["tp"] + r["metrics"]["fn"] + r["metrics"]["tn"] + r["metrics"]["fp"]
+        == r["metrics"]["n_test"]
+        for r in med
+    )
+    report = (out / "report.md").read_text()
+    for sc in ("## fp-pair", "## medical", "## imbalance", "paper (A)", "Wilcoxon"):
+        assert sc in report
+    for png in (
+        "fp-pair-cost.png",
+        "fp-pair-targeted.png",
+        "medical-cost-vs-threshold.png",
+        "imbalance-confusion.png",
+    ):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # the summary table on stdout names every arm
+    for arm in ("ce+bayes", "bce-control", "bce@f1", "ce-effective", "rwwce"):
+        assert arm in r.stdout
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+
+
+def test_resume_redoes_only_missing_runs(tmp_path):
+    out = tmp_path / "run"
+    args = ["experiment", "--dataset", "digits", "--scenario", "fp-pair", *TINY, "--out", str(out)]
+    assert _run(*args).returncode == 0
+    path = out / "results.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    full = _keys(path)
+    assert len(full) == 24
+    # Simulate an interrupted sweep: drop the last 5 runs and leave half a line behind.
+    kept = lines[:-5]
+    path.write_text("".join(kept) + lines[-5][: len(lines[-5]) // 2])
+    r = _run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "5 runs done, 19 already" in r.stderr
+    new_lines = path.read_text().splitlines(keepends=True)
+    assert new_lines[:-5] == kept  # finished runs untouched
+    assert sorted(_keys(path)) == sorted(full)  # nothing lost, nothing duplicated
+    # A third run has nothing left to do.
+    r = _run(*args)
+    assert "0 runs done, 24 already" in r.stderr
+    assert len(_keys(path)) == 24
+
+
+def test_breast_cancer_runs_medical_on_its_own_label(tmp_path):
+    out = tmp_path / "bc"
+    rc = main(
+        [
+            "experiment",
+            "--dataset",
+            "breast-cancer",
+            "--scenario",
+            "medical",
+            *TINY,
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["config"]["positive"] for r in recs} == {"malignant"}
+    assert {r["arm"] for r in recs} == {"bce@0.5", "bce@f1", "bce@bayes", "wbce", "rwwce"}
+    # natural prevalence: about 37% of the 143 test rows are malignant
+    m = recs[0]["metrics"]
+    assert m["n_test"] == 143 and 45 <= m["tp"] + m["fn"] <= 60
+
+
+# ------------------------------------------------------------------------------------- weights
+def _labels_csv(tmp_path):
+    p = tmp_path / "labels.csv"
+    p.write_text("id,label\n" + "".join(f"{i},{'a' if i < 8 else 'b'}\n" for i in range(10)))
+    return p
+
+
+def test_weights_balanced_example(tmp_path, capsys):
+    p = _labels_csv(tmp_path)
+    assert main(["weights", str(p), "--column", "label"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in out[1:]}
+    assert float(rows["a"][2]) == pytest.approx(0.625) and rows["a"][1] == "8"
+    assert float(rows["b"][2]) == pytest.approx(2.5)
+
+
+def test_weights_json_and_scheme(tmp_path, capsys):
+    p = _labels_csv(tmp_path)
+    assert main(["weights", str(p), "--column", "label", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["weights"] == pytest.approx({"a": 0.625, "b": 2.5})
+    assert data["counts"] == {"a": 8, "b": 2}
+    assert main(["weights", str(p), "--column", "label", "--scheme", "inverse", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == pytest.approx({"a": 1 / 8, "b": 1 / 2})
+
+
+def test_weights_integer_labels_sort_numerically(tmp_path, capsys):
+    p = tmp_path / "y.csv"
+    p.write_text("y\n10\n2\n2\n10\n10\n")
+    assert main(["weights", str(p), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["weights"]) == ["2", "10"]
+    assert data["weights"]["2"] == pytest.approx(5 / 4)
+
+
+# ---------------------------------------------------------------------------------------- cost
+@pytest.fixture
+def costs_csv(tmp_path):
+    p = tmp_path / "costs.csv"
+    p.write_text("truth\\pred,neg,pos\nneg,0,100\npos,2000,0\n")
+    return p
+
+
+def test_cost_of_hard_predictions(tmp_path, costs_csv, capsys):
+    p = tmp_path / "pred.csv"
+    # one FN (2000), one FP (100), two correct; mixes names and indices
+    p.write_text("y_true,y_pred\npos,neg\nneg,pos\nneg,0\n1,pos\n")
+    assert main(["cost", str(p), "--costs", str(costs_csv), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"n": 4, "cost_y_pred": pytest.approx(2100 / 4)}
+
+
+def test_cost_of_probabilities_bayes_vs_argmax(tmp_path, costs_csv, capsys):
+    p = tmp_path / "probs.csv"
+    # Bayes threshold: positive when p_pos > 100 / 2100 = 0.0476.
+    p.write_text("y_true,p_neg,p_pos\npos,0.9,0.1\nneg,0.97,0.03\nneg,0.6,0.4\npos,0.2,0.8\n")
+    assert main(["cost", str(p), "--costs", str(costs_csv), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # arg-max: rows -> neg, neg, neg, pos: one FN = 2000
+    assert out["cost_argmax"] == pytest.approx(2000 / 4)
+    # Bayes: pos, neg, pos, pos: one FP = 100
+    assert out["cost_bayes"] == pytest.approx(100 / 4)
+    assert main(["cost", str(p), "--costs", str(costs_csv)]) == 0
+    assert "Bayes-optimal" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------- user errors
+def _assert_one_line_error(capsys, rc, needle):
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert needle.lower() in err.lower(), err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, costs_csv):
+    labels = _labels_csv(tmp_path)
+    pred = tmp_path / "pred.csv"
+    pred.write_text("y_true,y_pred\npos,maybe\n")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("y_true,y_pred\npos\n")
+    badcosts = tmp_path / "badcosts.csv"
+    badcosts.write_text("x,neg,pos\nneg,0,abc\npos,1,0\n")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    idx_dir = tmp_path / "idx"
+    idx_dir.mkdir()
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (idx_dir / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")  # too short
+    cases = [
+        (["weights", str(tmp_path / "nope.csv")], "nope.csv"),
+        (["weights", str(labels), "--column", "klass"], "no column 'klass'"),
+        (["weights", str(tmp_path)], "directory"),
+        (["cost", str(pred), "--costs", str(costs_csv)], "unknown class 'maybe'"),
+        (["cost", str(ragged), "--costs", str(costs_csv)], "line 2"),
+        (["cost", str(pred), "--costs", str(tmp_path / "nocosts.csv")], "nocosts.csv"),
+        (["cost", str(pred), "--costs", str(badcosts)], "abc"),
+        (["cost", str(labels), "--costs", str(costs_csv)], "no column 'y_true'"),
+        (["experiment", "--dataset", str(tmp_path / "nowhere")], "nowhere"),
+        (["experiment", "--dataset", str(empty_dir)], "train-images-idx3-ubyte"),
+        (["experiment", "--dataset", str(idx_dir), "--out", str(tmp_path / "o")], "promises shape"),
+        (
+            [
+                "experiment",
+                "--dataset",
+                "breast-cancer",
+                "--scenario",
+                "fp-pair",
+                "--out",
+                str(tmp_path / "o2"),
+            ],
+            "multi-class",
+        ),
+        (["experiment", "--seeds", "0"], "--seeds"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["experiment", "--device", "cuda"], "CUDA is not available"))
+    for argv, needle in cases:
+        _assert_one_line_error(capsys, main(argv), needle)
+
+
+def test_argparse_mistakes_exit_2(capsys):
+    for argv in (
+        ["experiment", "--scenario", "nope"],
+        ["weights"],
+        ["frobnicate"],
+        ["experiment", "--epochs", "ten"],
+        ["cost", "x.csv"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and "Traceback" not in err
+
+
+def test_subprocess_error_path_and_help():
+    r = _run("weights", "/definitely/not/here.csv")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    for cmd in ("experiment", "weights", "cost"):
+        h = _run(cmd, "--help")
+        assert h.returncode == 0 and "usage: rwwce " + cmd in h.stdout
+
+
+def test_build_parser_has_the_three_commands():
+    parser = build_parser()
+    args = parser.parse_args(["experiment", "--quick"])
+    assert args.dataset == "digits" and args.scenario == "all" and args.epochs == 10
+    assert parser.parse_args(["weights", "l.csv"]).scheme == "balanced"
+
+
+def test_experiment_on_an_idx_directory(tmp_path, capsys):
+    """End to end on a tiny MNIST-format directory (seeds of medical / imbalance share one group)."""
+    import gzip
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "idx"
+    data.mkdir()
+    for prefix, n in (("train", 300), ("t10k", 90)):
+        y = (np.arange(n) % 3).astype(np.uint8)
+        x = (rng.integers(0, 60, size=(n, 4, 4)) + 60 * y[:, None, None]).astype(np.uint8)
+        for kind, arr in (("images-idx3-ubyte", x), ("labels-idx1-ubyte", y)):
+            head = bytes([0, 0, 8, arr.ndim]) + b"".join(
+                int(d).to_bytes(4, "big") for d in arr.shape
+            )
+            with gzip.open(data / f"{prefix}-{kind}.gz", "wb") as f:
+                f.write(head + arr.tobytes())
+    out = tmp_path / "out"
+    assert main(["experiment", "--dataset", str(data), *TINY, "--out", str(out)]) == 0
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["seed"] for r in recs} == {0, 1}
+    per = {sc: sum(r["scenario"] == sc for r in recs) for sc in ("fp-pair", "medical", "imbalance")}
+    assert per == {"fp-pair": 2 * 3 * 4, "medical": 2 * 2 * 5, "imbalance": 2 * 1 * 4}
+    assert all(r["metrics"]["n_test"] > 0 for r in recs)
+    assert "runs done" in capsys.readouterr().err
