@@ -36,7 +36,7 @@ __all__ = ["rwwce_loss"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
-_CPU_CHUNK_ELEMENTS = 1 << 16
+_CPU_CHUNK_ELEMENTS = 1 << 18
 _CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
@@ -136,20 +136,30 @@ def _rows_forward(
     num_classes = z.shape[1]
     soft = target.dim() == 2
 
-    # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
-    z_max, argmax = z.max(dim=1, keepdim=True)
-    q = z.scatter(1, argmax, float("-inf"))
-    second_max = q.amax(dim=1, keepdim=True)
-    second_max = torch.where(torch.isfinite(second_max), second_max, torch.zeros_like(second_max))
-    q.sub_(second_max).exp_()
-    sum_others = q.sum(dim=1, keepdim=True)
-    lse_others = second_max + sum_others.log()
-    q.div_(sum_others.clamp_min(torch.finfo(z.dtype).tiny))  # softmax over j != m; q_m = 0
-    d = z_max - lse_others  # log-odds of the arg-max class; +inf when every other logit is -inf
-    lse = z_max + F.softplus(-d)
-    p_max = torch.sigmoid(d)
-    p = q * torch.sigmoid(-d)
-    p.scatter_(1, argmax, p_max)
+    if fp_weight is None:
+        # Without an FP term only log p is needed: a plain, stable log-softmax.
+        z_max = z.amax(dim=1, keepdim=True)
+        p = (z - z_max).exp_()
+        total = p.sum(dim=1, keepdim=True)
+        p.div_(total)
+        lse = z_max + total.log()
+    else:
+        # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
+        z_max, argmax = z.max(dim=1, keepdim=True)
+        q = z.scatter(1, argmax, float("-inf"))
+        second_max = q.amax(dim=1, keepdim=True)
+        second_max = torch.where(
+            torch.isfinite(second_max), second_max, torch.zeros_like(second_max)
+        )
+        q.sub_(second_max).exp_()
+        sum_others = q.sum(dim=1, keepdim=True)
+        lse_others = second_max + sum_others.log()
+        q.div_(sum_others.clamp_min(torch.finfo(z.dtype).tiny))  # softmax over j != m; q_m = 0
+        d = z_max - lse_others  # log-odds of the arg-max class; +inf when every other logit is -inf
+        lse = z_max + F.softplus(-d)
+        p_max = torch.sigmoid(d)
+        p = q * torch.sigmoid(-d)
+        p.scatter_(1, argmax, p_max)
 
     # FN term: -sum_k a_k log p_k with a = y * fn.
     if soft:
