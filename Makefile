@@ -12,7 +12,7 @@ install:
 	$(PIP) install --quiet -e ".[experiments,gpu,dev]"
 
 demo: install
-	$(PYTHON) -m rwwce experiment --dataset digits --scenario all --quick --out runs/demo
+	$(PYTHON) -m rwwce experiment --dataset digits --out runs/demo
 
 test: install
 	$(PYTHON) -m pytest -q
