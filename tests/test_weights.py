@@ -386,6 +386,7 @@ def test_count_classes_errors(data, kwargs, exc, match):
 
 
 def test_progress_bar_only_for_long_data(monkeypatch, capsys):
+    pytest.importorskip("tqdm")  # an optional dependency: the rich and no-bar paths are below
     ds = TensorDataset(torch.zeros(50, 1), torch.zeros(50, dtype=torch.long))
     monkeypatch.setattr(W, "PROGRESS_MIN_LENGTH", 10)
     assert count_classes(ds, 1).tolist() == [50]
