@@ -272,7 +272,7 @@ def binary_real_world_weight_cross_entropy(
         return loss.to(input.dtype)
     total = loss.sum()  # reduced in float32 at least, like the multi-class loss
     if reduction == "mean":
-        total = _safe_divide(total, torch.tensor(float(loss.numel()), dtype=dtype, device=device))
+        total = _safe_divide(total, loss.new_full((), float(loss.numel())))
     elif reduction == "weighted_mean":
         weight_total = fn * y + fp * (1.0 - y)
         if weights is not None:
@@ -359,7 +359,7 @@ def _denominator(
     """What 'mean' / 'weighted_mean' divide by; ``valid`` is None for probability targets."""
     if reduction == "mean":
         if valid is None:
-            return torch.tensor(float(row_weight.numel()), device=row_weight.device)
+            return row_weight.new_full((), float(row_weight.numel()))  # no host-to-device copy
         return valid.sum()
     if reduction == "weighted_mean":
         return row_weight.sum() if valid is None else (row_weight * fn[target]).sum()
