@@ -99,150 +99,130 @@ def run_experiment(
 ) -> list[dict]:
     """Run (or resume) one experiment; return every record of this dataset in ``out``."""
     with _cpu_math_settings(device):
-        return _run_experiment(
-            dataset,
-            scenario,
-            seeds=seeds,
-            quick=quick,
-            epochs=epochs,
-            device=device,
-            out=out,
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        console = console or Console(stderr=True)
+        data = load_dataset(dataset)
+        ds_key = dataset if dataset in ("digits", "breast-cancer") else os.path.abspath(dataset)
+        if scenario == "all":
+            scenarios = [s for s in SCENARIOS if not (s == "fp-pair" and data.num_classes < 3)]
+        else:
+            scenarios = [scenario]
+        if "fp-pair" in scenarios and data.num_classes < 3:
+            raise ValueError(
+                f"scenario 'fp-pair' needs a multi-class dataset; {data.name!r} has 2 classes"
+            )
+        os.makedirs(out, exist_ok=True)
+        results_path = os.path.join(out, "results.jsonl")
+        records = report.load_records(results_path)
+        done = {r["key"] for r in records}
+        vers = versions()
+        skipped = ran = 0
+        t0 = time.time()
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
             console=console,
-            threads=threads,
+            transient=False,
         )
-
-
-def _run_experiment(
-    dataset: str,
-    scenario: str,
-    *,
-    seeds: int,
-    quick: bool,
-    epochs: int,
-    device: str,
-    out: str,
-    console=None,
-    threads: int | None = None,
-) -> list[dict]:
-    """Run (or resume) one experiment; return every record of this dataset in ``out``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = console or Console(stderr=True)
-    data = load_dataset(dataset)
-    ds_key = dataset if dataset in ("digits", "breast-cancer") else os.path.abspath(dataset)
-    if scenario == "all":
-        scenarios = [s for s in SCENARIOS if not (s == "fp-pair" and data.num_classes < 3)]
-    else:
-        scenarios = [scenario]
-    if "fp-pair" in scenarios and data.num_classes < 3:
-        raise ValueError(
-            f"scenario 'fp-pair' needs a multi-class dataset; {data.name!r} has 2 classes"
-        )
-    os.makedirs(out, exist_ok=True)
-    results_path = os.path.join(out, "results.jsonl")
-    records = report.load_records(results_path)
-    done = {r["key"] for r in records}
-    vers = versions()
-    skipped = ran = 0
-    t0 = time.time()
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-    with progress:
-        for sc in scenarios:
-            outer = progress.add_task(f"{sc}: seeds", total=seeds)
-            for group in build_groups(data, sc, list(range(seeds)), quick):
-                todo = [
-                    a
-                    for a in group.arms
-                    if run_key(ds_key, sc, a.config, a.seed, a.arm, epochs) not in done
-                ]
-                skipped += len(group.arms) - len(todo)
-                if todo:
-                    model_ids = sorted({a.spec.model for a in todo})
-                    remap = {m: i for i, m in enumerate(model_ids)}
-                    specs = [group.models[m].spec for m in model_ids]
-                    arms = [
-                        type(a.spec)(remap[a.spec.model], a.spec.decision, a.spec.costs)
-                        for a in todo
+        with progress:
+            for sc in scenarios:
+                outer = progress.add_task(f"{sc}: seeds", total=seeds)
+                for group in build_groups(data, sc, list(range(seeds)), quick):
+                    todo = [
+                        a
+                        for a in group.arms
+                        if run_key(ds_key, sc, a.config, a.seed, a.arm, epochs) not in done
                     ]
-                    n = len(specs[0].train_idx)
-                    seeds_in = sorted({a.seed for a in group.arms})
-                    label = (
-                        f"seed {seeds_in[0]}"
-                        if len(seeds_in) == 1
-                        else f"seeds {seeds_in[0]}-{seeds_in[-1]}"
-                    )
-                    inner = progress.add_task(
-                        f"  {label}: {len(specs)} models, {len(todo)} arms",
-                        total=epochs * -(-n // 100),
-                    )
-                    t_group = time.time()
-                    if device == "cpu":
-                        torch.set_num_threads(_threads_for(group, len(specs), threads))
-                    pool = torch.as_tensor(group.pool, device=device)
-                    results = train_group(
-                        pool,
-                        specs,
-                        arms,
-                        _loss_for(group, model_ids),
-                        group.sizes,
-                        epochs=epochs,
-                        on_step=lambda task=inner: progress.advance(task),
-                    )
-                    new = []
-                    for a, res in zip(todo, results, strict=True):
-                        new.append(
-                            {
-                                "key": run_key(ds_key, sc, a.config, a.seed, a.arm, epochs),
-                                "dataset": ds_key,
-                                "scenario": sc,
-                                "config": a.config,
-                                "seed": a.seed,
-                                "arm": a.arm,
-                                "epochs": epochs,
-                                "metrics": arm_metrics(sc, a, res, data.classes),
-                                "versions": vers,
-                                "device": device,
-                            }
+                    skipped += len(group.arms) - len(todo)
+                    if todo:
+                        model_ids = sorted({a.spec.model for a in todo})
+                        remap = {m: i for i, m in enumerate(model_ids)}
+                        specs = [group.models[m].spec for m in model_ids]
+                        arms = [
+                            type(a.spec)(remap[a.spec.model], a.spec.decision, a.spec.costs)
+                            for a in todo
+                        ]
+                        n = len(specs[0].train_idx)
+                        seeds_in = sorted({a.seed for a in group.arms})
+                        label = (
+                            f"seed {seeds_in[0]}"
+                            if len(seeds_in) == 1
+                            else f"seeds {seeds_in[0]}-{seeds_in[-1]}"
                         )
-                    report.append_records(results_path, new)
-                    records += new
-                    done.update(r["key"] for r in new)
-                    ran += len(new)
-                    progress.remove_task(inner)
-                    if not console.is_terminal:
-                        console.print(
-                            f"{sc} {label}: {len(specs)} models, {len(new)} runs "
-                            f"in {time.time() - t_group:.1f} s",
-                            highlight=False,
+                        inner = progress.add_task(
+                            f"  {label}: {len(specs)} models, {len(todo)} arms",
+                            total=epochs * -(-n // 100),
                         )
-                progress.advance(outer, len({a.seed for a in group.arms}))
-    records = [r for r in records if r["dataset"] == ds_key and r["epochs"] == epochs]
-    header = {
-        "dataset": data.name,
-        "seeds": seeds,
-        "epochs": epochs,
-        "quick": quick,
-        "device": device,
-        "runs": len(records),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
-        f"{threads or 'auto'}",
-        "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
-    }
-    report.write_plots(out, records, scenarios)
-    report.write_report(os.path.join(out, "report.md"), records, scenarios, header, PAPER)
-    console.print(
-        f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
-        highlight=False,
-    )
-    return records
+                        t_group = time.time()
+                        if device == "cpu":
+                            torch.set_num_threads(_threads_for(group, len(specs), threads))
+                        pool = torch.as_tensor(group.pool, device=device)
+                        results = train_group(
+                            pool,
+                            specs,
+                            arms,
+                            _loss_for(group, model_ids),
+                            group.sizes,
+                            epochs=epochs,
+                            on_step=lambda task=inner: progress.advance(task),
+                        )
+                        new = []
+                        for a, res in zip(todo, results, strict=True):
+                            new.append(
+                                {
+                                    "key": run_key(ds_key, sc, a.config, a.seed, a.arm, epochs),
+                                    "dataset": ds_key,
+                                    "scenario": sc,
+                                    "config": a.config,
+                                    "seed": a.seed,
+                                    "arm": a.arm,
+                                    "epochs": epochs,
+                                    "metrics": arm_metrics(sc, a, res, data.classes),
+                                    "versions": vers,
+                                    "device": device,
+                                }
+                            )
+                        report.append_records(results_path, new)
+                        records += new
+                        done.update(r["key"] for r in new)
+                        ran += len(new)
+                        progress.remove_task(inner)
+                        if not console.is_terminal:
+                            console.print(
+                                f"{sc} {label}: {len(specs)} models, {len(new)} runs "
+                                f"in {time.time() - t_group:.1f} s",
+                                highlight=False,
+                            )
+                    progress.advance(outer, len({a.seed for a in group.arms}))
+        records = [r for r in records if r["dataset"] == ds_key and r["epochs"] == epochs]
+        header = {
+            "dataset": data.name,
+            "seeds": seeds,
+            "epochs": epochs,
+            "quick": quick,
+            "device": device,
+            "runs": len(records),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+            f"{threads or 'auto'}",
+            "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
+        }
+        report.write_plots(out, records, scenarios)
+        report.write_report(os.path.join(out, "report.md"), records, scenarios, header, PAPER)
+        console.print(
+            f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
+            highlight=False,
+        )
+        return records
 
 
 def print_summary(records: list[dict], scenario: str, out=None) -> None:
