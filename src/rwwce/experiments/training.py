@@ -162,7 +162,7 @@ def multiclass_loss(
     import rwwce
 
     rw = rwwce.real_world_weight_cross_entropy
-    g_models, k = fn.shape
+    k = fn.shape[1]
     shared = bool((fn == fn[:1]).all()) and (fp is None or bool((fp == fp[:1]).all()))
     cols = [] if fp is None else [j for j in range(k) if bool((fp[:, :, j] != 0).any())]
     cache: dict[torch.device, tuple] = {}
