@@ -1,6 +1,7 @@
 """CostMatrix: validation, the fn/FP mapping, CSV round trips and malformed files."""
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -399,3 +400,19 @@ def test_from_csv_rejects_malformed_files(tmp_path, text, match):
 def test_from_csv_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         CostMatrix.from_csv(tmp_path / "nope.csv")
+
+
+def test_to_csv_honours_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        p = tmp_path / "c.csv"
+        CostMatrix([[0, 1], [5, 0]]).to_csv(p)
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o644
+        assert CostMatrix.from_csv(p).matrix.tolist() == [[0, 1], [5, 0]]
+        os.umask(0o077)
+        q = tmp_path / "d.csv"
+        CostMatrix([[0, 1], [5, 0]]).to_csv(q)
+        assert stat.S_IMODE(os.stat(q).st_mode) == 0o600
+        assert sorted(os.listdir(tmp_path)) == ["c.csv", "d.csv"]  # no temporary file left
+    finally:
+        os.umask(old)

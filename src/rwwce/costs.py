@@ -19,9 +19,9 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -353,25 +353,17 @@ class CostMatrix:
         """Write the matrix as CSV (the format :meth:`from_csv` reads), atomically.
 
         The table goes to a temporary file in the destination folder, which then replaces
-        ``path`` in one step, so readers never see a half-written file.
+        ``path`` in one step, so readers never see a half-written file; a new file gets the
+        permissions the umask gives (0644 under umask 022), a replaced one keeps its mode.
         """
-        p = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh, lineterminator="\n")
-                w.writerow([corner, *self._classes])
-                for name, row in zip(self._classes, self._matrix.tolist(), strict=True):
-                    w.writerow([name, *(_format_number(v) for v in row)])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        from rwwce._io import atomic_write
+
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([corner, *self._classes])
+        for name, row in zip(self._classes, self._matrix.tolist(), strict=True):
+            w.writerow([name, *(_format_number(v) for v in row)])
+        atomic_write(path, buf.getvalue())
 
     def __repr__(self) -> str:
         k = self.num_classes
