@@ -193,7 +193,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     import torch
 
-    from rwwce.experiments.runner import print_summary, run_experiment
+    from rwwce.experiments.runner import Settings, print_summary, run_experiment
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _UserError("--device cuda was requested but CUDA is not available on this machine")
@@ -207,18 +207,18 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         args.out = os.path.join(
             "runs", f"{base}-{args.scenario}" + ("-quick" if args.quick else "")
         )
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise _UserError(f"--out {args.out!r} exists and is not a directory")
-    records = run_experiment(
-        args.dataset,
-        args.scenario,
+    settings = Settings(
+        dataset=args.dataset,
+        scenario=args.scenario,
         seeds=seeds,
         quick=args.quick,
         epochs=args.epochs,
+        split=args.split,
         device=args.device,
         out=args.out,
         threads=args.threads,
     )
+    records = run_experiment(settings)
     print_summary(records, args.scenario)
     print(
         f"results: {os.path.join(args.out, 'results.jsonl')}, report: "
@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the paper's experiments (batched, resumable)",
         description="Train the paper's models (MLP in-50-20-K, in-10-1; Adam 1e-3, batch 100) "
         "for each arm over several seeds; write results.jsonl, report.md and plots to "
-        "--out. Rerunning with the same --out skips finished runs.",
+        "--out. Rerunning with the same --out skips finished runs and continues an "
+        "interrupted group from its last finished epoch.",
     )
     p.add_argument(
         "--dataset",
@@ -265,7 +266,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seeds per configuration (default 5, 3 with --quick)",
     )
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs for every model (default: the paper's 10, or as many as give "
+        "every model at least 1500 Adam steps on small data)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=["paper", "official"],
+        help="paper: all rows pooled, 25%% drawn for test with random_state 1 (the paper's; "
+        "default for fp-pair and medical); official: an IDX directory's own train / t10k files "
+        "(default for imbalance where the data has them)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument(
         "--out", default=None, help="output directory (default runs/<dataset>-<scenario>)"

@@ -1,9 +1,13 @@
 """The experiments' data: scikit-learn's bundled sets and MNIST-format IDX directories.
 
 ``load_dataset(name)`` gives the raw features and labels (``digits``, ``breast-cancer``, or a
-directory of IDX files); ``split(data, seed)`` gives a seeded, stratified train / validation / test
-split with features standardised on the training part (train + validation, never test).
-IDX directories keep their official train / t10k split (only the validation hold-out is seeded).
+directory of IDX files); ``pool(data, mode)`` the test rows and the features standardised on the
+other rows; ``split(pool, seed)`` one seed's train / validation / test indices.
+
+Two splits: ``"paper"`` (the paper's notebook: every row pooled, 25% for test at random with
+``random_state=1``) and ``"official"`` (an IDX directory's own train / t10k files). Only the
+validation hold-out (10% of the non-test rows, stratified) depends on the seed, so all seeds of a
+data set share one standardised feature matrix and one test set.
 """
 
 from __future__ import annotations
@@ -11,13 +15,32 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["Dataset", "Split", "load_dataset", "read_idx", "split"]
+__all__ = ["SPLITS", "Dataset", "Pool", "Split", "load_dataset", "pool", "read_idx", "split"]
 
 TEST_FRACTION = 0.25
 VAL_FRACTION = 0.10
+PAPER_RANDOM_STATE = 1
+SPLITS = ("paper", "official")
+SplitMode = Literal["paper", "official"]
+# Class names of data sets recognised by their folder name (lower case, digits stripped).
+KNOWN_CLASSES = {
+    "fashion-mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
+}
 
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -44,6 +67,17 @@ class Dataset:
 
 
 @dataclass
+class Pool:
+    """Standardised features of every row and the rows held out for test (seed-independent)."""
+
+    mode: SplitMode
+    x: np.ndarray  # (N, d) float32, standardised on the non-test rows
+    y: np.ndarray  # (N,) int64
+    fit: np.ndarray  # rows for training and validation
+    test: np.ndarray
+
+
+@dataclass
 class Split:
     """One seed's split. ``x`` stacks train, validation and test rows (standardised);
     the index arrays point into it."""
@@ -53,6 +87,7 @@ class Split:
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+    mode: SplitMode = "paper"
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -115,11 +150,13 @@ def _load_idx_dir(directory: str) -> Dataset:
     if parts["train"][0].shape[1] != parts["test"][0].shape[1]:
         raise ValueError(f"{directory!r}: train and test images differ in size")
     name = os.path.basename(os.path.normpath(directory)) or directory
+    known = KNOWN_CLASSES.get(name.lower().replace("_", "-"))
+    classes = known if known is not None and len(known) == k else [str(i) for i in range(k)]
     return Dataset(
         name,
         parts["train"][0],
         parts["train"][1],
-        [str(i) for i in range(k)],
+        classes,
         parts["test"][0],
         parts["test"][1],
     )
@@ -155,23 +192,51 @@ def load_dataset(name: str) -> Dataset:
     )
 
 
-def split(data: Dataset, seed: int) -> Split:
-    """Stratified, seeded split: 25% test (unless the data has its own), 10% of train for
-    validation; features standardised with the mean and std of the train + validation rows."""
+def pool(data: Dataset, mode: SplitMode) -> Pool:
+    """The test rows of split ``mode`` and the standardised feature matrix (computed once).
+
+    ``"paper"``: train and official test rows (if any) pooled, then 25% drawn for test with
+    ``sklearn.model_selection.train_test_split(..., test_size=0.25, random_state=1)`` (the
+    paper's notebook: not stratified, the same test rows whatever the seed).
+    ``"official"``: the data's own train / test files (IDX directories only).
+    Features are standardised with the mean and std of the non-test rows.
+    """
     from sklearn.model_selection import train_test_split
 
-    if data.x_test is None:
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            data.x, data.y, test_size=TEST_FRACTION, stratify=data.y, random_state=seed
-        )
+    if mode not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {mode!r}")
+    if mode == "official":
+        if data.x_test is None:
+            raise ValueError(
+                f"--split official: {data.name!r} has no official test split "
+                "(only MNIST-format IDX directories do); use --split paper"
+            )
+        x_all = np.concatenate([data.x, data.x_test])
+        y_all = np.concatenate([data.y, data.y_test])
+        fit = np.arange(len(data.y))
+        test = np.arange(len(data.y), len(y_all))
     else:
-        x_tr, x_te, y_tr, y_te = data.x, data.x_test, data.y, data.y_test
-    idx = np.arange(len(y_tr))
-    tr, va = train_test_split(idx, test_size=VAL_FRACTION, stratify=y_tr, random_state=seed)
-    mean = x_tr.mean(0)
-    std = x_tr.std(0)
+        if data.x_test is None:
+            x_all, y_all = data.x, data.y
+        else:
+            x_all = np.concatenate([data.x, data.x_test])
+            y_all = np.concatenate([data.y, data.y_test])
+        fit, test = train_test_split(
+            np.arange(len(y_all)), test_size=TEST_FRACTION, random_state=PAPER_RANDOM_STATE
+        )
+        fit, test = np.sort(fit), np.sort(test)
+    mean = x_all[fit].mean(0)
+    std = x_all[fit].std(0)
     std[std == 0] = 1.0
-    x = (np.concatenate([x_tr, x_te]) - mean) / std
-    y = np.concatenate([y_tr, y_te])
-    test = np.arange(len(y_tr), len(y))
-    return Split(x.astype(np.float32), y, np.sort(tr), np.sort(va), test)
+    x = ((x_all - mean) / std).astype(np.float32)
+    return Pool(mode, x, y_all.astype(np.int64), fit, test)
+
+
+def split(data: Dataset | Pool, seed: int, mode: SplitMode = "paper") -> Split:
+    """One seed's split: the pool's test rows, and 10% of the other rows (stratified, seeded)
+    held out for validation. ``data`` may be a :class:`Pool` already made (no copy then)."""
+    from sklearn.model_selection import train_test_split
+
+    p = data if isinstance(data, Pool) else pool(data, mode)
+    tr, va = train_test_split(p.fit, test_size=VAL_FRACTION, stratify=p.y[p.fit], random_state=seed)
+    return Split(p.x, p.y, np.sort(tr), np.sort(va), p.test, p.mode)

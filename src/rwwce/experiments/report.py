@@ -1,71 +1,79 @@
-"""Results on disk (append-only JSONL, atomic writes), summary statistics, tables and plots."""
+"""Results on disk (append-only JSONL), summary statistics, the verdict, and ``report.md``.
+
+What is scenario-specific (headline metric, columns, plots, the paper's figures) comes from the
+scenario objects (:mod:`rwwce.experiments.scenarios`); this module only iterates over them.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from rwwce._io import atomic_write
+
+from .scenarios.base import Scenario
+
 __all__ = [
-    "MAIN_METRIC",
+    "ALPHA",
+    "ResultsFileError",
     "append_records",
-    "atomic_write",
     "load_records",
     "summarize",
-    "write_plots",
+    "verdict",
     "write_report",
 ]
 
-# The scenario-specific headline metric reported beside the Real World Cost.
-MAIN_METRIC = {"fp-pair": "targeted", "medical": "recall", "imbalance": "rare_recall"}
-REFERENCE_ARM = "rwwce"
+ALPHA = 0.05  # significance level of the verdict's paired tests
+
+
+class ResultsFileError(ValueError):
+    """A results file holds something that is not ours: rwwce refuses to rewrite it."""
 
 
 # ------------------------------------------------------------------------------------- files
-def atomic_write(path: str, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def load_records(path: str) -> tuple[list[dict], str | None]:
+    """Every record of a results file, and a note when a truncated last line was dropped.
 
-
-def load_records(path: str) -> list[dict]:
-    """Every complete record of a results file. A truncated or corrupt line (an interrupted
-    write) is dropped, and the file is rewritten without it so later appends stay line-aligned."""
+    A last line without its newline that does not parse (a write cut short by a crash) is cut off
+    the file, and the note says so; every other byte stays as it was. Any other line that is not
+    an rwwce record raises :class:`ResultsFileError` naming the file and the line: the file is
+    never rewritten behind the user's back.
+    """
     if not os.path.exists(path):
-        return []
+        return [], None
+    if os.path.isdir(path):
+        raise ResultsFileError(f"{path!r} is a directory, expected rwwce's results file")
     with open(path, "rb") as f:
         raw = f.read()
-    records, good, bad = [], [], 0
-    for line in raw.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or "key" not in rec:
-                raise ValueError
-        except ValueError:
-            bad += 1
-            continue
-        records.append(rec)
-        good.append(line)
-    if bad or (raw and not raw.endswith(b"\n")):
-        atomic_write(path, b"".join(line + b"\n" for line in good))
-    return records
+    records = []
+    lines = raw.split(b"\n")
+    offset = 0
+    for n, line in enumerate(lines, start=1):
+        last = n == len(lines)
+        if line.strip():
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and "key" in rec and "metrics" in rec
+            except ValueError:
+                rec, ok = None, False
+            if not ok:
+                if last and rec is None:  # no newline after it: an interrupted append
+                    atomic_write(path, raw[:offset])
+                    return records, (
+                        f"{path!r} line {n} was cut short (an interrupted write): dropped it"
+                    )
+                raise ResultsFileError(
+                    f"{path!r} line {n} is not an rwwce result record; rwwce does not rewrite "
+                    "files it did not write: move it aside or choose another --out"
+                )
+            records.append(rec)
+        offset += len(line) + 1
+    return records, None
 
 
 def append_records(path: str, records: Iterable[dict]) -> None:
@@ -112,44 +120,68 @@ def _unit(rec: dict) -> str:
     return json.dumps([rec["config"], rec["seed"]], sort_keys=True)
 
 
-def summarize(records: list[dict], scenario: str) -> list[dict]:
-    """One row per arm: n, mean and 95% interval of the Real World Cost and of the headline
-    metric, and the Wilcoxon p-value of the cost against the ``rwwce`` arm (paired by config and
-    seed)."""
-    recs = [r for r in records if r["scenario"] == scenario]
+def _metric_key(column: str) -> str:
+    return "real_world_cost" if column == "cost" else column
+
+
+def summarize(records: list[dict], scenario: Scenario) -> list[dict]:
+    """One row per arm (in the scenario's arm order): n, mean and 95% interval of every table
+    column, the mean paired difference of the cost to the reference arm (``rwwce``) and the
+    Wilcoxon p-value of that difference (paired by configuration and seed)."""
     by_arm: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in recs:
-        by_arm[r["arm"]][_unit(r)] = r["metrics"]
-    main = MAIN_METRIC[scenario]
-    ref = by_arm.get(REFERENCE_ARM, {})
+    for r in records:
+        if r["scenario"] == scenario.name:
+            by_arm[r["arm"]][_unit(r)] = r["metrics"]
+    order = [a.name for a in scenario.arms]
+    arms = sorted(by_arm, key=lambda a: (order.index(a) if a in order else len(order), a))
+    ref = by_arm.get(scenario.reference_arm, {})
     rows = []
-    for arm, units in by_arm.items():
+    for arm in arms:
+        units = by_arm[arm]
         keys = sorted(units)
-        cost = np.array([units[k]["real_world_cost"] for k in keys], dtype=float)
-        metric = np.array([units[k].get(main, math.nan) for k in keys], dtype=float)
-        err = np.array([units[k]["error_rate"] for k in keys], dtype=float)
-        shared = [k for k in keys if k in ref]
-        p = math.nan
-        if arm != REFERENCE_ARM and shared:
-            p = _paired_p(
-                np.array([units[k]["real_world_cost"] for k in shared], dtype=float),
-                np.array([ref[k]["real_world_cost"] for k in shared], dtype=float),
-            )
-        row = {
-            "arm": arm,
-            "n": len(keys),
-            "cost": _interval(cost),
-            main: _interval(metric),
-            "error_rate": _interval(err),
-            "p_vs_rwwce": p,
-        }
-        if scenario == "medical":
-            for extra in ("precision", "f1", "real_world_benefit"):
-                row[extra] = _interval(np.array([units[k][extra] for k in keys], dtype=float))
-        if scenario == "imbalance":
-            row["macro_f1"] = _interval(np.array([units[k]["macro_f1"] for k in keys], dtype=float))
+        row: dict = {"arm": arm, "n": len(keys)}
+        for col in scenario.table_columns():
+            k = _metric_key(col)
+            row[col] = _interval(np.array([units[u].get(k, math.nan) for u in keys], dtype=float))
+        shared = [u for u in keys if u in ref]
+        row["p_vs_rwwce"], row["diff_vs_rwwce"] = math.nan, math.nan
+        if arm != scenario.reference_arm and shared:
+            mine = np.array([units[u]["real_world_cost"] for u in shared], dtype=float)
+            theirs = np.array([ref[u]["real_world_cost"] for u in shared], dtype=float)
+            row["p_vs_rwwce"] = _paired_p(mine, theirs)
+            row["diff_vs_rwwce"] = float(np.mean(theirs - mine))
         rows.append(row)
     return rows
+
+
+def verdict(rows: list[dict], scenario: Scenario) -> list[str]:
+    """Where the reference arm (RWWCE) wins, ties and loses on Real World Cost, one line per
+    other arm: a win or a loss needs the paired Wilcoxon test's p < :data:`ALPHA`."""
+    ref = next((r for r in rows if r["arm"] == scenario.reference_arm), None)
+    if ref is None:
+        return []
+    out = []
+    for r in rows:
+        if r is ref:
+            continue
+        p, diff = r["p_vs_rwwce"], r["diff_vs_rwwce"]
+        if math.isnan(p) or p >= ALPHA or diff == 0:
+            word = "ties with"
+        elif diff < 0:
+            word = "wins against"
+        else:
+            word = "loses to"
+        out.append(
+            f"RWWCE {word} {r['arm']}: cost {ref['cost'][0]:.4g} vs {r['cost'][0]:.4g} "
+            f"(paired difference {diff:+.4g}, p = {fmt_p(p)}, n = {r['n']}); "
+            f"{scenario.label(scenario.headline)} {fmt_num(ref[scenario.headline][0])} vs "
+            f"{fmt_num(r[scenario.headline][0])}"
+        )
+    return out
+
+
+def fmt_num(x: float, digits: int = 3) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def fmt_interval(t: tuple[float, float, float], digits: int = 3) -> str:
@@ -174,34 +206,54 @@ def fmt_p(p: float) -> str:
     return "-" if math.isnan(p) else f"{p:.3g}"
 
 
-def table_columns(scenario: str) -> list[str]:
-    cols = ["cost", MAIN_METRIC[scenario], "error_rate"]
-    if scenario == "medical":
-        cols += ["precision", "f1", "real_world_benefit"]
-    if scenario == "imbalance":
-        cols += ["macro_f1"]
-    return cols
-
-
 # ------------------------------------------------------------------------------------ report
+def _setup_lines(records: list[dict]) -> list[str]:
+    """The split and the training budget the runs of one scenario used."""
+    seen = []
+    for r in records:
+        b = r.get("budget", {})
+        item = (
+            r.get("split", "?"),
+            r["epochs"],
+            b.get("steps_per_epoch"),
+            b.get("rule", ""),
+        )
+        if item not in seen:
+            seen.append(item)
+    lines = []
+    for split, epochs, per, rule in seen:
+        steps = f", {per} steps per epoch, {epochs * per} Adam steps" if per else ""
+        lines.append(f"- split: {split}; training: {epochs} epochs{steps} ({rule})")
+    return lines
+
+
 def write_report(
-    path: str, records: list[dict], scenarios: list[str], header: dict, paper: dict[str, str]
+    path: str,
+    records: list[dict],
+    scenarios: Sequence[Scenario],
+    header: dict,
+    plots: dict[str, list[str]],
 ) -> None:
+    """Write ``report.md``: the set-up, then per scenario the table, the verdict, the paper's
+    figures beside ours and the plots (file names in ``plots``)."""
     lines = [f"# rwwce experiments: {header['dataset']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += [
-        "- intervals: mean and 95% Student-t interval over runs (config x seed)",
-        "- p vs rwwce: two-sided Wilcoxon signed-rank test of the Real World Cost, "
-        "paired by config and seed",
+        "- intervals: mean and 95% Student-t interval over runs (configuration x seed)",
+        "- p vs rwwce: two-sided Wilcoxon signed-rank test of the Real World Cost against the "
+        "rwwce arm, paired by configuration and seed; the verdict calls p < "
+        f"{ALPHA:g} a win or a loss, anything else a tie",
         "",
     ]
     for sc in scenarios:
-        rows = summarize(records, sc)
+        recs = [r for r in records if r["scenario"] == sc.name]
+        rows = summarize(recs, sc)
         if not rows:
             continue
-        cols = table_columns(sc)
-        lines += [f"## {sc}", "", f"{paper.get(sc, '')}", ""]
-        lines.append("| arm | n | " + " | ".join(cols) + " | p vs rwwce |")
+        cols = sc.table_columns()
+        lines += [f"## {sc.name}: {sc.title}", ""]
+        lines += _setup_lines(recs)
+        lines += ["", "| arm | n | " + " | ".join(sc.label(c) for c in cols) + " | p vs rwwce |"]
         lines.append("|" + "---|" * (len(cols) + 3))
         for r in rows:
             lines.append(
@@ -209,89 +261,24 @@ def write_report(
                 + " | ".join(fmt_interval(r[c]) for c in cols)
                 + f" | {fmt_p(r['p_vs_rwwce'])} |"
             )
-        lines.append("")
-        for png in _PLOTS.get(sc, []):
-            lines.append(f"![{png}]({sc}-{png}.png)")
+        lines += ["", "Arms: " + "; ".join(f"`{a.name}`: {a.description}" for a in sc.arms), ""]
+        v = verdict(rows, sc)
+        if v:
+            lines += ["**Where RWWCE wins, ties and loses** (Real World Cost):", ""]
+            lines += [f"- {x}" for x in v] + [""]
+        if sc.paper_figures:
+            by_arm = {r["arm"]: r for r in rows}
+            lines += [
+                f"**The paper's figures beside ours** ({sc.paper_reference}; the paper's numbers "
+                "are for Fashion-MNIST, its split and one run per configuration):",
+                "",
+                f"| | paper | ours ({header['dataset']}, mean) |",
+                "|---|---|---|",
+            ]
+            for f in sc.paper_figures:
+                lines.append(f"| {f.what} | {f.paper} | {f.ours(by_arm) or '-'} |")
+            lines.append("")
+        for png in plots.get(sc.name, []):
+            lines.append(f"![{png}]({png})")
         lines.append("")
     atomic_write(path, "\n".join(lines) + "\n")
-
-
-_PLOTS = {
-    "fp-pair": ["cost", "targeted", "confusion"],
-    "medical": ["cost", "recall", "cost-vs-threshold"],
-    "imbalance": ["cost", "rare_recall", "confusion"],
-}
-
-
-def _save(fig, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_plots(out_dir: str, records: list[dict], scenarios: list[str]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for sc in scenarios:
-        rows = summarize(records, sc)
-        if not rows:
-            continue
-        arms = [r["arm"] for r in rows]
-        for metric in ("cost", MAIN_METRIC[sc]):
-            fig, ax = plt.subplots(figsize=(1.2 * len(arms) + 2, 3.2))
-            means = [r[metric][0] for r in rows]
-            err = np.array(
-                [[r[metric][0] - r[metric][1], r[metric][2] - r[metric][0]] for r in rows]
-            ).T
-            ax.bar(arms, means, yerr=np.nan_to_num(err), capsize=4, color="tab:blue")
-            ax.set_ylabel("Real World Cost per sample" if metric == "cost" else metric)
-            ax.set_title(f"{sc}: {metric} (mean, 95% interval)")
-            ax.tick_params(axis="x", rotation=20)
-            name = "cost" if metric == "cost" else metric
-            _save(fig, os.path.join(out_dir, f"{sc}-{name}.png"))
-            plt.close(fig)
-            written.append(f"{sc}-{name}.png")
-        recs = [r for r in records if r["scenario"] == sc]
-        if sc in ("fp-pair", "imbalance"):
-            first = json.dumps([recs[0]["config"], recs[0]["seed"]], sort_keys=True)
-            same = [
-                r for r in recs if json.dumps([r["config"], r["seed"]], sort_keys=True) == first
-            ]
-            fig, axes = plt.subplots(1, len(same), figsize=(3.2 * len(same), 3.2))
-            for ax, r in zip(np.atleast_1d(axes), same, strict=True):
-                conf = np.array(r["metrics"]["confusion"])
-                ax.imshow(np.log1p(conf), cmap="Blues")
-                ax.set_title(f"{r['arm']}\n{r['config']} seed {r['seed']}", fontsize=8)
-                ax.set_xlabel("predicted")
-                ax.set_ylabel("true")
-            _save(fig, os.path.join(out_dir, f"{sc}-confusion.png"))
-            plt.close(fig)
-            written.append(f"{sc}-confusion.png")
-        if sc == "medical":
-            fig, ax = plt.subplots(figsize=(5, 3.2))
-            grid = np.linspace(0, 1, 51)
-            for arm in ("bce@0.5", "wbce", "rwwce"):
-                curves = [r["metrics"]["cost_vs_threshold"] for r in recs if r["arm"] == arm]
-                if curves:
-                    label = "bce" if arm == "bce@0.5" else arm
-                    ax.plot(grid, np.mean(curves, 0), label=label)
-            ax.axvline(0.5, ls=":", c="grey")
-            ax.axvline(100 / 2100, ls="--", c="grey", label="Bayes threshold")
-            ax.set_xlabel("decision threshold")
-            ax.set_ylabel("test Real World Cost per sample")
-            ax.set_yscale("log")
-            ax.legend(fontsize=8)
-            _save(fig, os.path.join(out_dir, f"{sc}-cost-vs-threshold.png"))
-            plt.close(fig)
-            written.append(f"{sc}-cost-vs-threshold.png")
-    return written

@@ -1,47 +1,164 @@
-"""Run scenarios group by group, append results as they finish, resume what is missing."""
+"""Run scenarios group by group: plan, train, persist; resume what is missing, even mid-group.
+
+* :func:`plan` turns the settings into :class:`Job` s, one per group of models, each with the runs
+  it still has to do (the others are in ``results.jsonl`` already) and its training budget.
+* :func:`train` trains a job's models, saving a checkpoint in ``--out`` after every epoch and
+  continuing from one left by an interrupted run (identical results).
+* :func:`persist` appends the job's runs to ``results.jsonl`` and removes its checkpoint.
+
+:func:`run_experiment` checks that ``--out`` is writable and that its results file is ours before
+anything is trained, runs the jobs, then writes ``report.md`` and the plots.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import platform
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from rwwce._io import atomic_path
+
 from . import report
-from .datasets import load_dataset
-from .scenarios import PAPER, SCENARIOS, Group, arm_metrics, build_groups
-from .training import binary_loss, multiclass_loss, train_group
+from .datasets import Dataset, load_dataset
+from .scenarios import SCENARIOS, Scenario, get
+from .scenarios.base import ArmDef, Group
+from .training import ArmResult, GroupState, binary_loss, multiclass_loss, train_group
 
-__all__ = ["run_experiment", "run_key"]
+__all__ = [
+    "BATCH_SIZE",
+    "MIN_STEPS",
+    "PAPER_EPOCHS",
+    "Job",
+    "Settings",
+    "plan",
+    "persist",
+    "print_summary",
+    "run_experiment",
+    "run_key",
+    "train",
+]
+
+BATCH_SIZE = 100
+PAPER_EPOCHS = 10
+#: Fewest Adam steps a model gets by default: the paper's 10 epochs are ~4,700 steps on
+#: Fashion-MNIST but ~130 on scikit-learn's digits, too few for the models to converge.
+MIN_STEPS = 1500
+RESULTS = "results.jsonl"
+REPORT = "report.md"
 
 
-def versions() -> dict:
-    import rwwce
+@dataclass
+class Settings:
+    """What the user asked for (the ``rwwce experiment`` options)."""
 
-    out = {
-        "rwwce": rwwce.__version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import sklearn
-
-        out["scikit-learn"] = sklearn.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return out
+    dataset: str
+    scenario: str = "all"
+    seeds: int = 5
+    quick: bool = False
+    epochs: int | None = None  # None: the default budget (see :func:`budget`)
+    split: str | None = None  # None: each scenario's default
+    device: str = "cpu"
+    out: str = "runs/experiment"
+    threads: int | None = None
 
 
-def run_key(dataset: str, scenario: str, config: dict, seed: int, arm: str, epochs: int) -> str:
-    return json.dumps([dataset, scenario, config, seed, arm, epochs], sort_keys=True)
+@dataclass
+class Job:
+    """One group of models to train together, and the runs of it still to do."""
+
+    scenario: Scenario
+    group: Group
+    todo: list[ArmDef]
+    keys: list[str]  # run keys of todo, in order
+    epochs: int
+    steps_per_epoch: int
+    rule: str
+    all_keys: list[str] = field(default_factory=list)  # every run of the group, done or not
+
+    @property
+    def label(self) -> str:
+        s = self.group.seeds
+        return f"seed {s[0]}" if len(s) == 1 else f"seeds {s[0]}-{s[-1]}"
+
+    @property
+    def identity(self) -> str:
+        """A short hash of the job's runs: the name of its checkpoint."""
+        return hashlib.sha1("\n".join(self.keys).encode()).hexdigest()[:16]
 
 
+def run_key(
+    dataset: str, split: str, scenario: str, config: dict, seed: int, arm: str, epochs: int
+) -> str:
+    return json.dumps([dataset, split, scenario, config, seed, arm, epochs], sort_keys=True)
+
+
+def budget(n_train: int, epochs: int | None) -> tuple[int, int, str]:
+    """(epochs, steps per epoch, the rule in words) for a group with ``n_train`` rows per model.
+
+    ``--epochs N`` is taken as given. By default every model of the group gets the paper's 10
+    epochs, or more epochs where 10 would be fewer than :data:`MIN_STEPS` Adam steps (small data);
+    all models of a group, hence all arms compared in a table, get the same budget.
+    """
+    per = -(-n_train // BATCH_SIZE)
+    if epochs is not None:
+        return epochs, per, "--epochs"
+    if PAPER_EPOCHS * per >= MIN_STEPS:
+        return PAPER_EPOCHS, per, "the paper's 10 epochs"
+    return (
+        math.ceil(MIN_STEPS / per),
+        per,
+        f"the paper's 10 epochs would be {PAPER_EPOCHS * per} steps: at least {MIN_STEPS} steps",
+    )
+
+
+def dataset_key(name: str) -> str:
+    return name if name in ("digits", "breast-cancer") else os.path.abspath(name)
+
+
+def scenarios_for(data: Dataset, name: str) -> list[Scenario]:
+    if name == "all":
+        return [s for s in SCENARIOS.values() if s.applies_to(data)]
+    sc = get(name)
+    sc.check(data)
+    return [sc]
+
+
+def plan(data: Dataset, settings: Settings, done: set[str]) -> Iterator[Job]:
+    """Every group of every scenario asked for, with the runs not in ``done`` (lazily)."""
+    ds = dataset_key(settings.dataset)
+    for sc in scenarios_for(data, settings.scenario):
+        split_mode = sc.split_for(data, settings.split)
+        for group in sc.groups(data, list(range(settings.seeds)), settings.quick, split_mode):
+            epochs, per, rule = budget(len(group.models[0].spec.train_idx), settings.epochs)
+
+            def key(a: ArmDef, sc=sc, group=group, epochs=epochs) -> str:
+                return run_key(ds, group.split, sc.name, a.config, a.seed, a.arm, epochs)
+
+            todo = [a for a in group.arms if key(a) not in done]
+            yield Job(
+                sc,
+                group,
+                todo,
+                [key(a) for a in todo],
+                epochs,
+                per,
+                rule,
+                [key(a) for a in group.arms],
+            )
+
+
+# ------------------------------------------------------------------------------------ training
 def _loss_for(group: Group, model_ids: list[int]):
     defs = [group.models[i] for i in model_ids]
     if group.binary:
@@ -68,7 +185,115 @@ def _threads_for(group: Group, n_models: int, threads: int | None) -> int:
         return threads
     sizes = group.sizes
     per_model = sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    return 1 if n_models * 100 * per_model < SMALL_STEP else (os.cpu_count() or 1)
+    return 1 if n_models * BATCH_SIZE * per_model < SMALL_STEP else (os.cpu_count() or 1)
+
+
+def checkpoint_path(out: str, job: Job) -> str:
+    return os.path.join(out, f".checkpoint-{job.scenario.name}-{job.identity}.pt")
+
+
+def save_checkpoint(path: str, keys: list[str], state: GroupState) -> None:
+    """Save a job's training state atomically (a crash mid-save leaves the previous one)."""
+    with atomic_path(path) as tmp:
+        torch.save({"keys": keys, "state": state.to_dict()}, tmp)
+
+
+def load_checkpoint(path: str, keys: list[str]) -> GroupState | None:
+    """The state saved for exactly these runs, or None (no file, or another job's)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an unreadable checkpoint only costs the training it held
+        return None
+    if not isinstance(saved, dict) or saved.get("keys") != keys:
+        return None
+    return GroupState.from_dict(saved["state"])
+
+
+def train(
+    job: Job, settings: Settings, advance: Callable[[int], None] | None = None
+) -> tuple[list[ArmResult], int]:
+    """Train the job's models (only those its remaining runs need); return one result per
+    remaining run and the epoch it resumed after (0 for a fresh start). ``advance(n)`` is told
+    of every n Adam steps done (those of a resumed checkpoint first)."""
+    group = job.group
+    model_ids = sorted({a.spec.model for a in job.todo})
+    remap = {m: i for i, m in enumerate(model_ids)}
+    specs = [group.models[m].spec for m in model_ids]
+    arms = [type(a.spec)(remap[a.spec.model], a.spec.decision, a.spec.costs) for a in job.todo]
+    if settings.device == "cpu":
+        torch.set_num_threads(_threads_for(group, len(specs), settings.threads))
+    ckpt = checkpoint_path(settings.out, job)
+    state = load_checkpoint(ckpt, job.keys)
+    resumed = state.epoch if state is not None else 0
+    if advance is not None and resumed:
+        advance(resumed * job.steps_per_epoch)
+    results = train_group(
+        torch.as_tensor(group.pool, device=settings.device),
+        specs,
+        arms,
+        _loss_for(group, model_ids),
+        group.sizes,
+        epochs=job.epochs,
+        batch_size=BATCH_SIZE,
+        on_step=None if advance is None else lambda: advance(1),
+        state=state,
+        on_epoch=lambda s: save_checkpoint(ckpt, job.keys, s),
+    )
+    return results, resumed
+
+
+def persist(
+    job: Job,
+    results: list[ArmResult],
+    settings: Settings,
+    classes: list[str],
+    versions: dict[str, str],
+) -> list[dict]:
+    """Append the job's runs to ``results.jsonl``, then remove its checkpoint."""
+    ds = dataset_key(settings.dataset)
+    rule = {"epochs": job.epochs, "steps_per_epoch": job.steps_per_epoch, "rule": job.rule}
+    new = [
+        {
+            "key": key,
+            "dataset": ds,
+            "split": job.group.split,
+            "scenario": job.scenario.name,
+            "config": a.config,
+            "seed": a.seed,
+            "arm": a.arm,
+            "epochs": job.epochs,
+            "budget": rule,
+            "metrics": job.scenario.metrics(a, res, classes),
+            "versions": versions,
+            "device": settings.device,
+        }
+        for a, key, res in zip(job.todo, job.keys, results, strict=True)
+    ]
+    report.append_records(os.path.join(settings.out, RESULTS), new)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(checkpoint_path(settings.out, job))
+    return new
+
+
+# ---------------------------------------------------------------------------------- the run
+def versions() -> dict:
+    import rwwce
+
+    out = {
+        "rwwce": rwwce.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import sklearn
+
+        out["scikit-learn"] = sklearn.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
 
 
 @contextlib.contextmanager
@@ -85,161 +310,128 @@ def _cpu_math_settings(device: str):
             torch.set_flush_denormal(False)
 
 
-def run_experiment(
-    dataset: str,
-    scenario: str,
-    *,
-    seeds: int,
-    quick: bool,
-    epochs: int,
-    device: str,
-    out: str,
-    console=None,
-    threads: int | None = None,
-) -> list[dict]:
-    """Run (or resume) one experiment; return every record of this dataset in ``out``."""
-    with _cpu_math_settings(device):
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        console = console or Console(stderr=True)
-        data = load_dataset(dataset)
-        ds_key = dataset if dataset in ("digits", "breast-cancer") else os.path.abspath(dataset)
-        if scenario == "all":
-            scenarios = [s for s in SCENARIOS if not (s == "fp-pair" and data.num_classes < 3)]
-        else:
-            scenarios = [scenario]
-        if "fp-pair" in scenarios and data.num_classes < 3:
-            raise ValueError(
-                f"scenario 'fp-pair' needs a multi-class dataset; {data.name!r} has 2 classes"
-            )
+def check_output(out: str) -> None:
+    """Create ``out`` and make sure rwwce can write there (before any training): a new file in
+    it, and an existing results file opened for appending. Errors name the user's path."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a directory")
+    try:
         os.makedirs(out, exist_ok=True)
-        results_path = os.path.join(out, "results.jsonl")
-        records = report.load_records(results_path)
-        done = {r["key"] for r in records}
-        vers = versions()
-        skipped = ran = 0
-        t0 = time.time()
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        with progress:
-            for sc in scenarios:
-                outer = progress.add_task(f"{sc}: seeds", total=seeds)
-                for group in build_groups(data, sc, list(range(seeds)), quick):
-                    todo = [
-                        a
-                        for a in group.arms
-                        if run_key(ds_key, sc, a.config, a.seed, a.arm, epochs) not in done
-                    ]
-                    skipped += len(group.arms) - len(todo)
-                    if todo:
-                        model_ids = sorted({a.spec.model for a in todo})
-                        remap = {m: i for i, m in enumerate(model_ids)}
-                        specs = [group.models[m].spec for m in model_ids]
-                        arms = [
-                            type(a.spec)(remap[a.spec.model], a.spec.decision, a.spec.costs)
-                            for a in todo
-                        ]
-                        n = len(specs[0].train_idx)
-                        seeds_in = sorted({a.seed for a in group.arms})
-                        label = (
-                            f"seed {seeds_in[0]}"
-                            if len(seeds_in) == 1
-                            else f"seeds {seeds_in[0]}-{seeds_in[-1]}"
-                        )
-                        inner = progress.add_task(
-                            f"  {label}: {len(specs)} models, {len(todo)} arms",
-                            total=epochs * -(-n // 100),
-                        )
-                        t_group = time.time()
-                        if device == "cpu":
-                            torch.set_num_threads(_threads_for(group, len(specs), threads))
-                        pool = torch.as_tensor(group.pool, device=device)
-                        results = train_group(
-                            pool,
-                            specs,
-                            arms,
-                            _loss_for(group, model_ids),
-                            group.sizes,
-                            epochs=epochs,
-                            on_step=lambda task=inner: progress.advance(task),
-                        )
-                        new = []
-                        for a, res in zip(todo, results, strict=True):
-                            new.append(
-                                {
-                                    "key": run_key(ds_key, sc, a.config, a.seed, a.arm, epochs),
-                                    "dataset": ds_key,
-                                    "scenario": sc,
-                                    "config": a.config,
-                                    "seed": a.seed,
-                                    "arm": a.arm,
-                                    "epochs": epochs,
-                                    "metrics": arm_metrics(sc, a, res, data.classes),
-                                    "versions": vers,
-                                    "device": device,
-                                }
-                            )
-                        report.append_records(results_path, new)
-                        records += new
-                        done.update(r["key"] for r in new)
-                        ran += len(new)
-                        progress.remove_task(inner)
-                        if not console.is_terminal:
-                            console.print(
-                                f"{sc} {label}: {len(specs)} models, {len(new)} runs "
-                                f"in {time.time() - t_group:.1f} s",
-                                highlight=False,
-                            )
-                    progress.advance(outer, len({a.seed for a in group.arms}))
-        records = [r for r in records if r["dataset"] == ds_key and r["epochs"] == epochs]
-        header = {
-            "dataset": data.name,
-            "seeds": seeds,
-            "epochs": epochs,
-            "quick": quick,
-            "device": device,
-            "runs": len(records),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
-            f"{threads or 'auto'}",
-            "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
-        }
-        report.write_plots(out, records, scenarios)
-        report.write_report(os.path.join(out, "report.md"), records, scenarios, header, PAPER)
-        console.print(
-            f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
-            highlight=False,
-        )
-        return records
+    except OSError as e:
+        raise OSError(f"--out {out!r}: cannot create the folder ({e.strerror})") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".rwwce-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OSError(f"--out {out!r} is not writable ({e.strerror})") from None
+    for name in (RESULTS, REPORT):
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            raise ValueError(f"{path!r} is a directory; rwwce writes a file of that name there")
+    results = os.path.join(out, RESULTS)
+    if os.path.exists(results):
+        try:
+            with open(results, "ab"):
+                pass
+        except OSError as e:
+            raise OSError(f"{results!r} is not writable ({e.strerror})") from None
+
+
+def run_experiment(settings: Settings, console=None) -> list[dict]:
+    """Run (or resume) the experiment ``settings`` describes; return the records of every run it
+    covers (those done before included)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    check_output(settings.out)
+    results_path = os.path.join(settings.out, RESULTS)
+    records, note = report.load_records(results_path)
+    if note:
+        console.print(f"note: {note}", highlight=False)
+    data = load_dataset(settings.dataset)
+    scenarios = scenarios_for(data, settings.scenario)
+    by_key = {r["key"]: r for r in records}
+    vers = versions()
+    covered: list[str] = []
+    skipped = ran = 0
+    t0 = time.time()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with _cpu_math_settings(settings.device), progress:
+        for job in plan(data, settings, set(by_key)):
+            covered += job.all_keys
+            skipped += len(job.all_keys) - len(job.todo)
+            if not job.todo:
+                continue
+            n_models = len({a.spec.model for a in job.todo})
+            task = progress.add_task(
+                f"{job.scenario.name} {job.label}: {n_models} models, {len(job.todo)} runs, "
+                f"{job.epochs} epochs",
+                total=job.epochs * job.steps_per_epoch,
+            )
+            t_job = time.time()
+            results, resumed = train(job, settings, lambda n, t=task: progress.advance(t, n))
+            new = persist(job, results, settings, data.classes, vers)
+            by_key.update((r["key"], r) for r in new)
+            ran += len(new)
+            progress.remove_task(task)
+            if not console.is_terminal:
+                again = f" (resumed after epoch {resumed})" if resumed else ""
+                console.print(
+                    f"{job.scenario.name} {job.label}: {n_models} models, {len(new)} runs, "
+                    f"{job.epochs} epochs in {time.time() - t_job:.1f} s{again}",
+                    highlight=False,
+                )
+    mine = [by_key[k] for k in covered]
+    header = {
+        "dataset": data.name,
+        "seeds": settings.seeds,
+        "quick": settings.quick,
+        "device": settings.device,
+        "runs": len(mine),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+        f"{settings.threads or 'auto'}",
+        "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
+    }
+    plots = {}
+    for sc in scenarios:
+        recs = [r for r in mine if r["scenario"] == sc.name]
+        if recs:
+            plots[sc.name] = sc.plots(settings.out, recs, report.summarize(recs, sc), data.classes)
+    report.write_report(os.path.join(settings.out, REPORT), mine, scenarios, header, plots)
+    console.print(
+        f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
+        highlight=False,
+    )
+    return mine
 
 
 def print_summary(records: list[dict], scenario: str, out=None) -> None:
+    """The summary tables (mean ± 95% half-width) of ``records`` on ``out`` (stdout)."""
     from rich.console import Console
     from rich.table import Table
 
     stream = out or sys.stdout
-    console = Console(file=stream, width=None if stream.isatty() else 140)
-    scenarios = SCENARIOS if scenario == "all" else (scenario,)
-    for sc in scenarios:
+    console = Console(file=stream, width=None if stream.isatty() else 160)
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    for sc in (SCENARIOS[n] for n in names):
         rows = report.summarize(records, sc)
         if not rows:
             continue
-        cols = report.table_columns(sc)[:3] + {"medical": ["f1"], "imbalance": ["macro_f1"]}.get(
-            sc, []
+        cols = sc.summary_columns()
+        table = Table(
+            title=f"{sc.name}: mean ± 95% half-width",
+            caption=sc.paper_reference,
+            title_justify="left",
         )
-        table = Table(title=f"{sc}: mean ± 95% half-width", caption=PAPER[sc], title_justify="left")
         for c in ["arm", "n", *cols, "p vs rwwce"]:
             table.add_column(c, justify="left" if c == "arm" else "right")
         for r in rows:
@@ -250,3 +442,5 @@ def print_summary(records: list[dict], scenario: str, out=None) -> None:
                 report.fmt_p(r["p_vs_rwwce"]),
             )
         console.print(table)
+        for line in report.verdict(rows, sc):
+            console.print(f"  {line}", highlight=False)

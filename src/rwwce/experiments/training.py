@@ -12,32 +12,33 @@ An *arm* is a trained model plus a decision rule (arg-max, Bayes-optimal for a c
 fixed threshold, or the F1-best threshold on the validation split) and the cost matrix it is judged
 by. Several arms may share a model (e.g. BCE @ 0.5, BCE @ the F1 threshold and BCE @ the Bayes
 threshold); each arm keeps its own best epoch: the one with the lowest validation cost.
+
+The losses, confusion matrices, costs and Bayes decisions are the library's own
+(:func:`rwwce.real_world_weight_cross_entropy`, :mod:`rwwce.metrics`). A group's full state
+(parameters, Adam's state, the shuffling generators, each arm's best epoch so far) can be saved after
+every epoch and training resumed from it with identical results (:class:`GroupState`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .models import BatchedMLP
 
 __all__ = [
-    "ArmSpec",
     "ArmResult",
+    "ArmSpec",
     "Decision",
+    "GroupState",
     "ModelSpec",
     "binary_loss",
-    "confusion",
-    "cost_of",
+    "f1_best_threshold",
     "multiclass_loss",
-    "plain_cross_entropy_loss",
-    "stacked_rwwce",
     "train_group",
 ]
 
@@ -47,27 +48,38 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # ----------------------------------------------------------------------------------- decisions
 @dataclass(frozen=True)
 class Decision:
-    """How probabilities become a class: ``argmax``, ``bayes`` (argmin_j sum_i p_i C[i, j]),
-    ``threshold`` (binary: positive when p > threshold) or ``f1`` (binary: the threshold that
-    maximises F1 on the validation split, re-chosen at every epoch)."""
+    """How a model's probabilities become a class.
+
+    ``kind``: ``argmax``; ``bayes`` (argmin_j sum_i p_i C[i, j], :func:`rwwce.metrics.bayes_decision`);
+    ``threshold`` (binary: positive when p > ``threshold``); ``f1`` (binary: the threshold that
+    maximises F1 on the validation split, re-chosen at every epoch). A new rule that needs fitting
+    on validation (a calibration, say) is a new ``kind`` handled in :meth:`fit` and :meth:`predict`.
+    """
 
     kind: Literal["argmax", "bayes", "threshold", "f1"] = "argmax"
     threshold: float = 0.5
     costs: np.ndarray | None = None
 
     def fit(self, probs: np.ndarray, y: np.ndarray) -> Decision:
+        """The rule fitted on validation probabilities ``probs`` and labels ``y``."""
         if self.kind != "f1":
             return self
         return replace(self, threshold=f1_best_threshold(probs, y))
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
+        """(N,) int64 classes from (N, K) probabilities (binary: (N,) of the positive class)."""
         if self.kind == "argmax":
             return probs.argmax(-1)
         if self.kind == "bayes":
             from rwwce import metrics
 
-            return np.asarray(metrics.bayes_decision(probs, self.costs)).astype(np.int64)
+            return metrics.bayes_decision(probs, self.costs).numpy()
         return (probs > self.threshold).astype(np.int64)
+
+    @property
+    def fitted(self) -> dict[str, float]:
+        """What :meth:`fit` chose (kept with a checkpoint and in the results)."""
+        return {"threshold": self.threshold} if self.kind in ("threshold", "f1") else {}
 
 
 def f1_best_threshold(probs: np.ndarray, y: np.ndarray) -> float:
@@ -94,70 +106,17 @@ def f1_best_threshold(probs: np.ndarray, y: np.ndarray) -> float:
     )
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K) counts, rows = truth (a fast numpy twin of ``rwwce.metrics.confusion_matrix``)."""
-    idx = y_true.astype(np.int64) * num_classes + y_pred.astype(np.int64)
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def cost_of(conf: np.ndarray, costs: np.ndarray) -> float:
-    """Real World Cost per sample from a confusion matrix: sum C * counts / n."""
-    n = conf.sum()
-    return float((conf * costs).sum() / max(n, 1))
-
-
 # --------------------------------------------------------------------------------------- losses
-def plain_cross_entropy_loss(fn: torch.Tensor | None = None) -> LossFn:
-    """Per-model mean of ``fn[g, t] * (-log p_t)`` with plain PyTorch (for tests and baselines)."""
-
-    def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        g, b, k = logits.shape
-        nll = F.cross_entropy(logits.reshape(g * b, k), y.reshape(-1), reduction="none").view(g, b)
-        if fn is not None:
-            nll = nll * fn.to(logits.device).gather(1, y)
-        return nll.mean(1)
-
-    return loss
-
-
-def stacked_rwwce(
-    logits: torch.Tensor, y: torch.Tensor, fn: torch.Tensor, fp: torch.Tensor | None
-) -> torch.Tensor:
-    """Per-sample RWWCE of G models with their own weights, in one pass over (G, B, K).
-
-    ``loss[g, b] = -fn[g, t] log p_t - sum_j fp[g, t, j] log(1 - p_j)`` with t = y[g, b]: the
-    library's formula (DESIGN.md) with a weight set per model, which its functional API (one weight
-    set per call) cannot take. log(1 - p_j) is computed in log space as the library does: for the
-    row's arg-max, logsumexp of the other logits minus logsumexp of all; for the rest,
-    log1p(-p_j) with p_j <= 1/2. ``tests/test_experiments.py`` checks value and gradient against
-    ``rwwce.real_world_weight_cross_entropy`` model by model.
-    """
-    lse = torch.logsumexp(logits, -1, keepdim=True)
-    logp = logits - lse
-    out = -fn.gather(1, y) * logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    if fp is None:
-        return out
-    is_max = F.one_hot(logits.argmax(-1), logits.shape[-1]).bool()
-    lse_others = torch.logsumexp(logits.masked_fill(is_max, float("-inf")), -1, keepdim=True)
-    # The non-max branch sees a clamped argument so the unused entries of torch.where stay finite
-    # in the backward pass (p_j <= 1/2 there anyway).
-    safe = torch.where(is_max, torch.full_like(logp, -math.log(2.0)), logp)
-    log1mp = torch.where(is_max, lse_others - lse, torch.log1p(-torch.exp(safe)))
-    w = fp[torch.arange(fp.shape[0], device=y.device)[:, None], y]  # (G, B, K): FP[g, t, :]
-    return out - (w * log1mp).sum(-1)
-
-
-def multiclass_loss(
-    fn: torch.Tensor, fp: torch.Tensor | None, *, impl: Literal["stacked", "library"] = "stacked"
-) -> LossFn:
+def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
     """Per-model RWWCE means for G models with their own weights: fn (G, K), fp (G, K, K) or None.
 
-    ``impl="stacked"`` (default): :func:`stacked_rwwce`, one pass for all models.
-    ``impl="library"``: ``rwwce.real_world_weight_cross_entropy(..., reduction='none')`` over the
-    stacked (G*B, K) batch. When all models share the weights that is one call; otherwise the loss
-    is linear in the weights, so with A = -log p_t (fn = 1, no FP) and
-    B_j = -[t != j] log(1 - p_j) (FP = e_j, minus A) it is fn[g, t] A + sum_j FP[g, t, j] B_j:
-    K + 1 calls whatever G is. Both give the same values and gradients (tested).
+    Each model's loss is ``rwwce.real_world_weight_cross_entropy`` with its own weights and
+    ``reduction='mean'``. The library takes one weight set per call, so the G models' losses are
+    assembled from calls over the stacked (G*B, K) batch: when all models share their weights that
+    is one call; otherwise, as the loss is linear in the weights, with A = -log p_t (fn = 1, no FP)
+    and B_j = -[t != j] log(1 - p_j) (the FP term of FP = e_j: the call's value minus A),
+    ``loss[g] = mean_b (fn[g, t] A + sum_j FP[g, t, j] B_j)``: at most K + 1 calls whatever G is
+    (only the columns j that some FP uses). Weights are moved to the logits' device once.
     """
     import rwwce
 
@@ -169,26 +128,22 @@ def multiclass_loss(
 
     def weights(dev: torch.device):
         if dev not in cache:
-            cache[dev] = (fn.to(dev), None if fp is None else fp.to(dev))
+            unit = torch.eye(k, device=dev)
+            cache[dev] = (fn.to(dev), None if fp is None else fp.to(dev), unit)
         return cache[dev]
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g, b, kk = logits.shape
-        fn_d, fp_d = weights(logits.device)
-        if impl == "stacked":
-            return stacked_rwwce(logits, y, fn_d, fp_d).mean(1)
+        fn_d, fp_d, unit = weights(logits.device)
         z = logits.reshape(g * b, kk)
         t = y.reshape(-1)
-        dev = logits.device
         if shared:
             out = rw(z, t, fn_d[0], None if fp_d is None else fp_d[0], reduction="none")
             return out.view(g, b).mean(1)
         a = rw(z, t, reduction="none")
         total = fn_d.gather(1, y) * a.view(g, b)
         for j in cols:
-            e = torch.zeros(kk, device=dev)
-            e[j] = 1.0
-            bj = (rw(z, t, None, e, reduction="none") - a).view(g, b)
+            bj = (rw(z, t, None, unit[j], reduction="none") - a).view(g, b)
             total = total + fp_d[:, :, j].gather(1, y) * bj
         return total.mean(1)
 
@@ -196,13 +151,19 @@ def multiclass_loss(
 
 
 def binary_loss(fn: torch.Tensor, fp: torch.Tensor) -> LossFn:
-    """Per-model binary RWWCE means: fn (G,), fp (G,) broadcast over each model's batch."""
+    """Per-model binary RWWCE means: fn (G,), fp (G,) broadcast over each model's batch
+    (one call of ``rwwce.binary_real_world_weight_cross_entropy``)."""
     import rwwce
+
+    cache: dict[torch.device, tuple] = {}
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         dev = logits.device
+        if dev not in cache:
+            cache[dev] = (fn.to(dev)[:, None], fp.to(dev)[:, None])
+        fn_d, fp_d = cache[dev]
         out = rwwce.binary_real_world_weight_cross_entropy(
-            logits, y.to(logits.dtype), fn.to(dev)[:, None], fp.to(dev)[:, None], reduction="none"
+            logits, y.to(logits.dtype), fn_d, fp_d, reduction="none"
         )
         return out.mean(1)
 
@@ -231,14 +192,39 @@ class ArmSpec:
 
 @dataclass
 class ArmResult:
-    best_epoch: int
+    best_epoch: int  # 1-based
     val_costs: list[float]
     val_recall: list[float]  # per class, at the best epoch
-    decision: Decision  # with the threshold chosen at the best epoch
+    decision: Decision  # as fitted at the best epoch
     test_probs: np.ndarray  # (n_test, K) or (n_test,) for binary
     test_y: np.ndarray
     test_pred: np.ndarray
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class GroupState:
+    """Everything a group's training needs to go on from the end of epoch ``epoch`` (1-based)
+    exactly as if it had not stopped; plain tensors, lists and numbers (``torch.load`` with
+    ``weights_only=True`` reads it)."""
+
+    epoch: int
+    net: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    generators: list[torch.Tensor]
+    best_cost: list[float]
+    best_epoch: list[int]
+    best_fitted: list[dict[str, float]]
+    best_recall: list[list[float]]
+    history: list[list[float]]
+    best_state: list[torch.Tensor]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupState:
+        return cls(**d)
 
 
 def _probs(out: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -296,6 +282,17 @@ def _predict(
     return [p[i, : len(idx[i])] for i in range(g)]
 
 
+def _cost(conf: np.ndarray, costs: np.ndarray) -> float:
+    """The Real World Cost, sum_ij C[i, j] count[i, j] / n, from a confusion matrix (the definition
+    :func:`rwwce.metrics.real_world_cost` computes from labels; tests compare the two)."""
+    return float((conf * costs).sum() / max(int(conf.sum()), 1))
+
+
+def _recall(conf: np.ndarray) -> list[float]:
+    rows = conf.sum(1)
+    return [float(conf[i, i] / rows[i]) if rows[i] else float("nan") for i in range(len(rows))]
+
+
 def train_group(
     pool: torch.Tensor,
     models: Sequence[ModelSpec],
@@ -307,6 +304,8 @@ def train_group(
     batch_size: int = 100,
     lr: float = 1e-3,
     on_step: Callable[[], None] | None = None,
+    state: GroupState | None = None,
+    on_epoch: Callable[[GroupState], None] | None = None,
 ) -> list[ArmResult]:
     """Train ``models`` together; return one :class:`ArmResult` per arm (best validation epoch).
 
@@ -316,7 +315,13 @@ def train_group(
     index set and shuffle seed therefore see the same batches; when that holds for all of them the
     batch is gathered once and fed to all of them: models are grouped into *streams* of m
     consecutive models with the same index set and shuffle seed (m = G: one shared stream).
+
+    ``on_epoch(state)`` is called after every epoch with the group's :class:`GroupState`;
+    ``state=`` (such a state) resumes training after its epoch, giving results identical to an
+    uninterrupted run.
     """
+    from rwwce import metrics
+
     device = pool.device
     binary = sizes[-1] == 1
     n = len(models[0].train_idx)
@@ -334,15 +339,30 @@ def train_group(
     tr_idx = tr_idx[::per_stream]
 
     n_classes = 2 if binary else sizes[-1]
-    best_cost = [np.inf] * len(arms)
-    best_epoch = [0] * len(arms)
-    best_dec = [a.decision for a in arms]
-    best_recall: list[list[float]] = [[] for _ in arms]
-    history: list[list[float]] = [[] for _ in arms]
     arm_model = torch.tensor([a.model for a in arms], dtype=torch.long, device=device)
-    best_state = net.state_of(arm_model)
+    if state is None:
+        state = GroupState(
+            epoch=0,
+            net={},
+            optimizer={},
+            generators=[],
+            best_cost=[float("inf")] * len(arms),
+            best_epoch=[0] * len(arms),
+            best_fitted=[a.decision.fitted for a in arms],
+            best_recall=[[] for _ in arms],
+            history=[[] for _ in arms],
+            best_state=net.state_of(arm_model),
+        )
+    else:
+        if len(state.best_cost) != len(arms) or state.epoch > epochs:
+            raise ValueError("the saved training state does not belong to this group")
+        net.load_state_dict(state.net)
+        opt.load_state_dict(state.optimizer)
+        for gen, s in zip(gens, state.generators, strict=True):
+            gen.set_state(s)
+        state.best_state = [t.to(device) for t in state.best_state]
 
-    for epoch in range(epochs):
+    for epoch in range(state.epoch, epochs):
         net.train()
         perms = torch.stack([torch.randperm(n, generator=gen) for gen in gens]).to(device)
         for s in range(0, n, batch_size):
@@ -358,39 +378,50 @@ def train_group(
         net.eval()
         val_p = _predict(net, pool, [m.val_idx for m in models], binary)
         improved = []
+        # Arms that share a model and a decision rule (e.g. one CE model judged by many cost
+        # matrices) share its predictions and confusion matrix.
+        confusions: dict[tuple, np.ndarray] = {}
         for a, arm in enumerate(arms):
             y = models[arm.model].val_y
             dec = arm.decision.fit(val_p[arm.model], y)
-            conf = confusion(y, dec.predict(val_p[arm.model]), n_classes)
-            c = cost_of(conf, arm.costs)
-            history[a].append(c)
-            if c < best_cost[a]:
-                best_cost[a], best_epoch[a], best_dec[a] = c, epoch, dec
-                rows = conf.sum(1)
-                best_recall[a] = [
-                    float(conf[i, i] / rows[i]) if rows[i] else float("nan")
-                    for i in range(n_classes)
-                ]
+            key = (arm.model, dec.kind, dec.threshold, id(dec.costs))
+            if key not in confusions:
+                pred = dec.predict(val_p[arm.model])
+                confusions[key] = metrics.confusion_matrix(y, pred, n_classes).numpy()
+            conf = confusions[key]
+            c = _cost(conf, arm.costs)
+            state.history[a].append(c)
+            if c < state.best_cost[a]:
+                state.best_cost[a], state.best_epoch[a] = c, epoch
+                state.best_fitted[a] = dec.fitted
+                state.best_recall[a] = _recall(conf)
                 improved.append(a)
         if improved:
             sel = torch.tensor(improved, device=device)
-            for dst, src in zip(best_state, net.state_of(arm_model[sel]), strict=True):
+            for dst, src in zip(state.best_state, net.state_of(arm_model[sel]), strict=True):
                 dst[sel] = src
+        state.epoch = epoch + 1
+        if on_epoch is not None:
+            state.net = net.state_dict()
+            state.optimizer = opt.state_dict()
+            state.generators = [gen.get_state() for gen in gens]
+            on_epoch(state)
 
-    best_net = BatchedMLP.from_state(sizes, best_state).to(device)
+    best_net = BatchedMLP.from_state(sizes, state.best_state).to(device)
     test_p = _predict(best_net, pool, [models[a.model].test_idx for a in arms], binary)
     results = []
     for a, arm in enumerate(arms):
         m = models[arm.model]
+        dec = replace(arm.decision, **state.best_fitted[a])
         results.append(
             ArmResult(
-                best_epoch=best_epoch[a] + 1,
-                val_costs=history[a],
-                val_recall=best_recall[a],
-                decision=best_dec[a],
+                best_epoch=state.best_epoch[a] + 1,
+                val_costs=state.history[a],
+                val_recall=state.best_recall[a],
+                decision=dec,
                 test_probs=test_p[a],
                 test_y=m.test_y,
-                test_pred=best_dec[a].predict(test_p[a]),
+                test_pred=dec.predict(test_p[a]),
             )
         )
     return results

@@ -1,0 +1,185 @@
+"""The plots of the experiments' reports (matplotlib, Agg): bar charts with intervals, confusion
+matrices with the costly cell boxed and a colour bar, cost-versus-threshold curves.
+
+Scenarios decide what to plot (:meth:`Scenario.plots`); these functions draw it and write the PNG
+through :func:`rwwce._io.save_figure` (atomic, honours the umask).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from rwwce._io import save_figure
+
+__all__ = ["bar_chart", "confusion_panels", "most_different_unit", "threshold_curves", "unit_of"]
+
+REFERENCE_COLOUR = "tab:red"
+OTHER_COLOUR = "tab:blue"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def unit_of(record: dict) -> str:
+    """The pairing unit of a run: its configuration and seed."""
+    return json.dumps([record["config"], record["seed"]], sort_keys=True)
+
+
+def most_different_unit(records: list[dict], metric: str) -> str | None:
+    """The (configuration, seed) whose arms differ most in ``metric`` (then in Real World Cost);
+    ties go to the first in sorted order. None without records."""
+    by_unit: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_unit[unit_of(r)].append(r["metrics"])
+    best, best_key = None, None
+    for unit in sorted(by_unit):
+        ms = by_unit[unit]
+        vals = np.array([m.get(metric, np.nan) for m in ms], dtype=float)
+        costs = np.array([m["real_world_cost"] for m in ms], dtype=float)
+        spread = float(np.nanmax(vals) - np.nanmin(vals)) if np.isfinite(vals).any() else 0.0
+        key = (spread, float(costs.max() - costs.min()))
+        if best_key is None or key > best_key:
+            best, best_key = unit, key
+    return best
+
+
+def bar_chart(path: str, rows: list[dict], metric: str, *, ylabel: str, title: str) -> None:
+    """One bar per arm: the mean of ``metric`` with its 95% interval; the RWWCE arm in red."""
+    plt = _pyplot()
+    arms = [r["arm"] for r in rows]
+    means = np.array([r[metric][0] for r in rows], dtype=float)
+    lo = np.array([r[metric][1] for r in rows], dtype=float)
+    hi = np.array([r[metric][2] for r in rows], dtype=float)
+    err = np.nan_to_num(np.stack([means - lo, hi - means]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2.5, 3.6))
+    colours = [REFERENCE_COLOUR if a == "rwwce" else OTHER_COLOUR for a in arms]
+    ax.bar(arms, np.nan_to_num(means), yerr=err, capsize=4, color=colours)
+    for x, m in enumerate(means):
+        if np.isfinite(m):
+            ax.annotate(
+                f"{m:.3g}",
+                (x, m),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", rotation=20)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def confusion_panels(
+    path: str,
+    records: Sequence[dict],
+    classes: list[str],
+    *,
+    title: str,
+    highlight: tuple[int, int] | None = None,
+    highlight_row: int | None = None,
+) -> None:
+    """One test confusion matrix per arm (rows: truth, columns: prediction; log colour scale,
+    one shared colour bar), class names on the axes, the costly cell (or row) boxed in red with
+    its count written in it."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    k = len(classes)
+    confs = [np.array(r["metrics"]["confusion"], dtype=float) for r in records]
+    vmax = max(float(c.max()) for c in confs)
+    side = 2.2 + 0.28 * k
+    fig, axes = plt.subplots(
+        1,
+        len(records),
+        figsize=(side * len(records) + 1.2, side + 0.9),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    norm = LogNorm(vmin=1, vmax=max(vmax, 2))
+    im = None
+    for ax, rec, conf in zip(axes[0], records, confs, strict=True):
+        shown = np.ma.masked_less(conf, 1)  # empty cells are white
+        im = ax.imshow(shown, cmap="Blues", norm=norm)
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        m = rec["metrics"]
+        ax.set_title(
+            f"{rec['arm']}\ncost {m['real_world_cost']:.3g}, error {m['error_rate']:.3f}",
+            fontsize=8,
+        )
+        if highlight is not None:
+            i, j = highlight
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+            ax.text(
+                j,
+                i,
+                f"{int(conf[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="red",
+                fontweight="bold",
+            )
+        if highlight_row is not None:
+            ax.add_patch(Rectangle((-0.5, highlight_row - 0.5), k, 1, fill=False, ec="red", lw=2))
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="test count (log scale)")
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+_STYLES = [
+    {"lw": 4.0, "alpha": 0.35, "ls": "-"},
+    {"lw": 2.0, "alpha": 0.9, "ls": "--"},
+    {"lw": 1.2, "alpha": 1.0, "ls": ":"},
+    {"lw": 1.5, "alpha": 1.0, "ls": "-."},
+]
+
+
+def threshold_curves(
+    path: str,
+    grid: np.ndarray,
+    curves: dict[str, np.ndarray],
+    *,
+    marks: dict[str, float],
+    ylabel: str,
+    title: str,
+) -> None:
+    """Cost against the decision threshold, one line per model. Lines differ in width and dash,
+    so one that lies on another stays visible, and the legend says which coincide."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    names = list(curves)
+    for n, name in enumerate(names):
+        same = [o for o in names[:n] if np.allclose(curves[o], curves[name], rtol=1e-6, atol=1e-9)]
+        label = name + (f" (same curve as {', '.join(same)})" if same else "")
+        style = _STYLES[n % len(_STYLES)]
+        ax.plot(grid, curves[name], label=label, zorder=2 + n, **style)
+    for (label, x), ls in zip(marks.items(), (":", "--", "-."), strict=False):
+        ax.axvline(
+            x, ls=ls, c="grey", label=f"threshold {label}" if not label[0].isalpha() else label
+        )
+    ax.set_xlabel("decision threshold (predict positive when p > threshold)")
+    ax.set_ylabel(ylabel)
+    if all(np.all(np.asarray(c) > 0) for c in curves.values()):
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    save_figure(fig, path)
+    plt.close(fig)
