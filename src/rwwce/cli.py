@@ -25,15 +25,20 @@ class _UserError(ValueError):
 
 
 # ----------------------------------------------------------------------------------- helpers
-def _read_csv(path: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a CSV file with a header row (cells stripped, blank lines skipped)."""
+def _read_csv(path: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header and rows of a CSV file with a header row (cells stripped, blank lines skipped), and
+    each row's line number in the file (1-based, blank lines counted: what an editor shows);
+    every message about a row names that line."""
     if os.path.isdir(path):
         raise _UserError(f"{path!r} is a directory, expected a CSV file")
+    rows, lines = [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [
-                [c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)
-            ]
+            reader = csv.reader(f)
+            for row in reader:
+                if any(c.strip() for c in row):
+                    rows.append([c.strip() for c in row])
+                    lines.append(reader.line_num)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such file: {path!r}") from None
     except (UnicodeDecodeError, csv.Error) as e:
@@ -41,12 +46,12 @@ def _read_csv(path: str) -> tuple[list[str], list[list[str]]]:
     if not rows:
         raise _UserError(f"{path!r} is empty; expected a header row and data rows")
     header, body = rows[0], rows[1:]
-    for n, row in enumerate(body, start=2):
+    for n, row in zip(lines[1:], body, strict=True):
         if len(row) != len(header):
             raise _UserError(
                 f"{path!r} line {n} has {len(row)} cells, the header has {len(header)}"
             )
-    return header, body
+    return header, body, lines[1:]
 
 
 def _column(path: str, header: list[str], body: list[list[str]], name: str) -> list[str]:
@@ -71,13 +76,13 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
     import rwwce
 
-    header, body = _read_csv(args.labels)
+    header, body, line_no = _read_csv(args.labels)
     column = args.column if args.column is not None else header[0]
     values = _column(args.labels, header, body, column)
     if not values:
         raise _UserError(f"{args.labels!r} has no labels in column {column!r}")
     if any(v == "" for v in values):
-        row = values.index("") + 2
+        row = line_no[values.index("")]
         raise _UserError(f"{args.labels!r} line {row}: empty label in column {column!r}")
     names = _sorted_names(values)
     index = {n: i for i, n in enumerate(names)}
@@ -118,6 +123,48 @@ def _class_index(value: str, classes: list[str], where: str) -> int:
     )
 
 
+#: How far a row of probabilities may sum from 1 (rounding in a CSV file), and still be taken.
+PROB_SUM_TOLERANCE = 1e-2
+
+
+def _read_probabilities(
+    path: str, header: list[str], body: list[list[str]], line_no: list[int], cols: list[str]
+):
+    """(N, K) probabilities from the ``p_<class>`` columns. Every row must be finite, in [0, 1]
+    and sum to 1 within :data:`PROB_SUM_TOLERANCE` (then it is rescaled to sum to exactly 1);
+    percentages and unnormalised scores are refused, naming the line."""
+    import numpy as np
+
+    probs = np.empty((len(body), len(cols)))
+    for k, c in enumerate(cols):
+        for i, v in enumerate(_column(path, header, body, c)):
+            try:
+                probs[i, k] = float(v)
+            except ValueError:
+                raise _UserError(
+                    f"{path!r} line {line_no[i]}, {c}: {v!r} is not a number"
+                ) from None
+    for i, row in enumerate(probs):
+        where = f"{path!r} line {line_no[i]}"
+        if not np.isfinite(row).all() or (row < 0).any():
+            raise _UserError(
+                f"{where}: probabilities must be finite and non-negative, got {row.tolist()}"
+            )
+        if (row > 1).any():
+            hint = (
+                " (percentages? divide by 100)"
+                if abs(row.sum() - 100) <= 100 * PROB_SUM_TOLERANCE
+                else ""
+            )
+            raise _UserError(f"{where}: probabilities must be at most 1, got {row.tolist()}{hint}")
+        if abs(row.sum() - 1) > PROB_SUM_TOLERANCE:
+            raise _UserError(
+                f"{where}: probabilities sum to {row.sum():.6g}; expected 1 (within "
+                f"{PROB_SUM_TOLERANCE:g})"
+            )
+    return probs / probs.sum(1, keepdims=True)
+
+
 def _cmd_cost(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -128,13 +175,13 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such file: {args.costs!r} (--costs)")
     cm = CostMatrix.from_csv(args.costs)
     classes = [str(c) for c in cm.classes]
-    header, body = _read_csv(args.predictions)
+    header, body, line_no = _read_csv(args.predictions)
     if not body:
         raise _UserError(f"{args.predictions!r} has a header but no rows")
     y_true = np.array(
         [
             _class_index(v, classes, f"{args.predictions!r} line {n}, y_true")
-            for n, v in enumerate(_column(args.predictions, header, body, "y_true"), start=2)
+            for n, v in zip(line_no, _column(args.predictions, header, body, "y_true"), strict=True)
         ]
     )
     prob_cols = [PROB_PREFIX + c for c in classes]
@@ -150,7 +197,9 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         y_pred = np.array(
             [
                 _class_index(v, classes, f"{args.predictions!r} line {n}, y_pred")
-                for n, v in enumerate(_column(args.predictions, header, body, "y_pred"), start=2)
+                for n, v in zip(
+                    line_no, _column(args.predictions, header, body, "y_pred"), strict=True
+                )
             ]
         )
         out["cost_y_pred"] = float(metrics.real_world_cost(y_true, y_pred, cm))
@@ -158,18 +207,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         missing = [c for c in prob_cols if c not in header]
         if missing:
             raise _UserError(f"{args.predictions!r} lacks probability columns {', '.join(missing)}")
-        probs = np.empty((len(body), len(classes)))
-        for k, c in enumerate(prob_cols):
-            for n, v in enumerate(_column(args.predictions, header, body, c)):
-                try:
-                    probs[n, k] = float(v)
-                except ValueError:
-                    raise _UserError(
-                        f"{args.predictions!r} line {n + 2}, {c}: {v!r} is not a number"
-                    ) from None
-        if not np.isfinite(probs).all() or (probs < 0).any():
-            raise _UserError(f"{args.predictions!r}: probabilities must be finite and non-negative")
-        probs = probs / np.maximum(probs.sum(1, keepdims=True), 1e-300)
+        probs = _read_probabilities(args.predictions, header, body, line_no, prob_cols)
         out["cost_argmax"] = float(metrics.real_world_cost(y_true, probs.argmax(1), cm))
         bayes = np.asarray(metrics.bayes_decision(probs, cm))
         out["cost_bayes"] = float(metrics.real_world_cost(y_true, bayes, cm))
@@ -271,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="training epochs for every model (default: the paper's 10, or as many as give "
-        "every model at least 1500 Adam steps on small data)",
+        "every model at least 1000 Adam steps on small data)",
     )
     p.add_argument(
         "--split",

@@ -53,7 +53,7 @@ BATCH_SIZE = 100
 PAPER_EPOCHS = 10
 #: Fewest Adam steps a model gets by default: the paper's 10 epochs are ~4,700 steps on
 #: Fashion-MNIST but ~130 on scikit-learn's digits, too few for the models to converge.
-MIN_STEPS = 1500
+MIN_STEPS = 1000
 RESULTS = "results.jsonl"
 REPORT = "report.md"
 

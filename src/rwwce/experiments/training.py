@@ -111,41 +111,61 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
     """Per-model RWWCE means for G models with their own weights: fn (G, K), fp (G, K, K) or None.
 
     Each model's loss is ``rwwce.real_world_weight_cross_entropy`` with its own weights and
-    ``reduction='mean'``. The library takes one weight set per call, so the G models' losses are
-    assembled from calls over the stacked (G*B, K) batch: when all models share their weights that
-    is one call; otherwise, as the loss is linear in the weights, with A = -log p_t (fn = 1, no FP)
-    and B_j = -[t != j] log(1 - p_j) (the FP term of FP = e_j: the call's value minus A),
-    ``loss[g] = mean_b (fn[g, t] A + sum_j FP[g, t, j] B_j)``: at most K + 1 calls whatever G is
-    (only the columns j that some FP uses). Weights are moved to the logits' device once.
+    ``reduction='mean'``, assembled from few library calls over the stacked (G*B, K) batch. The
+    loss of row (g, b) with target t is ``fn[g, t] (-log p_t) + sum_j FP[g, t, j] (-log(1 - p_j))``:
+
+    * the FN term for every row at once: no FP weight, ``sample_weight = fn[g, t]``;
+    * the FP term for the rows whose FP row w = FP[g, t, :] is not zero, one call per distinct w,
+      with ``fn_weight = 0`` and ``fp_weight = w`` (a (K,) FP weight v means FP[t, j] = v[j] for
+      j != t, and w[t] = 0 as the diagonal is zero). The paper's fp-pair models (one non-zero
+      entry each) need one call per targeted class, whatever the number of models.
+
+    The data are the runner's own, so the library's data checks are off (``validate=False``);
+    the weights are moved to the logits' device once.
     """
     import rwwce
 
     rw = rwwce.real_world_weight_cross_entropy
-    k = fn.shape[1]
-    shared = bool((fn == fn[:1]).all()) and (fp is None or bool((fp == fp[:1]).all()))
-    cols = [] if fp is None else [j for j in range(k) if bool((fp[:, :, j] != 0).any())]
+    g_models, k = fn.shape
+    rows: torch.Tensor | None = None
+    group_of: torch.Tensor | None = None
+    if fp is not None:
+        flat = fp.reshape(g_models * k, k)
+        nonzero = (flat != 0).any(1)
+        if bool(nonzero.any()):
+            rows, inverse = torch.unique(flat[nonzero], dim=0, return_inverse=True)
+            group_of = torch.full((g_models * k,), -1, dtype=torch.long)
+            group_of[nonzero] = inverse
+            group_of = group_of.view(g_models, k)
     cache: dict[torch.device, tuple] = {}
 
-    def weights(dev: torch.device):
+    def on(dev: torch.device) -> tuple:
         if dev not in cache:
-            unit = torch.eye(k, device=dev)
-            cache[dev] = (fn.to(dev), None if fp is None else fp.to(dev), unit)
+            cache[dev] = (
+                fn.to(dev),
+                None if rows is None else rows.to(dev),
+                None if group_of is None else group_of.to(dev),
+                torch.zeros(k, device=dev),
+            )
         return cache[dev]
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g, b, kk = logits.shape
-        fn_d, fp_d, unit = weights(logits.device)
+        fn_d, rows_d, group_d, zeros = on(logits.device)
         z = logits.reshape(g * b, kk)
         t = y.reshape(-1)
-        if shared:
-            out = rw(z, t, fn_d[0], None if fp_d is None else fp_d[0], reduction="none")
-            return out.view(g, b).mean(1)
-        a = rw(z, t, reduction="none")
-        total = fn_d.gather(1, y) * a.view(g, b)
-        for j in cols:
-            bj = (rw(z, t, None, unit[j], reduction="none") - a).view(g, b)
-            total = total + fp_d[:, :, j].gather(1, y) * bj
-        return total.mean(1)
+        out = rw(
+            z, t, sample_weight=fn_d.gather(1, y).reshape(-1), reduction="none", validate=False
+        )
+        if rows_d is not None:
+            gid = group_d.gather(1, y).reshape(-1)
+            terms = torch.zeros_like(out)
+            for u in torch.unique(gid[gid >= 0]).tolist():
+                idx = (gid == u).nonzero().squeeze(1)
+                term = rw(z[idx], t[idx], zeros, rows_d[u], reduction="none", validate=False)
+                terms = terms.index_add(0, idx, term)
+            out = out + terms
+        return out.view(g, b).mean(1)
 
     return loss
 
