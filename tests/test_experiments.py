@@ -13,18 +13,25 @@ import torch
 pytest.importorskip("sklearn")
 
 import rwwce
-from rwwce.experiments import datasets, report, scenarios
+from rwwce.experiments import datasets, plots, report, runner
 from rwwce.experiments.models import BatchedMLP, init_mlp_params
+from rwwce.experiments.scenarios import SCENARIOS
+from rwwce.experiments.scenarios.fp_pair import FpPair
 from rwwce.experiments.training import (
     ArmSpec,
     Decision,
+    GroupState,
     ModelSpec,
+    _cost,
     binary_loss,
-    confusion,
     f1_best_threshold,
     multiclass_loss,
     train_group,
 )
+
+
+def confusion(y_true, y_pred, k):
+    return rwwce.metrics.confusion_matrix(y_true, y_pred, k).numpy()
 
 
 # ---------------------------------------------------------------------------------------- IDX
@@ -89,16 +96,52 @@ def test_idx_directory_missing_file(tmp_path):
         datasets.load_dataset(str(tmp_path))
 
 
-def test_split_is_stratified_seeded_and_standardised_on_train():
+def test_paper_split_is_scikit_learns_random_state_1():
+    from sklearn.model_selection import train_test_split
+
     d = datasets.load_dataset("digits")
-    a, b = datasets.split(d, 0), datasets.split(d, 0)
+    p = datasets.pool(d, "paper")
+    _, want = train_test_split(np.arange(len(d.y)), test_size=0.25, random_state=1)
+    np.testing.assert_array_equal(p.test, np.sort(want))
+    a, b, c = datasets.split(p, 0), datasets.split(p, 0), datasets.split(p, 1)
     np.testing.assert_array_equal(a.train, b.train)
-    assert len(a.test) == round(0.25 * len(d.y)) or abs(len(a.test) - 0.25 * len(d.y)) < 1
+    np.testing.assert_array_equal(a.test, c.test)  # the test rows do not depend on the seed
+    assert not np.array_equal(a.val, c.val)  # the validation hold-out does
     assert set(a.train).isdisjoint(a.val) and set(a.train).isdisjoint(a.test)
+    assert len(a.train) + len(a.val) + len(a.test) == len(d.y)
     fit_rows = np.concatenate([a.train, a.val])
-    assert np.abs(a.x[fit_rows].mean(0)).max() < 1e-4  # standardised on train + validation
-    counts = np.bincount(a.y[a.test], minlength=10)
-    assert counts.min() >= 43 and counts.max() <= 47  # stratified: ~45 per class
+    assert np.abs(a.x[fit_rows].mean(0)).max() < 1e-4  # standardised on the non-test rows
+    counts = np.bincount(a.y[a.val], minlength=10)
+    assert counts.max() - counts.min() <= 2  # validation stratified
+
+
+def test_paper_split_pools_an_idx_directorys_train_and_test(tmp_path):
+    from sklearn.model_selection import train_test_split
+
+    _write_idx_dir(tmp_path, n_train=40, n_test=20)
+    d = datasets.load_dataset(str(tmp_path))
+    paper = datasets.pool(d, "paper")
+    _, want = train_test_split(np.arange(60), test_size=0.25, random_state=1)
+    np.testing.assert_array_equal(paper.test, np.sort(want))
+    assert paper.test.max() >= 40  # official test rows are in the pool
+    official = datasets.pool(d, "official")
+    np.testing.assert_array_equal(official.test, np.arange(40, 60))
+    np.testing.assert_array_equal(official.y[40:], d.y_test)
+    with pytest.raises(ValueError, match="no official test split"):
+        datasets.pool(datasets.load_dataset("digits"), "official")
+
+
+def test_fashion_mnist_folder_gets_its_class_names(tmp_path):
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = rng.integers(0, 255, (n, 2, 2), dtype=np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_bytes(x))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_bytes(y))
+    d = datasets.load_dataset(str(folder))
+    assert d.classes[0] == "T-shirt/top" and d.classes[9] == "Ankle boot"
 
 
 # ------------------------------------------------------------------------------------ batching
@@ -213,7 +256,7 @@ def test_batched_training_equals_one_at_a_time(layout):
         # Validation costs per epoch are those of the one-at-a-time model.
         for e in range(epochs):
             pred = arms[g].decision.predict(val_p[e])
-            ref_cost = (confusion(specs[g].val_y, pred, 2 if binary else 3) * costs).sum() / 40
+            ref_cost = float(rwwce.metrics.real_world_cost(specs[g].val_y, pred, costs))
             assert res.val_costs[e] == pytest.approx(ref_cost)
         # ... and the best epoch is the lowest validation cost (first one on ties).
         assert res.best_epoch - 1 == int(np.argmin(res.val_costs))
@@ -251,16 +294,27 @@ def test_stream_size():
     assert _stream_size([(1, a), (2, a)]) == 1  # a different shuffle seed is another stream
 
 
-@pytest.mark.parametrize("impl", ["stacked", "library"])
+@pytest.mark.parametrize("layout", ["dense", "sparse", "mixed", "none"])
 @pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_multiclass_loss_matches_per_model_library_calls(impl, scale):
+def test_multiclass_loss_matches_per_model_library_calls(layout, scale):
     torch.manual_seed(1)
     g, b, k = 4, 9, 5
     z = (torch.randn(g, b, k) * scale).requires_grad_()
     y = torch.randint(0, k, (g, b))
     fn = torch.rand(g, k) + 0.5
     fp = torch.rand(g, k, k) * (1 - torch.eye(k))
-    got = multiclass_loss(fn, fp, impl=impl)(z, y)
+    if layout == "sparse":  # the paper's fp-pair: one entry per model
+        fp = torch.zeros(g, k, k)
+        for i in range(g):
+            fp[i, i, (i + 1) % k] = 19.0
+    elif layout == "mixed":  # CE, BCE-softmax and fp-pair models side by side
+        fp[0] = 0.0
+        fp[1] = 1 - torch.eye(k)
+        fp[2] = 0.0
+        fp[2, 1, 3] = 19.0
+    got = multiclass_loss(fn, None if layout == "none" else fp)(z, y)
+    if layout == "none":
+        fp = torch.zeros(g, k, k)
     want = torch.stack(
         [rwwce.real_world_weight_cross_entropy(z[i], y[i], fn[i], fp[i]) for i in range(g)]
     )
@@ -297,73 +351,197 @@ def test_bayes_decision_arm_uses_the_cost_matrix():
     np.testing.assert_array_equal(pred, [1, 0])  # 0.1 * 20 > 0.9 * 1; 0.03 * 20 < 0.97
 
 
-def test_confusion_matches_library():
+def test_cost_from_the_confusion_matrix_is_the_librarys_real_world_cost():
     rng = np.random.default_rng(3)
     a, b = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
-    np.testing.assert_array_equal(
-        confusion(a, b, 4), rwwce.metrics.confusion_matrix(a, b, 4).numpy()
-    )
+    c = rng.uniform(0, 5, (4, 4)) * (1 - np.eye(4))
+    got = _cost(confusion(a, b, 4), c)
+    assert got == pytest.approx(float(rwwce.metrics.real_world_cost(a, b, c)), rel=1e-12)
 
 
-def test_scenario_groups_have_the_documented_costs_and_prevalence():
-    d = datasets.load_dataset("digits")
-    g = next(scenarios.build_groups(d, "fp-pair", [0], quick=True))
-    arm = next(a for a in g.arms if a.arm == "rwwce")
-    i, j = arm.config["pair"]
-    c = arm.spec.costs
-    assert c[i, j] == 20 and c[j, i] == 2 and c[0, 0] == 0
-    assert {a.arm for a in g.arms} == {"ce", "ce+bayes", "bce-control", "rwwce"}
-    assert len(g.models) == 2 + len(scenarios._quick_pairs(10))
+def _groups(name, seeds=(0,), quick=True, data="digits"):
+    d = datasets.load_dataset(data)
+    sc = SCENARIOS[name]
+    return d, list(sc.groups(d, list(seeds), quick, sc.split_for(d, None)))
 
-    m = next(scenarios.build_groups(d, "medical", [0], quick=True))
-    ns = {len(md.spec.train_idx) for md in m.models}
-    assert len(ns) == 1  # one Adam step count for the group
+
+def test_fp_pair_is_the_papers_configuration():
+    """FN = I, FP zero except FP[i, j] = 19; cost 1 per mistake and 20 for i -> j."""
+    d, (g,) = _groups("fp-pair")
+    assert {a.arm for a in g.arms} == {"ce", "ce+bayes", "bce-softmax", "rwwce"}
+    assert len(g.models) == 2 + len(FpPair.pairs(10, quick=True))
+    for arm in (a for a in g.arms if a.arm == "rwwce"):
+        i, j = arm.config["pair"]
+        model = g.models[arm.spec.model]
+        np.testing.assert_array_equal(model.fn, np.ones(10))
+        want_fp = np.zeros((10, 10))
+        want_fp[i, j] = 19.0
+        np.testing.assert_array_equal(model.fp, want_fp)
+        want_c = 1.0 - np.eye(10)
+        want_c[i, j] = 20.0
+        np.testing.assert_array_equal(arm.spec.costs, want_c)
+    ce = next(a for a in g.arms if a.arm == "ce")
+    assert g.models[ce.spec.model].fp is None  # the control is plain cross-entropy
+    assert g.split == "paper"
+
+
+def test_medical_and_imbalance_groups():
+    d, (m,) = _groups("medical", seeds=(0, 1))
+    assert m.seeds == [0, 1]  # seeds share the pool: one group
+    assert len({len(md.spec.train_idx) for md in m.models}) == 1  # one step count
     spec = m.models[0].spec
     assert 0.005 < spec.train_y.mean() < 0.02
     assert 0.005 < spec.test_y.mean() < 0.03
     assert [md.fn for md in m.models[:3]] == [1.0, 20.0, pytest.approx(2 * 2000 / 2100)]
 
-    imb = next(scenarios.build_groups(d, "imbalance", [0], quick=True))
+    d, (imb,) = _groups("imbalance")
     spec = imb.models[0].spec
     r = int(imb.arms[0].config["rare"])
-    assert (spec.train_y == r).sum() == round(0.05 * (d.y[datasets.split(d, 0).train] == r).sum())
+    s = datasets.split(datasets.pool(d, "paper"), 0)
+    assert (spec.train_y == r).sum() == round(0.05 * (s.y[s.train] == r).sum())
+
+
+def test_budget_gives_small_data_enough_steps_and_mnist_the_papers_epochs():
+    assert runner.budget(47_250, None)[:2] == (10, 473)  # Fashion-MNIST, paper split
+    epochs, per, rule = runner.budget(1_212, None)  # digits
+    assert epochs * per >= runner.MIN_STEPS and epochs > 10 and "steps" in rule
+    assert runner.budget(1_212, 3)[:2] == (3, 13)  # --epochs is taken as given
+
+
+def test_every_scenario_owns_its_presentation():
+    for name, sc in SCENARIOS.items():
+        assert sc.name == name
+        assert sc.table_columns()[:3] == ["cost", sc.headline, "error_rate"]
+        assert {a.name for a in sc.arms} >= {sc.reference_arm}
+        assert sc.label(sc.headline) and " " in sc.title
+
+
+# ----------------------------------------------------------------------------------- resume
+def test_resuming_from_a_saved_epoch_gives_identical_results():
+    pool, y = _toy()
+    specs = [
+        ModelSpec(
+            np.arange(0, 150),
+            y[:150],
+            np.arange(150, 190),
+            y[150:190],
+            np.arange(190, 230),
+            y[190:230],
+            init_seed=g,
+            shuffle_seed=10 + g,
+        )
+        for g in range(3)
+    ]
+    costs = 1 - np.eye(3)
+    arms = [ArmSpec(g, Decision("bayes", costs=costs), costs) for g in range(3)]
+    fn, fp = (
+        torch.ones(3, 3),
+        torch.stack([torch.zeros(3, 3), 1 - torch.eye(3), 2 - 2 * torch.eye(3)]),
+    )
+    sizes = [6, 8, 3]
+    saved = {}
+
+    def keep(state):  # what a checkpoint file holds: a copy
+        saved[state.epoch] = GroupState.from_dict(
+            {k: _clone(v) for k, v in state.to_dict().items()}
+        )
+
+    full = train_group(pool, specs, arms, multiclass_loss(fn, fp), sizes, epochs=5, on_epoch=keep)
+    again = train_group(pool, specs, arms, multiclass_loss(fn, fp), sizes, epochs=5, state=saved[2])
+    for a, b in zip(full, again, strict=True):
+        assert a.best_epoch == b.best_epoch and a.val_costs == b.val_costs
+        np.testing.assert_array_equal(a.test_probs, b.test_probs)
+
+
+def _clone(v):
+    import copy
+
+    return copy.deepcopy(v)
 
 
 # --------------------------------------------------------------------------------------- files
-def test_load_records_drops_a_truncated_last_line(tmp_path):
+def test_load_records_drops_a_truncated_last_line_with_a_note(tmp_path):
     p = tmp_path / "results.jsonl"
-    report.append_records(str(p), [{"key": "a"}, {"key": "b"}])
+    report.append_records(str(p), [{"key": "a", "metrics": {}}, {"key": "b", "metrics": {}}])
     with open(p, "a") as f:
         f.write('{"key": "c", "metr')
-    recs = report.load_records(str(p))
+    recs, note = report.load_records(str(p))
     assert [r["key"] for r in recs] == ["a", "b"]
+    assert "line 3" in note and "cut short" in note
     assert p.read_text().endswith("\n") and len(p.read_text().splitlines()) == 2
-    report.append_records(str(p), [{"key": "c"}])
+    report.append_records(str(p), [{"key": "c", "metrics": {}}])
     assert [json.loads(x)["key"] for x in p.read_text().splitlines()] == ["a", "b", "c"]
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path):
-    p = tmp_path / "report.md"
-    report.atomic_write(str(p), "one")
-    report.atomic_write(str(p), "two")
-    assert p.read_text() == "two"
-    assert os.listdir(tmp_path) == ["report.md"]
+@pytest.mark.parametrize(
+    "foreign",
+    ['{"something": "else"}\n', "not json at all\n", '{"key": "x"}\n', "[1, 2]"],
+)
+def test_load_records_refuses_lines_that_are_not_ours(tmp_path, foreign):
+    p = tmp_path / "results.jsonl"
+    report.append_records(str(p), [{"key": "a", "metrics": {}}])
+    with open(p, "a") as f:
+        f.write(foreign)
+    before = p.read_bytes()
+    with pytest.raises(report.ResultsFileError, match="line 2 is not an rwwce result record"):
+        report.load_records(str(p))
+    assert p.read_bytes() == before  # untouched
 
 
-def test_summary_interval_and_paired_test():
+def _records(costs_by_arm, scenario="fp-pair"):
     recs = []
-    for seed in range(6):
-        for arm, cost in (("ce", 2.0 + seed * 0.1), ("rwwce", 1.0 + seed * 0.1)):
+    for arm, costs in costs_by_arm.items():
+        for seed, cost in enumerate(costs):
             recs.append(
                 {
-                    "scenario": "fp-pair",
+                    "scenario": scenario,
                     "config": {"pair": [0, 1]},
                     "seed": seed,
                     "arm": arm,
                     "metrics": {"real_world_cost": cost, "targeted": 1, "error_rate": 0.1},
                 }
             )
-    rows = {r["arm"]: r for r in report.summarize(recs, "fp-pair")}
+    return recs
+
+
+def test_summary_interval_paired_test_and_verdict():
+    base = [1.0 + s * 0.1 for s in range(6)]
+    recs = _records(
+        {
+            "ce": [c + 1.0 for c in base],  # RWWCE cheaper every time: a win
+            "ce+bayes": [c - 0.5 for c in base],  # RWWCE dearer every time: a loss
+            "bce-softmax": [c + (0.01 if s % 2 else -0.01) for s, c in enumerate(base)],  # a tie
+            "rwwce": base,
+        }
+    )
+    sc = SCENARIOS["fp-pair"]
+    rows = {r["arm"]: r for r in report.summarize(recs, sc)}
     mean, lo, hi = rows["ce"]["cost"]
     assert mean == pytest.approx(2.25) and lo < mean < hi
     assert rows["ce"]["p_vs_rwwce"] == pytest.approx(0.03125)  # exact Wilcoxon, n=6, all one sign
+    from scipy import stats
+
+    assert rows["bce-softmax"]["p_vs_rwwce"] == pytest.approx(
+        stats.wilcoxon(
+            [r["metrics"]["real_world_cost"] for r in recs if r["arm"] == "bce-softmax"], base
+        ).pvalue
+    )
+    lines = report.verdict(report.summarize(recs, sc), sc)
+    assert lines[0].startswith("RWWCE wins against ce:")
+    assert lines[1].startswith("RWWCE loses to ce+bayes:")
+    assert lines[2].startswith("RWWCE ties with bce-softmax:")
+
+
+def test_plots_pick_the_configuration_where_arms_differ_most():
+    recs = []
+    for seed, spread in ((0, 1), (1, 7), (2, 3)):
+        for arm, t in (("ce", spread), ("rwwce", 0)):
+            recs.append(
+                {
+                    "config": {"pair": [0, 1]},
+                    "seed": seed,
+                    "arm": arm,
+                    "metrics": {"targeted": t, "real_world_cost": 1.0},
+                }
+            )
+    assert json.loads(plots.most_different_unit(recs, "targeted"))[1] == 1

@@ -115,10 +115,11 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
     loss of row (g, b) with target t is ``fn[g, t] (-log p_t) + sum_j FP[g, t, j] (-log(1 - p_j))``:
 
     * the FN term for every row at once: no FP weight, ``sample_weight = fn[g, t]``;
-    * the FP term for the rows whose FP row w = FP[g, t, :] is not zero, one call per distinct w,
-      with ``fn_weight = 0`` and ``fp_weight = w`` (a (K,) FP weight v means FP[t, j] = v[j] for
-      j != t, and w[t] = 0 as the diagonal is zero). The paper's fp-pair models (one non-zero
-      entry each) need one call per targeted class, whatever the number of models.
+    * the FP term with ``fn_weight = 0``: one call per distinct FP matrix with more than one
+      non-zero row, over its models' rows (e.g. FP = 1 - I); for the models whose FP has a single
+      non-zero row w (the paper's fp-pair: FP[i, j] = 19), one call per distinct w over the rows
+      that use it, with the (K,) weight w (FP[t, j] = w[j] for j != t; w[t] = 0 as the diagonal
+      is zero). So the K (K - 1) fp-pair models need K calls, not K (K - 1).
 
     The data are the runner's own, so the library's data checks are off (``validate=False``);
     the weights are moved to the logits' device once.
@@ -127,15 +128,23 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
 
     rw = rwwce.real_world_weight_cross_entropy
     g_models, k = fn.shape
-    rows: torch.Tensor | None = None
-    group_of: torch.Tensor | None = None
+    dense: list[tuple[torch.Tensor, torch.Tensor]] = []  # (FP matrix, its models)
+    rows: torch.Tensor | None = None  # distinct single non-zero FP rows
+    group_of: torch.Tensor | None = None  # (G, K): index into rows for (model, target), or -1
     if fp is not None:
-        flat = fp.reshape(g_models * k, k)
-        nonzero = (flat != 0).any(1)
-        if bool(nonzero.any()):
-            rows, inverse = torch.unique(flat[nonzero], dim=0, return_inverse=True)
+        used = (fp != 0).any(2)  # (G, K): rows of FP that are not zero
+        is_dense = used.sum(1) > 1
+        if bool(is_dense.any()):
+            ids = is_dense.nonzero().squeeze(1)
+            mats, inverse = torch.unique(fp[ids], dim=0, return_inverse=True)
+            dense = [(mats[u], ids[inverse == u]) for u in range(len(mats))]
+        sparse = used & ~is_dense[:, None]
+        if bool(sparse.any()):
+            flat = fp.reshape(g_models * k, k)
+            mask = sparse.reshape(-1)
+            rows, inverse = torch.unique(flat[mask], dim=0, return_inverse=True)
             group_of = torch.full((g_models * k,), -1, dtype=torch.long)
-            group_of[nonzero] = inverse
+            group_of[mask] = inverse
             group_of = group_of.view(g_models, k)
     cache: dict[torch.device, tuple] = {}
 
@@ -143,6 +152,7 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
         if dev not in cache:
             cache[dev] = (
                 fn.to(dev),
+                [(m.to(dev), ids.to(dev)) for m, ids in dense],
                 None if rows is None else rows.to(dev),
                 None if group_of is None else group_of.to(dev),
                 torch.zeros(k, device=dev),
@@ -151,21 +161,32 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         g, b, kk = logits.shape
-        fn_d, rows_d, group_d, zeros = on(logits.device)
+        fn_d, dense_d, rows_d, group_d, zeros = on(logits.device)
         z = logits.reshape(g * b, kk)
         t = y.reshape(-1)
         out = rw(
             z, t, sample_weight=fn_d.gather(1, y).reshape(-1), reduction="none", validate=False
         )
+        out = out.view(g, b)
+        for mat, ids in dense_d:
+            term = rw(
+                logits[ids].reshape(-1, kk),
+                y[ids].reshape(-1),
+                zeros,
+                mat,
+                reduction="none",
+                validate=False,
+            )
+            out = out.index_add(0, ids, term.view(len(ids), b))
         if rows_d is not None:
             gid = group_d.gather(1, y).reshape(-1)
-            terms = torch.zeros_like(out)
+            terms = torch.zeros(g * b, dtype=out.dtype, device=out.device)
             for u in torch.unique(gid[gid >= 0]).tolist():
                 idx = (gid == u).nonzero().squeeze(1)
                 term = rw(z[idx], t[idx], zeros, rows_d[u], reduction="none", validate=False)
                 terms = terms.index_add(0, idx, term)
-            out = out + terms
-        return out.view(g, b).mean(1)
+            out = out + terms.view(g, b)
+        return out.mean(1)
 
     return loss
 
