@@ -508,5 +508,6 @@ def test_line_numbers_are_the_files_own_in_every_message(tmp_path, costs_csv, ca
         p.write_text(text)
         _assert_one_line_error(capsys, main(["cost", str(p), "--costs", str(costs_csv)]), needle)
     labels = tmp_path / "labels.csv"
-    labels.write_text('label\na\n\n""\n')
-    _assert_one_line_error(capsys, main(["weights", str(labels)]), "line 4: empty label")
+    labels.write_text("id,label\n0,a\n\n1,\n")
+    rc = main(["weights", str(labels), "--column", "label"])
+    _assert_one_line_error(capsys, rc, "line 4: empty label")
