@@ -324,7 +324,7 @@ def test_multiclass_loss_matches_per_model_library_calls(layout, scale):
     torch.testing.assert_close(gz, wz, rtol=1e-5, atol=1e-6)
 
 
-def test_stacked_rwwce_is_finite_for_a_confidently_wrong_prediction():
+def test_multiclass_loss_is_finite_for_a_confidently_wrong_prediction():
     z = torch.tensor([[[1e4, 0.0, 0.0]]], requires_grad=True)
     y = torch.tensor([[1]])
     fp = (1 - torch.eye(3))[None]
