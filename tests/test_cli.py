@@ -312,6 +312,14 @@ def test_experiment_on_an_idx_directory(tmp_path, capsys):
     assert per == {"fp-pair": 2 * 3 * 4, "medical": 2 * 2 * 5, "imbalance": 2 * 1 * 4}
     assert all(r["metrics"]["n_test"] > 0 for r in recs)
     assert "runs done" in capsys.readouterr().err
+    # the paper's split for the paper's scenarios (25% of all 390 rows), the files' own otherwise
+    splits = {r["scenario"]: (r["split"], r["metrics"]["n_test"]) for r in recs if r["arm"] == "ce"}
+    assert splits == {"fp-pair": ("paper", 98), "imbalance": ("official", 90)}
+    out2 = tmp_path / "official"
+    args = ["experiment", "--dataset", str(data), "--scenario", "fp-pair", *TINY]
+    assert main([*args, "--split", "official", "--out", str(out2)]) == 0
+    recs = [json.loads(x) for x in (out2 / "results.jsonl").read_text().splitlines()]
+    assert {(r["split"], r["metrics"]["n_test"]) for r in recs} == {("official", 90)}
 
 
 # ------------------------------------------------------------------ robustness (issue items 4-7)
