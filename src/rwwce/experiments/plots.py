@@ -64,11 +64,12 @@ def bar_chart(path: str, rows: list[dict], metric: str, *, ylabel: str, title: s
     fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2.5, 3.6))
     colours = [REFERENCE_COLOUR if a == "rwwce" else OTHER_COLOUR for a in arms]
     ax.bar(arms, np.nan_to_num(means), yerr=err, capsize=4, color=colours)
-    for x, m in enumerate(means):
-        if np.isfinite(m):
+    for x, (m, top) in enumerate(zip(means, hi, strict=True)):
+        if np.isfinite(m):  # the mean, written above the interval's top
+            y = top if np.isfinite(top) else m
             ax.annotate(
                 f"{m:.3g}",
-                (x, m),
+                (x, y),
                 textcoords="offset points",
                 xytext=(0, 3),
                 ha="center",
