@@ -169,7 +169,16 @@ def threshold_curves(
     names = list(curves)
     for n, name in enumerate(names):
         same = [o for o in names[:n] if np.allclose(curves[o], curves[name], rtol=1e-6, atol=1e-9)]
-        label = name + (f" (same curve as {', '.join(same)})" if same else "")
+        near = [
+            o
+            for o in names[:n]
+            if o not in same and np.allclose(curves[o], curves[name], rtol=0.02)
+        ]
+        label = name
+        if same:
+            label += f" (same curve as {', '.join(same)})"
+        elif near:
+            label += f" (within 2% of {', '.join(near)} everywhere)"
         style = _STYLES[n % len(_STYLES)]
         ax.plot(grid, curves[name], label=label, zorder=2 + n, **style)
     for (label, x), ls in zip(marks.items(), (":", "--", "-."), strict=False):
