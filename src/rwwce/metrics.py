@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from rwwce.costs import _as_tensor, as_cost_matrix
+from rwwce.costs import CostMatrix, _as_tensor, _check_costs, as_cost_matrix
 
 if TYPE_CHECKING:
     from rwwce._torchmetrics import RealWorldCost
@@ -101,10 +101,6 @@ def _float_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float32 if t.device.type == "mps" else torch.float64
 
 
-def _cost_tensor(costs: Any, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return as_cost_matrix(costs).matrix.to(like.device, dtype or _float_dtype(like))
-
-
 def _probs(x: Any, name: str, k: int) -> torch.Tensor:
     """Validated (N, K) probabilities (float32 at least); (N,) = P(positive) when K == 2."""
     p = _as_tensor(x, name)
@@ -168,6 +164,12 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> torch.Tensor
         [[1, 0], [1, 1]]
     """
     k = _check_k(num_classes)
+    t, p = _label_pair(y_true, y_pred, k)
+    flat = (t * k + p).reshape(-1)
+    return torch.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def _label_pair(y_true: Any, y_pred: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     t = _labels(y_true, "y_true", k)
     p = _labels(y_pred, "y_pred", k, device=t.device)
     if t.shape != p.shape:
@@ -175,16 +177,64 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> torch.Tensor
             f"y_true has shape {tuple(t.shape)} and y_pred has shape {tuple(p.shape)}; expected "
             "the same shape (one prediction per label)"
         )
-    flat = (t * k + p).reshape(-1)
-    return torch.bincount(flat, minlength=k * k).reshape(k, k)
+    return t, p
 
 
-def _confusion_and_costs(y_true: Any, y_pred: Any, costs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    cm = as_cost_matrix(costs)
-    counts = confusion_matrix(y_true, y_pred, cm.num_classes)
-    if int(counts.sum()) == 0:
+def _costs(costs: Any) -> torch.Tensor:
+    """Validated costs: a (K, K) float64 CPU tensor, or (N, K, K) float64 per-sample costs.
+
+    Per-sample costs stay on their device (float32 on MPS). ``CostMatrix`` and 2-D input go
+    through :func:`rwwce.costs.as_cost_matrix`.
+    """
+    if isinstance(costs, CostMatrix):
+        return costs.matrix
+    t = _as_tensor(costs, "costs")
+    if t.ndim != 3:
+        if t.ndim != 2:
+            raise ValueError(
+                f"costs has shape {tuple(t.shape)}; expected a (K, K) cost matrix or (N, K, K) "
+                "per-sample cost matrices"
+            )
+        return as_cost_matrix(t).matrix
+    if t.shape[1] != t.shape[2] or t.shape[1] < 2:
+        raise ValueError(
+            f"costs has shape {tuple(t.shape)}; expected (N, K, K) per-sample cost matrices "
+            "with K >= 2"
+        )
+    t = t.to(_float_dtype(t))
+    _check_costs(t, "costs")
+    return t
+
+
+def _check_rows(c: torch.Tensor, n: int, what: str) -> None:
+    if c.ndim == 3 and c.shape[0] != n:
+        raise ValueError(
+            f"costs has shape {tuple(c.shape)} ({c.shape[0]} per-sample matrices) but {what} "
+            f"has {n} samples; expected one (K, K) matrix per sample"
+        )
+
+
+def _element_costs(t: torch.Tensor, p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``C[t, p]`` per element (``C[n, t, p]`` for per-sample costs, broadcast over (N, ...))."""
+    c = c.to(t.device)
+    if c.ndim == 2:
+        return c[t, p]
+    _check_rows(c, t.shape[0] if t.ndim else 1, "y_true")
+    n = torch.arange(c.shape[0], device=t.device).reshape((-1,) + (1,) * (t.ndim - 1))
+    return c[n, t, p]
+
+
+def _decided_costs(
+    y_true: Any, y_pred: Any, costs: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(labels, predictions, float64 costs on the labels' device), checked against each other."""
+    c = _costs(costs)
+    t, p = _label_pair(y_true, y_pred, c.shape[-1])
+    if t.numel() == 0:
         raise ValueError("y_true is empty; expected at least one sample")
-    return counts, _cost_tensor(cm, counts)
+    if c.ndim == 3 and t.ndim == 0:
+        raise ValueError("y_true is a scalar; per-sample costs need labels of shape (N, ...)")
+    return t, p, c.to(t.device)
 
 
 def _check_reduction(reduction: str) -> None:
@@ -199,13 +249,15 @@ def real_world_cost(
 
     ``RWC = sum_ij C[i, j] * count[i, j] / n`` for ``reduction="mean"`` (the average cost per
     sample, in the units of ``C``), without the ``/ n`` for ``"sum"``. Binary with a zero
-    diagonal: ``(FN * c_fn + FP * c_fp) / n``.
+    diagonal: ``(FN * c_fn + FP * c_fp) / n``. With per-sample costs (a fraud's cost is its
+    amount): ``RWC = sum_n C[n, t_n, p_n] / n``.
 
     Args:
-        y_true: true class indices, any shape, values in ``[0, K)``.
+        y_true: true class indices, shape (N, ...), values in ``[0, K)``.
         y_pred: predicted class indices, the same shape.
-        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
-        reduction: ``"mean"`` (default) or ``"sum"``.
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like; or (N, K, K) per-sample
+            matrices (sample ``n``'s matrix applies to every element of ``y_true[n]``).
+        reduction: ``"mean"`` (default, divide by the number of elements) or ``"sum"``.
 
     Returns:
         A 0-dim float64 tensor on ``y_true``'s device.
@@ -215,11 +267,20 @@ def real_world_cost(
         >>> cost = real_world_cost([1, 1, 0], [0, 1, 1], [[0, 1], [10, 0]])   # one FN, one FP
         >>> round(float(cost), 4)
         3.6667
+        >>> amounts = torch.tensor([250.0, 40.0, 0.0])     # a missed fraud costs its amount
+        >>> per_sample = torch.zeros(3, 2, 2)
+        >>> per_sample[:, 1, 0], per_sample[:, 0, 1] = amounts, 5.0   # a false alarm costs 5
+        >>> float(real_world_cost([1, 1, 0], [0, 1, 1], per_sample, reduction="sum"))
+        255.0
     """
     _check_reduction(reduction)
-    counts, c = _confusion_and_costs(y_true, y_pred, costs)
-    total = (counts.to(c.dtype) * c).sum()
-    return total / counts.sum() if reduction == "mean" else total
+    t, p, c = _decided_costs(y_true, y_pred, costs)
+    if c.ndim == 2:
+        counts = confusion_matrix(t, p, c.shape[0])
+        total = (counts.to(c.dtype) * c).sum()
+    else:
+        total = _element_costs(t, p, c).sum()
+    return total / t.numel() if reduction == "mean" else total
 
 
 def real_world_benefit(
@@ -238,7 +299,7 @@ def real_world_benefit(
     ``(P * c_fn - (FN * c_fn + FP * c_fp)) / n``, i.e. ``(TP * c_fn - FP * c_fp) / n``: every caught
     positive saves ``c_fn``, every false alarm spends ``c_fp``. Positive means the model is worth
     deploying; the maximum, ``P * c_fn / n``, is reached by a perfect model. ``"sum"`` drops the
-    ``/ n``. Written for the binary case; any K works.
+    ``/ n``. Written for the binary case; any K works, and so do (N, K, K) per-sample costs.
 
     Args:
         y_true, y_pred, costs, reduction: as in :func:`real_world_cost`.
@@ -250,27 +311,41 @@ def real_world_benefit(
         475.0
     """
     _check_reduction(reduction)
-    counts, c = _confusion_and_costs(y_true, y_pred, costs)
-    k = c.shape[0]
+    t, p, c = _decided_costs(y_true, y_pred, costs)
+    k = c.shape[-1]
     if (
         isinstance(baseline, bool)
         or not isinstance(baseline, numbers.Integral)
         or not 0 <= baseline < k
     ):
         raise ValueError(f"baseline is {baseline!r}; expected a class index in [0, {k})")
-    counts = counts.to(c.dtype)
-    total = (counts.sum(dim=1) * c[:, baseline]).sum() - (counts * c).sum()
-    return total / counts.sum() if reduction == "mean" else total
+    if c.ndim == 2:
+        counts = confusion_matrix(t, p, k).to(c.dtype)
+        total = (counts.sum(dim=1) * c[:, baseline]).sum() - (counts * c).sum()
+    else:
+        total = (_element_costs(t, torch.full_like(t, baseline), c) - _element_costs(t, p, c)).sum()
+    return total / t.numel() if reduction == "mean" else total
 
 
 # ---------------------------------------------------------------------- decisions
+def _expected(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``E[n, j] = sum_i p[n, i] C[i, j]`` (``C[n, i, j]`` per sample); no checks, no syncs.
+
+    ``p`` is (N, K) or (N, M, K) (M elements per sample); ``c`` is (K, K) or (N, K, K).
+    """
+    if c.ndim == 2 or p.ndim == 3:
+        return p @ c
+    return (p.unsqueeze(1) @ c).squeeze(1)
+
+
 def expected_costs(probs: Any, costs: Any) -> torch.Tensor:
-    """The expected cost of each decision: ``E[j] = sum_i p_i C[i, j]``, i.e. ``probs @ C``.
+    """The expected cost of each decision: ``E[n, j] = sum_i p[n, i] C[i, j]``, i.e. ``probs @ C``.
 
     Args:
-        probs: (N, K) class probabilities (non-negative rows summing to 1), or for a 2 x 2 cost
-            matrix (N,) probabilities of the positive class.
-        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+        probs: (N, K) class probabilities (non-negative rows summing to 1), or for 2 x 2 costs
+            (N,) probabilities of the positive class.
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like, or (N, K, K) per-sample
+            matrices (``E[n, j] = sum_i p[n, i] C[n, i, j]``).
 
     Returns:
         (N, K) tensor in ``probs``' dtype promoted to float32 at least, on ``probs``' device.
@@ -280,9 +355,10 @@ def expected_costs(probs: Any, costs: Any) -> torch.Tensor:
         >>> expected_costs([[0.9, 0.1]], [[0, 100], [2000, 0]]).tolist()
         [[200.0, 90.0]]
     """
-    cm = as_cost_matrix(costs)
-    p = _probs(probs, "probs", cm.num_classes)
-    return p @ _cost_tensor(cm, p, p.dtype)
+    c = _costs(costs)
+    p = _probs(probs, "probs", c.shape[-1])
+    _check_rows(c, p.shape[0], "probs")
+    return _expected(p, c.to(p.device, p.dtype))
 
 
 def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
@@ -290,13 +366,14 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
 
     With a 2 x 2 cost matrix with a zero diagonal and (N,) probabilities of the positive class,
     this is the threshold rule ``predict 1 when p > c_fp / (c_fp + c_fn)``. Ties go to the lower
-    class index.
+    class index. Per-sample costs (N, K, K) give each sample its own rule (binary: its own
+    threshold).
 
     Args:
-        probs: (N, K) class probabilities, or (N,) probabilities of the positive class for a 2 x 2
-            cost matrix. Feed calibrated probabilities: a model trained with RWWCE already leans
-            towards the costly classes, see :func:`unweight_probabilities`.
-        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+        probs: (N, K) class probabilities, or (N,) probabilities of the positive class for 2 x 2
+            costs. Feed calibrated probabilities (:mod:`rwwce.calibration`): a model trained with
+            RWWCE already leans towards the costly classes, see :func:`unweight_probabilities`.
+        costs: a :class:`rwwce.CostMatrix`, a (K, K) array-like or (N, K, K) per-sample costs.
 
     Returns:
         int64 tensor of shape (N,) on ``probs``' device.
@@ -306,16 +383,15 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
         >>> bayes_decision([[0.5, 0.3, 0.2]], [[0, 1, 1], [1, 0, 1], [20, 20, 0]]).tolist()
         [2]
     """
-    cm = as_cost_matrix(costs)
-    c = cm.matrix
+    c = _costs(costs)
     raw = _as_tensor(probs, "probs")
-    if raw.ndim == 1 and cm.num_classes == 2 and float(c[0, 0]) == 0 and float(c[1, 1]) == 0:
+    if raw.ndim == 1 and c.shape == (2, 2) and float(c[0, 0]) == 0 and float(c[1, 1]) == 0:
         p = _probs(raw, "probs", 2)[:, 1]
-        c_fn, c_fp = cm.binary_weights()
+        c_fn, c_fp = float(c[1, 0]), float(c[0, 1])
         if c_fn + c_fp == 0:
             return torch.zeros(p.shape, dtype=torch.int64, device=p.device)
         return (p > c_fp / (c_fp + c_fn)).to(torch.int64)
-    return expected_costs(raw, cm).argmin(dim=1)
+    return expected_costs(raw, c).argmin(dim=1)
 
 
 # ---------------------------------------------------------------------- calibration
