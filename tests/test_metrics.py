@@ -622,3 +622,273 @@ def test_real_world_cost_metric_errors():
     with pytest.raises(TypeError, match=r"target has dtype torch.float32"):
         metric.update(torch.tensor([0, 1]), torch.tensor([0.0, 1.0]))
     assert metric.confmat.sum() == 0  # failed updates add nothing
+
+
+# ---------------------------------------------------------------------------- per-sample costs
+def brute_sample_cost(t, p, c):
+    return sum(c[n][t[n]][p[n]] for n in range(len(t)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 30), st.integers(0, 2**32 - 1), st.booleans())
+def test_per_sample_costs_equal_brute_force(k, n, seed, integral):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 100, size=(n, k, k))
+    c = (c.round() if integral else c).tolist()
+    t, p = rng.integers(0, k, n).tolist(), rng.integers(0, k, n).tolist()
+    base = int(rng.integers(0, k))
+    total = brute_sample_cost(t, p, c)
+    got = real_world_cost(t, p, c, reduction="sum")
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(total, rel=1e-9, abs=1e-9)
+    assert float(real_world_cost(t, p, np.array(c))) == pytest.approx(total / n, rel=1e-9, abs=1e-9)
+    saved = brute_sample_cost(t, [base] * n, c) - total
+    assert float(
+        real_world_benefit(t, p, torch.tensor(c, dtype=torch.float64), baseline=base)
+    ) == pytest.approx(saved / n, rel=1e-9, abs=1e-9)
+
+
+def test_per_sample_costs_with_one_matrix_repeated_equal_the_matrix():
+    y_true, y_pred = paper_predictions()
+    repeated = np.broadcast_to(np.array(PAPER_COSTS), (len(y_true), 2, 2))
+    assert float(real_world_cost(y_true, y_pred, repeated)) == pytest.approx(2.868441, abs=5e-7)
+
+
+def test_per_sample_costs_broadcast_over_extra_dimensions():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 3, (4, 5, 6), generator=g)
+    p = torch.randint(0, 3, (4, 5, 6), generator=g)
+    c = torch.rand(4, 3, 3, generator=g, dtype=torch.float64)
+    brute = sum(
+        float(c[n, t[n, i, j], p[n, i, j]]) for n in range(4) for i in range(5) for j in range(6)
+    )
+    assert float(real_world_cost(t, p, c, reduction="sum")) == pytest.approx(brute, rel=1e-12)
+    assert float(real_world_cost(t, p, c)) == pytest.approx(brute / t.numel(), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_per_sample_expected_costs_and_decisions_by_enumeration(k):
+    rng = np.random.default_rng(k)
+    n = 60
+    c = rng.uniform(0, 10, size=(n, k, k))
+    p = softmax_rows(n, k, seed=k).numpy()
+    exp = expected_costs(p, c)
+    brute = np.array(
+        [[sum(p[s, i] * c[s, i, j] for i in range(k)) for j in range(k)] for s in range(n)]
+    )
+    np.testing.assert_allclose(exp.numpy(), brute, rtol=1e-12)
+    np.testing.assert_array_equal(bayes_decision(p, c).numpy(), brute.argmin(1))
+
+
+def test_per_sample_binary_thresholds():
+    """A missed fraud costs its amount, a false alarm 5: flag when p * amount > (1 - p) * 5."""
+    g = torch.Generator().manual_seed(3)
+    amount = torch.rand(500, generator=g, dtype=torch.float64) * 1000
+    p = torch.rand(500, generator=g, dtype=torch.float64)
+    c = torch.zeros(500, 2, 2, dtype=torch.float64)
+    c[:, 1, 0], c[:, 0, 1] = amount, 5.0
+    thr = 5.0 / (5.0 + amount)
+    keep = (p - thr).abs() > 1e-9
+    assert torch.equal(bayes_decision(p, c)[keep], (p > thr).long()[keep])
+    assert torch.equal(bayes_decision(torch.stack([1 - p, p], 1), c)[keep], (p > thr).long()[keep])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: real_world_cost([0, 1], [0, 1], np.zeros((3, 2, 2))),
+            r"costs has shape \(3, 2, 2\) \(3 per-sample matrices\) but y_true has 2 samples",
+        ),
+        (
+            lambda: expected_costs(softmax_rows(4, 2), np.zeros((3, 2, 2))),
+            r"costs has shape \(3, 2, 2\) \(3 per-sample matrices\) but probs has 4 samples",
+        ),
+        (
+            lambda: bayes_decision([0.2, 0.7], np.zeros((3, 2, 2))),
+            r"but probs has 2 samples",
+        ),
+        (
+            lambda: real_world_cost([0, 1], [0, 1], np.zeros((2, 2, 3))),
+            r"costs has shape \(2, 2, 3\); expected \(N, K, K\) per-sample cost matrices",
+        ),
+        (
+            lambda: real_world_cost([0, 1], [0, 1], [[[0, 1], [1, 0]], [[0, -1.5], [1, 0]]]),
+            r"costs\[1, 0, 1\] is -1.5; expected a finite cost >= 0",
+        ),
+        (
+            lambda: real_world_cost([0, 2], [0, 1], np.zeros((2, 2, 2))),
+            r"y_true contains the label 2",
+        ),
+        (
+            lambda: real_world_cost([0, 1], [0, 1], np.zeros((2, 2, 2, 2))),
+            r"costs has shape \(2, 2, 2, 2\); expected a \(K, K\) cost matrix or \(N, K, K\)",
+        ),
+    ],
+)
+def test_per_sample_cost_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_real_world_cost_metric_per_sample_costs():
+    from rwwce.metrics import RealWorldCost
+
+    g = torch.Generator().manual_seed(4)
+    n, k = 300, 3
+    c = torch.rand(n, k, k, generator=g, dtype=torch.float64) * 10
+    probs = softmax_rows(n, k, seed=11)
+    target = torch.multinomial(probs, 1, generator=g).squeeze(1)
+    for decision, pred in (
+        ("argmax", probs.argmax(1)),
+        ("bayes", bayes_decision(probs, c)),
+    ):
+        metric = RealWorldCost(num_classes=k, decision=decision)
+        for chunk in torch.arange(n).split(70):
+            metric.update(probs[chunk], target[chunk], c[chunk])
+        torch.testing.assert_close(metric.compute(), real_world_cost(target, pred, c))
+        assert metric.confmat.tolist() == confusion_matrix(target, pred, k).tolist()
+    # class-index predictions, 'sum'
+    metric = RealWorldCost(num_classes=k, reduction="sum")
+    metric.update(target, target, c)
+    metric.update(torch.zeros(n, dtype=torch.long), target, c)
+    expected = real_world_cost(target, torch.zeros(n, dtype=torch.long), c, reduction="sum")
+    torch.testing.assert_close(
+        metric.compute(), expected + real_world_cost(target, target, c, reduction="sum")
+    )
+
+
+def test_real_world_cost_metric_per_sample_segmentation():
+    from rwwce.metrics import RealWorldCost
+
+    scores = torch.randn(2, 3, 4, 5).softmax(1)
+    target = torch.randint(0, 3, (2, 4, 5))
+    c = torch.rand(2, 3, 3, dtype=torch.float64)
+    metric = RealWorldCost(num_classes=3, decision="bayes")
+    metric.update(scores, target, c)
+    rows = scores.movedim(1, -1)
+    pred = torch.stack(
+        [bayes_decision(rows[i].reshape(-1, 3), c[i]).reshape(4, 5) for i in range(2)]
+    )
+    torch.testing.assert_close(metric.compute(), real_world_cost(target, pred, c))
+
+
+def test_real_world_cost_metric_per_sample_errors():
+    from rwwce.metrics import RealWorldCost
+
+    with pytest.raises(ValueError, match=r"costs is None and num_classes is None"):
+        RealWorldCost()
+    with pytest.raises(ValueError, match=r"per-sample costs go to each update"):
+        RealWorldCost(np.zeros((4, 2, 2)))
+    metric = RealWorldCost(num_classes=2)
+    with pytest.raises(ValueError, match=r"costs is None; this RealWorldCost was built for"):
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"costs has shape \(3, 2, 2\); expected \(2, 2, 2\)"):
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.zeros(3, 2, 2))
+    with pytest.raises(ValueError, match=r"costs\[0, 1, 0\] is nan"):
+        bad = torch.zeros(2, 2, 2)
+        bad[0, 1, 0] = float("nan")
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]), bad)
+    with pytest.raises(ValueError, match=r"has a fixed cost matrix"):
+        RealWorldCost(PAPER_COSTS).update(
+            torch.tensor([0, 1]), torch.tensor([0, 1]), torch.zeros(2, 2, 2)
+        )
+    assert metric.confmat.sum() == 0 and float(metric.cost_sum) == 0
+
+
+# ---------------------------------------------------------------------------- no host syncs
+@pytest.fixture
+def forbid_host_reads(monkeypatch):
+    """Call it to make every Tensor -> Python conversion (what synchronises a GPU) raise."""
+
+    def forbid(name):
+        def raiser(*args, **kwargs):
+            raise AssertionError(f"{name} read tensor data on the host")
+
+        return raiser
+
+    def activate():
+        for name in (
+            "item",
+            "tolist",
+            "__bool__",
+            "__int__",
+            "__float__",
+            "__index__",
+            "nonzero",
+            "unique",
+            "bincount",
+        ):
+            monkeypatch.setattr(torch.Tensor, name, forbid(f"Tensor.{name}"))
+        for name in ("bincount", "nonzero", "unique"):
+            monkeypatch.setattr(torch, name, forbid(f"torch.{name}"))
+
+    return activate
+
+
+@pytest.mark.parametrize("decision", ["argmax", "bayes"])
+def test_real_world_cost_update_reads_nothing_on_the_host(decision, forbid_host_reads, monkeypatch):
+    """The design check that the CUDA test below confirms with set_sync_debug_mode: with data
+    checks off (as on an accelerator), update touches no tensor value from Python."""
+    from rwwce.metrics import RealWorldCost
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.97, 0.03]])
+    target = torch.tensor([1, 1, 0])
+    per_sample_costs = torch.tensor(PAPER_COSTS).expand(3, 2, 2)
+    metric = RealWorldCost(PAPER_COSTS, decision=decision, validate_args=False)
+    per_sample = RealWorldCost(num_classes=2, decision=decision, validate_args=False)
+    forbid_host_reads()
+    for _ in range(2):
+        metric.update(probs, target)
+        metric.update(target, target)
+        per_sample.update(probs, target, per_sample_costs)
+    cost, cost_per_sample = metric.compute(), per_sample.compute()
+    with pytest.raises(AssertionError, match="read tensor data on the host"):
+        bool(cost)  # the patch is active
+    monkeypatch.undo()
+    # bayes: 0.1 > 100 / 2100 flags the first row too; argmax misses it (a 2000 miss)
+    pred = torch.tensor([0, 1, 0]) if decision == "argmax" else torch.tensor([1, 1, 0])
+    expected = (real_world_cost(target, pred, PAPER_COSTS) + 0) / 2
+    assert float(cost) == pytest.approx(float(expected))
+    assert float(cost_per_sample) == pytest.approx(2 * float(expected))
+
+
+def test_real_world_cost_unchecked_labels_give_nan_not_a_crash():
+    from rwwce.metrics import RealWorldCost
+
+    metric = RealWorldCost(PAPER_COSTS, validate_args=False)
+    metric.update(torch.tensor([0, 5, 1, -1]), torch.tensor([1, 1, 7, 0]))
+    assert metric.confmat.tolist() == [[0, 0], [1, 0]] and int(metric.invalid) == 3
+    assert torch.isnan(metric.compute())
+    metric.reset()
+    metric.update(torch.tensor([0, 1]), torch.tensor([1, 1]))
+    assert float(metric.compute()) == 1000.0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("decision", ["argmax", "bayes"])
+def test_real_world_cost_update_never_synchronises_on_cuda(decision):
+    from rwwce.metrics import RealWorldCost
+
+    metric = RealWorldCost(PAPER_COSTS, decision=decision).cuda()
+    per_sample = RealWorldCost(num_classes=2, decision=decision).cuda()
+    probs = torch.softmax(torch.randn(64, 2, device="cuda"), 1)
+    target = torch.randint(0, 2, (64,), device="cuda")
+    costs = torch.tensor(PAPER_COSTS, device="cuda").expand(64, 2, 2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            metric.update(probs, target)
+            metric.update(probs.argmax(1), target)
+            per_sample.update(probs, target, costs)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    pred = probs.argmax(1) if decision == "argmax" else bayes_decision(probs, PAPER_COSTS)
+    expected = (
+        real_world_cost(target, pred, PAPER_COSTS) * 3
+        + 3 * real_world_cost(target, probs.argmax(1), PAPER_COSTS)
+    ) / 6
+    torch.testing.assert_close(metric.compute().cpu(), expected.cpu())
+    torch.testing.assert_close(
+        per_sample.compute().cpu(), real_world_cost(target, pred, PAPER_COSTS).cpu()
+    )
