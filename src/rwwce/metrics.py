@@ -26,9 +26,13 @@ Example::
 
 from __future__ import annotations
 
+import importlib
+import math
 import numbers
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 
 from rwwce.costs import CostMatrix, _as_tensor, _check_costs, as_cost_matrix
@@ -40,7 +44,11 @@ __all__ = [
     "RealWorldCost",
     "bayes_decision",
     "confusion_matrix",
+    "cost_curve",
     "expected_costs",
+    "make_cost_scorer",
+    "plot_cost_curve",
+    "plot_prediction_costs",
     "real_world_benefit",
     "real_world_cost",
     "unweight_probabilities",
@@ -492,3 +500,384 @@ def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) ->
     p = qq / w
     p = p / p.sum(dim=1, keepdim=True)
     return p.to(q.dtype)
+
+
+# ---------------------------------------------------------------------- scikit-learn scorer
+def _label_indices(y: Any, labels: Any, cm: CostMatrix, name: str) -> np.ndarray:
+    """Rows / columns of the cost matrix for labels ``y`` (a 1-D array of indices)."""
+    arr = np.asarray(y).reshape(-1)
+    k = cm.num_classes
+    if labels is not None:
+        lookup = {v: i for i, v in enumerate(np.asarray(labels).reshape(-1).tolist())}
+        out = np.empty(arr.shape[0], dtype=np.int64)
+        for n, v in enumerate(arr.tolist()):
+            if v not in lookup:
+                raise ValueError(
+                    f"{name} contains {v!r}; expected one of the labels {list(lookup)}"
+                )
+            out[n] = lookup[v]
+        return out
+    if arr.dtype.kind in "iub":
+        return _labels(arr.astype(np.int64), name, k).numpy()
+    lookup = {c: i for i, c in enumerate(cm.classes)}
+    out = np.empty(arr.shape[0], dtype=np.int64)
+    for n, v in enumerate(arr.tolist()):
+        if str(v) not in lookup:
+            raise ValueError(
+                f"{name} contains {v!r}, which is not a class of the cost matrix "
+                f"({', '.join(cm.classes)}); pass labels=[...] naming the class of each row"
+            )
+        out[n] = lookup[str(v)]
+    return out
+
+
+def _label_cost(
+    y_true: Any,
+    y_pred: Any,
+    *,
+    costs: Any,
+    labels: Any = None,
+    sample_weight: Any = None,
+) -> float:
+    """The (weighted) mean Real World Cost of label arrays: ``sum_n w_n C[t_n, p_n] / sum_n w_n``."""
+    cm = as_cost_matrix(costs)
+    if labels is not None and len(labels) != cm.num_classes:
+        raise ValueError(
+            f"labels has {len(labels)} entries; expected {cm.num_classes}, one per row of costs"
+        )
+    t = _label_indices(y_true, labels, cm, "y_true")
+    p = _label_indices(y_pred, labels, cm, "y_pred")
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(
+            f"y_true has {t.size} labels and y_pred {p.size}; expected the same, non-zero number"
+        )
+    per = cm.matrix.numpy()[t, p]
+    if sample_weight is None:
+        return float(per.mean())
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if w.shape != per.shape:
+        raise ValueError(f"sample_weight has {w.size} entries; expected {per.size}")
+    return float(np.average(per, weights=w))
+
+
+def make_cost_scorer(costs: Any, *, labels: Any = None) -> Any:
+    """A scikit-learn scorer: minus the Real World Cost of ``estimator.predict(X)``.
+
+    For ``cross_val_score``, ``GridSearchCV(scoring=...)`` and ``TunedThresholdClassifierCV``
+    (higher is better, so the cost is negated; ``sample_weight`` is honoured).
+
+    Args:
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+        labels: the class label of each row of ``costs`` (e.g. ``estimator.classes_``). Default:
+            integer labels are row indices; other labels are matched against the
+            ``CostMatrix``'s class names.
+
+    Returns:
+        A scorer made by ``sklearn.metrics.make_scorer`` (needs scikit-learn, the
+        ``experiments`` extra).
+
+    Example::
+
+        >>> from sklearn.datasets import load_breast_cancer
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> from sklearn.model_selection import cross_val_score
+        >>> from sklearn.pipeline import make_pipeline
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> X, y = load_breast_cancer(return_X_y=True)
+        >>> y = 1 - y                            # 1 = malignant: missing one costs 10
+        >>> scorer = make_cost_scorer([[0, 1], [10, 0]])
+        >>> model = make_pipeline(StandardScaler(), LogisticRegression())
+        >>> round(float(cross_val_score(model, X, y, cv=5, scoring=scorer).mean()), 4)
+        -0.1456
+    """
+    cm = as_cost_matrix(costs)
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1).tolist()
+        if len(labels) != cm.num_classes:
+            raise ValueError(
+                f"labels has {len(labels)} entries; expected {cm.num_classes}, one per row of costs"
+            )
+    _optional("sklearn", "make_cost_scorer", "scikit-learn")
+    from sklearn.metrics import make_scorer
+
+    return make_scorer(_label_cost, greater_is_better=False, costs=cm, labels=labels)
+
+
+# ---------------------------------------------------------------------- cost curves
+def _binary_scores(y_true: Any, scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    t = _labels(y_true, "y_true", 2).reshape(-1)
+    s = _as_tensor(scores, "scores")
+    if s.is_complex():
+        raise TypeError("scores is complex; expected real scores")
+    if s.ndim != 1 or s.shape[0] != t.shape[0]:
+        hint = " (for (N, 2) probabilities pass probs[:, 1])" if s.ndim == 2 else ""
+        raise ValueError(
+            f"scores has shape {tuple(s.shape)}; expected ({t.shape[0]},), one score of the "
+            f"positive class per label{hint}"
+        )
+    s = s.to(t.device, torch.float64)
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("scores contains NaN or infinite values; expected finite scores")
+    positives = int(t.sum())
+    if positives in (0, t.shape[0]):
+        raise ValueError(
+            f"y_true holds {'no' if positives == 0 else 'only'} positive labels; a cost curve "
+            "needs both classes"
+        )
+    return t, s
+
+
+def _operating_points(
+    t: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every classifier ``predict 1 iff score >= threshold``: (thresholds, TP, FP), descending
+    thresholds from ``+inf`` (all negative) to the lowest score (all positive)."""
+    order = torch.argsort(s, descending=True, stable=True)
+    ss, ts = s[order], t[order].to(torch.float64)
+    tp, fp = torch.cumsum(ts, 0), torch.cumsum(1.0 - ts, 0)
+    last = torch.ones_like(ss, dtype=torch.bool)
+    last[:-1] = ss[1:] != ss[:-1]  # the last of each run of equal scores
+    zero = torch.zeros(1, dtype=torch.float64, device=s.device)
+    inf = torch.full((1,), math.inf, dtype=torch.float64, device=s.device)
+    return torch.cat([inf, ss[last]]), torch.cat([zero, tp[last]]), torch.cat([zero, fp[last]])
+
+
+def cost_curve(y_true: Any, scores: Any, *, points: int = 101) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Drummond-Holte cost curve of a binary scorer: its best normalised expected cost.
+
+    For each probability cost ``pc`` on ``linspace(0, 1, points)`` the lower envelope, over all
+    thresholds (``predict positive iff score >= threshold``) and the two trivial classifiers,
+    of ``FNR * pc + FPR * (1 - pc)``. With prevalence ``pi`` and costs ``c_fn``, ``c_fp``, a
+    deployment sits at ``pc = pi c_fn / (pi c_fn + (1 - pi) c_fp)``, and the curve's value there
+    times ``pi c_fn + (1 - pi) c_fp`` is the lowest Real World Cost any threshold achieves on
+    this data. Below the diagonals ``pc`` and ``1 - pc`` (the trivial classifiers) the model
+    pays for itself. Drummond & Holte, "Cost curves", Machine Learning 65, 2006.
+
+    Args:
+        y_true: (N,) binary labels (0/1 or bool) with both classes present.
+        scores: (N,) scores of the positive class (probabilities, logits or any monotone score).
+        points: number of probability costs, at least 2. Default 101.
+
+    Returns:
+        ``(probability_cost, normalized_expected_cost)``: two float64 tensors of shape
+        ``(points,)`` on ``scores``' device.
+
+    Example::
+
+        >>> pc, nec = cost_curve([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], points=5)
+        >>> nec.tolist()
+        [0.0, 0.125, 0.25, 0.125, 0.0]
+    """
+    if isinstance(points, bool) or not isinstance(points, numbers.Integral) or points < 2:
+        raise ValueError(f"points is {points!r}; expected an int >= 2")
+    t, s = _binary_scores(y_true, scores)
+    _, tp, fp = _operating_points(t, s)
+    positives = tp[-1]
+    fnr, fpr = 1.0 - tp / positives, fp / fp[-1]
+    pc = torch.linspace(0, 1, int(points), dtype=torch.float64, device=s.device)
+    nec = torch.full_like(pc, math.inf)
+    step = max(1, (1 << 22) // int(points))  # bound the (points, thresholds) block in memory
+    for i in range(0, fnr.shape[0], step):
+        block = fnr[None, i : i + step] * pc[:, None] + fpr[None, i : i + step] * (1 - pc[:, None])
+        nec = torch.minimum(nec, block.min(dim=1).values)
+    return pc, nec
+
+
+# ---------------------------------------------------------------------- plots
+def _optional(module: str, feature: str, package: str | None = None) -> Any:
+    """Import an optional dependency, or say which extra brings it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"{feature} needs {package or module}, which is not installed; install rwwce's "
+            "experiments extra: pip install 'rwwce[experiments]'"
+        ) from None
+
+
+def _check_figure_path(path: str | os.PathLike[str]) -> None:
+    """Fail before any work on a figure path that cannot be written."""
+    from matplotlib.figure import Figure
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; expected a file name such as plot.png")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {path!r}: no such directory {directory!r}")
+    suffix = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise ValueError(
+            f"cannot write {path!r}: unknown figure format {suffix!r}; expected a suffix such "
+            f"as {', '.join('.' + f for f in sorted(formats))}"
+        )
+
+
+def _new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib Figure without pyplot: no backend is chosen or changed (works headless)."""
+    _optional("matplotlib", "plotting")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols)
+
+
+def _thinned(*arrays: np.ndarray, limit: int = 4000) -> tuple[np.ndarray, ...]:
+    n = arrays[0].shape[0]
+    if n <= limit:
+        return arrays
+    keep = np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
+    return tuple(a[keep] for a in arrays)
+
+
+def plot_cost_curve(
+    y_true: Any,
+    scores: Any,
+    costs: Any = None,
+    *,
+    points: int = 101,
+    axes: Any = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Draw the cost curve (:func:`cost_curve`) beside the cost-versus-threshold curve.
+
+    Left: the normalised expected cost against the probability cost, with the two trivial
+    classifiers (dashed); with ``costs``, a marker at the deployment's probability cost.
+    Right: the Real World Cost per sample of ``predict 1 iff score >= threshold`` on this data
+    against the threshold, with its minimum and, for probability scores, the Bayes threshold
+    ``c_fp / (c_fp + c_fn)``. Needs matplotlib (``pip install 'rwwce[experiments]'``).
+
+    Args:
+        y_true: (N,) binary labels.
+        scores: (N,) scores of the positive class.
+        costs: a 2 x 2 :class:`rwwce.CostMatrix` or array-like; default the 0-1 cost (errors).
+        points: resolution of the cost curve.
+        axes: two matplotlib ``Axes`` to draw into; default a new figure.
+        path: if given, the figure is saved there atomically (format from the suffix).
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _optional("matplotlib", "plot_cost_curve")
+    from rwwce._io import save_figure
+
+    if path is not None:
+        _check_figure_path(path)
+    cm = as_cost_matrix([[0, 1], [1, 0]] if costs is None else costs)
+    if cm.num_classes != 2:
+        raise ValueError(f"costs has {cm.num_classes} classes; a cost curve needs 2 x 2 costs")
+    c = cm.matrix.numpy()
+    pc, nec = cost_curve(y_true, scores, points=points)
+    t, s = _binary_scores(y_true, scores)
+    thresholds, tp, fp = _operating_points(t, s)
+    n, positives = t.shape[0], float(tp[-1])
+    tp, fp = tp.cpu().numpy(), fp.cpu().numpy()
+    fn, tn = positives - tp, (n - positives) - fp
+    cost = (fn * c[1, 0] + fp * c[0, 1] + tp * c[1, 1] + tn * c[0, 0]) / n
+    thr = thresholds.cpu().numpy()
+    if axes is None:
+        fig, axes = _new_figure(1, 2, (9.0, 3.8))
+    left, right = axes
+    fig = left.figure
+    pc_np, nec_np = pc.cpu().numpy(), nec.cpu().numpy()
+    left.plot(pc_np, nec_np, color="tab:blue", label="model (lower envelope)")
+    left.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="always negative / positive")
+    left.plot([0, 1], [1, 0], "--", color="gray", linewidth=1)
+    c_fn, c_fp = c[1, 0] - c[1, 1], c[0, 1] - c[0, 0]  # regrets: what a wrong call adds
+    prior = positives / n
+    if costs is not None and prior * c_fn + (1 - prior) * c_fp > 0:
+        op = prior * c_fn / (prior * c_fn + (1 - prior) * c_fp)
+        left.axvline(op, color="tab:red", linewidth=1, label=f"these costs: pc = {op:.3g}")
+    left.set_xlim(0, 1)
+    left.set_ylim(0, 1)
+    left.set_xlabel("probability cost pc")
+    left.set_ylabel("normalised expected cost")
+    left.set_title("cost curve")
+    left.legend(loc="upper right", fontsize=8)
+    finite = np.isfinite(thr)
+    x, y = _thinned(thr[finite], cost[finite])
+    right.step(x, y, where="post", color="tab:blue", label="predict 1 iff score >= threshold")
+    best = int(np.argmin(cost))
+    best_thr = thr[best] if np.isfinite(thr[best]) else thr[finite].max()
+    right.plot([best_thr], [cost[best]], "o", color="tab:green", label=f"lowest: {cost[best]:.4g}")
+    s_np = s.cpu().numpy()
+    if (s_np >= 0).all() and (s_np <= 1).all() and c_fn + c_fp > 0:
+        bayes = c_fp / (c_fp + c_fn)
+        right.axvline(bayes, color="tab:red", linewidth=1, label=f"Bayes threshold {bayes:.3g}")
+    right.set_xlabel("threshold on the score")
+    right.set_ylabel("Real World Cost per sample" if costs is not None else "error rate")
+    right.set_title("cost versus threshold")
+    right.legend(loc="best", fontsize=8)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def plot_prediction_costs(
+    y_true: Any,
+    costs: Any,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    probs: Any = None,
+    y_pred: Any = None,
+) -> Any:
+    """The picture for a predictions file (``rwwce cost ... --plot FILE.png``).
+
+    Binary with probabilities: :func:`plot_cost_curve` of ``P(positive)``. Otherwise bars: for
+    each true class, the cost its samples contribute to the Real World Cost per sample (bars of
+    one colour sum to it), for ``y_pred`` and, from ``probs``, the arg-max and the Bayes
+    decisions. Needs matplotlib.
+
+    Args:
+        y_true: (N,) class indices.
+        costs: a :class:`rwwce.CostMatrix` or (K, K) array-like (class names label the bars).
+        path: if given, the figure is saved there atomically.
+        probs: (N, K) class probabilities, or ``None``.
+        y_pred: (N,) predicted class indices, or ``None``. At least one of the two.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _optional("matplotlib", "plot_prediction_costs")
+    from rwwce._io import save_figure
+
+    if path is not None:
+        _check_figure_path(path)
+    if probs is None and y_pred is None:
+        raise ValueError("probs and y_pred are both None; expected at least one of them")
+    cm = as_cost_matrix(costs)
+    k = cm.num_classes
+    if probs is not None:
+        p = _probs(probs, "probs", k)
+        if k == 2:
+            return plot_cost_curve(y_true, p[:, 1], cm, path=path)
+    t = _labels(y_true, "y_true", k).reshape(-1)
+    rules: dict[str, Any] = {}
+    if y_pred is not None:
+        rules["y_pred"] = y_pred
+    if probs is not None:
+        rules["arg-max"] = p.argmax(dim=1)
+        rules["Bayes decision"] = bayes_decision(p, cm)
+    fig, ax = _new_figure(1, 1, (max(5.0, 0.9 * k + 2.5), 3.8))
+    width = 0.8 / len(rules)
+    x = np.arange(k)
+    for r, (name, pred) in enumerate(rules.items()):
+        t2, p2 = _label_pair(t, pred, k)
+        per = _element_costs(t2, p2, cm.matrix)
+        share = torch.zeros(k, dtype=torch.float64).index_add_(0, t2.cpu(), per.cpu()) / t2.numel()
+        total = float(share.sum())
+        ax.bar(
+            x + (r - (len(rules) - 1) / 2) * width,
+            share.numpy(),
+            width,
+            label=f"{name}: {total:.4g}",
+        )
+    ax.set_xticks(x, list(cm.classes), rotation=30 if k > 6 else 0)
+    ax.set_xlabel("true class")
+    ax.set_ylabel("cost per sample (its share)")
+    ax.set_title("Real World Cost by true class")
+    ax.legend(fontsize=8)
+    if path is not None:
+        save_figure(fig, path)
+    return fig
