@@ -1,6 +1,8 @@
 """rwwce: the Real-World-Weight Cross-Entropy loss and cost-sensitive training tools for PyTorch."""
 
-from rwwce import metrics
+from typing import Any
+
+from rwwce import calibration, metrics
 from rwwce.costs import CostMatrix
 from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
@@ -18,7 +20,17 @@ __all__ = [
     "CostMatrix",
     "class_weights",
     "count_classes",
+    "calibration",
     "metrics",
     "binary_real_world_weight_cross_entropy",
     "real_world_weight_cross_entropy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # rwwce.sklearn imports scikit-learn: load it on first access, not with ``import rwwce``.
+    if name == "sklearn":
+        import importlib
+
+        return importlib.import_module("rwwce.sklearn")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
