@@ -151,9 +151,12 @@ class TemperatureScaling(nn.Module):
             raise ValueError(f"max_iter is {max_iter!r}; expected a positive int")
         z, t, w, binary = _logits_and_target(logits, target, sample_weight)
         z = z.detach().to(torch.float64)
+        # Masked classes (-inf) stay -inf without a gradient: -inf / T would give inf * 0 = NaN.
+        masked = z == -math.inf
+        finite = z.masked_fill(masked, 0.0)
 
         def nll(log_t: torch.Tensor) -> torch.Tensor:
-            scaled = z / log_t.exp()
+            scaled = (finite / log_t.exp()).masked_fill(masked, -math.inf)
             if binary:
                 per = F.binary_cross_entropy_with_logits(scaled, t, reduction="none")
             else:
@@ -218,7 +221,7 @@ def calibration_bins(
 
     Bin ``b < n_bins`` holds confidences in ``[b / n_bins, (b + 1) / n_bins)``; the last entry
     holds confidences of exactly 1 (torchmetrics' binning, which this reproduces: confidences
-    are binned in float32). ``accuracy`` and ``confidence`` are float64 means (0 for an empty
+    are binned by their float32 value; the means are float64). ``accuracy`` and ``confidence`` are float64 means (0 for an empty
     bin), ``count`` the number of samples.
 
     Args:
@@ -249,7 +252,7 @@ def calibration_bins(
     count = torch.zeros(n_bins + 1, dtype=torch.float64, device=p.device)
     count.index_add_(0, index, torch.ones_like(correct))
     acc = torch.zeros_like(count).index_add_(0, index, correct)
-    conf = torch.zeros_like(count).index_add_(0, index, c32.to(torch.float64))
+    conf = torch.zeros_like(count).index_add_(0, index, confidence.to(torch.float64))
     safe = count.clamp(min=1)
     return acc / safe, conf / safe, count.to(torch.int64)
 
@@ -276,7 +279,7 @@ def expected_calibration_error(probs: Any, target: Any, n_bins: int = 15) -> tor
     Example::
 
         >>> float(expected_calibration_error([[0.9, 0.1], [0.8, 0.2]], [0, 1], n_bins=10))
-        0.35
+        0.45
     """
     acc, conf, count = calibration_bins(probs, target, n_bins)
     if int(count.sum()) == 0:
