@@ -1,6 +1,7 @@
 """Real World Cost, decisions and calibration against scikit-learn, the paper and brute force."""
 
 import itertools
+import pickle
 import subprocess
 import sys
 
@@ -61,7 +62,11 @@ def test_metrics_module_exports():
         "RealWorldCost",
         "bayes_decision",
         "confusion_matrix",
+        "cost_curve",
         "expected_costs",
+        "make_cost_scorer",
+        "plot_cost_curve",
+        "plot_prediction_costs",
         "real_world_benefit",
         "real_world_cost",
         "unweight_probabilities",
@@ -892,3 +897,170 @@ def test_real_world_cost_update_never_synchronises_on_cuda(decision):
     torch.testing.assert_close(
         per_sample.compute().cpu(), real_world_cost(target, pred, PAPER_COSTS).cpu()
     )
+
+
+# ---------------------------------------------------------------------------- scorer
+def test_cost_scorer_is_minus_the_real_world_cost():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    y = (x[:, 0] + rng.normal(size=600) > 0.8).astype(int)
+    c = [[0, 1], [12, 0]]
+    scorer = metrics.make_cost_scorer(c)
+    model = LogisticRegression().fit(x, y)
+    pred = model.predict(x)
+    assert scorer(model, x, y) == pytest.approx(-float(real_world_cost(y, pred, c)), rel=1e-12)
+    w = rng.uniform(0, 3, 600)
+    brute = sum(w[n] * c[y[n]][pred[n]] for n in range(600)) / w.sum()
+    assert scorer(model, x, y, sample_weight=w) == pytest.approx(-brute, rel=1e-12)
+    scores = cross_val_score(LogisticRegression(), x, y, cv=3, scoring=scorer)
+    assert (scores <= 0).all()
+    restored = pickle.loads(pickle.dumps(scorer))  # GridSearchCV(n_jobs=...) pickles it
+    assert restored(model, x, y) == scorer(model, x, y)
+
+
+def test_cost_scorer_tunes_a_threshold():
+    """scikit-learn's TunedThresholdClassifierCV with our scorer finds a threshold near the
+    Bayes threshold c_fp / (c_fp + c_fn) of a calibrated model."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import TunedThresholdClassifierCV
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6000, 1))
+    y = (rng.random(6000) < 1 / (1 + np.exp(-(2 * x[:, 0] - 1)))).astype(int)
+    tuned = TunedThresholdClassifierCV(
+        LogisticRegression(), scoring=metrics.make_cost_scorer([[0, 1], [9, 0]]), cv=3
+    ).fit(x, y)
+    assert tuned.best_threshold_ == pytest.approx(0.1, abs=0.05)
+
+
+def test_cost_scorer_labels():
+    from sklearn.dummy import DummyClassifier
+
+    x = np.zeros((4, 1))
+    y = np.array(["spam", "ham", "ham", "spam"])
+    always_ham = DummyClassifier(strategy="constant", constant="ham").fit(x, y)
+    named = CostMatrix([[0, 1], [10, 0]], classes=["ham", "spam"])
+    assert metrics.make_cost_scorer(named)(always_ham, x, y) == -5.0
+    by_labels = metrics.make_cost_scorer([[0, 10], [1, 0]], labels=["spam", "ham"])
+    assert by_labels(always_ham, x, y) == -5.0
+    with pytest.raises(ValueError, match=r"y_true contains 'spam', which is not a class"):
+        metrics.make_cost_scorer([[0, 1], [10, 0]])(always_ham, x, y)
+    with pytest.raises(ValueError, match=r"labels has 3 entries; expected 2"):
+        metrics.make_cost_scorer([[0, 1], [10, 0]], labels=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"y_true contains 'eel'; expected one of the labels"):
+        by_labels(always_ham, x, np.array(["eel"] * 4))
+
+
+# ---------------------------------------------------------------------------- cost curves
+def brute_cost_curve(y, s, pc):
+    """Every threshold (each score, and +inf: all negative) as its own classifier."""
+    y, s = np.asarray(y), np.asarray(s, dtype=np.float64)
+    best = np.full(len(pc), np.inf)
+    for thr in list(np.unique(s)) + [np.inf]:
+        pred = s >= thr
+        fnr = np.mean(~pred[y == 1])
+        fpr = np.mean(pred[y == 0])
+        best = np.minimum(best, fnr * pc + fpr * (1 - pc))
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 80),
+    st.integers(0, 2**32 - 1),
+    st.integers(2, 30),
+    st.booleans(),
+)
+def test_cost_curve_equals_brute_force_over_thresholds(n, seed, points, ties):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]  # both classes
+    s = rng.integers(0, 5, n).astype(float) if ties else rng.normal(size=n)
+    pc, nec = metrics.cost_curve(y, s, points=points)
+    assert pc.dtype == nec.dtype == torch.float64 and pc.shape == nec.shape == (points,)
+    np.testing.assert_allclose(pc.numpy(), np.linspace(0, 1, points))
+    np.testing.assert_allclose(nec.numpy(), brute_cost_curve(y, s, pc.numpy()), atol=1e-12)
+
+
+def test_cost_curve_properties():
+    y = np.array([0, 1] * 50)
+    pc, nec = metrics.cost_curve(y, y.astype(float) * 2 - 1)  # a perfect scorer
+    assert nec.abs().max() == 0
+    pc, nec = metrics.cost_curve(y, np.zeros(100))  # no information: the trivial envelope
+    np.testing.assert_allclose(nec.numpy(), np.minimum(pc.numpy(), 1 - pc.numpy()), atol=1e-15)
+    # invariant under any increasing transform of the scores (probabilities vs logits)
+    s = np.random.default_rng(0).normal(size=100) + y
+    torch.testing.assert_close(
+        metrics.cost_curve(y, s)[1], metrics.cost_curve(y, 1 / (1 + np.exp(-s)))[1]
+    )
+    # the value at the deployment's pc, rescaled, is the lowest Real World Cost of any threshold
+    c_fn, c_fp, prior = 3.0, 1.0, 0.5
+    scale = prior * c_fn + (1 - prior) * c_fp
+    pc, nec = metrics.cost_curve(y, s, points=5)
+    assert float(pc[3]) == prior * c_fn / scale == 0.75
+    lowest = min(
+        float(real_world_cost(y, (s >= t).astype(int), [[0, c_fp], [c_fn, 0]]))
+        for t in list(s) + [np.inf]
+    )
+    assert float(nec[3]) * scale == pytest.approx(lowest, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "y, s, points, exc, match",
+    [
+        ([0, 1], [0.2, 0.4], 1, ValueError, r"points is 1; expected an int >= 2"),
+        ([0, 0], [0.2, 0.4], 5, ValueError, r"y_true holds no positive labels"),
+        ([1, 1], [0.2, 0.4], 5, ValueError, r"y_true holds only positive labels"),
+        ([0, 2], [0.2, 0.4], 5, ValueError, r"y_true contains the label 2"),
+        ([0, 1], [[0.8, 0.2], [0.3, 0.7]], 5, ValueError, r"expected \(2,\).*pass probs\[:, 1\]"),
+        ([0, 1], [0.2, float("nan")], 5, ValueError, r"scores contains NaN"),
+    ],
+)  # fmt: skip
+def test_cost_curve_errors(y, s, points, exc, match):
+    with pytest.raises(exc, match=match):
+        metrics.cost_curve(y, s, points=points)
+
+
+# ---------------------------------------------------------------------------- plots
+def test_plot_cost_curve_writes_a_png(tmp_path):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    s = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(size=300))))
+    path = tmp_path / "curve.png"
+    fig = metrics.plot_cost_curve(y, s, PAPER_COSTS, path=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left, right = fig.axes
+    x, nec = left.lines[0].get_data()
+    np.testing.assert_allclose(nec, metrics.cost_curve(y, s)[1].numpy())
+    # the right panel's minimum is the lowest Real World Cost over thresholds
+    lowest = min(
+        float(real_world_cost(y, (s >= t).astype(int), PAPER_COSTS)) for t in list(s) + [np.inf]
+    )
+    assert min(right.lines[0].get_data()[1]) == pytest.approx(lowest, rel=1e-12)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_plot_prediction_costs(tmp_path):
+    c = [[0, 1, 1], [5, 0, 1], [50, 10, 0]]
+    probs = softmax_rows(200, 3, seed=4)
+    y = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
+    fig = metrics.plot_prediction_costs(y, c, tmp_path / "bars.png", probs=probs, y_pred=y)
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
+    ax = fig.axes[0]
+    heights = [[p.get_height() for p in bars] for bars in ax.containers]
+    assert len(heights) == 3  # y_pred, arg-max, Bayes
+    assert sum(heights[0]) == 0  # y_pred = y costs nothing
+    assert sum(heights[1]) == pytest.approx(float(real_world_cost(y, probs.argmax(1), c)))
+    assert sum(heights[2]) == pytest.approx(float(real_world_cost(y, bayes_decision(probs, c), c)))
+    # binary probabilities draw the cost curves
+    fig = metrics.plot_prediction_costs(
+        [0, 1, 1], PAPER_COSTS, probs=[[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]]
+    )
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError, match=r"probs and y_pred are both None"):
+        metrics.plot_prediction_costs([0, 1], PAPER_COSTS)
+    with pytest.raises(FileNotFoundError, match=r"no such directory"):
+        metrics.plot_prediction_costs([0, 1], PAPER_COSTS, tmp_path / "no" / "x.png", y_pred=[0, 1])
