@@ -212,19 +212,22 @@ class RealWorldCost(Metric):
                 f"preds has dtype {p.dtype} and the target's shape {tuple(t.shape)}; expected "
                 f"integer class indices, or scores with a class dimension of size {k}"
             )
-        if self._check(t, p):
-            t = _labels(t, "target", k)
-            p = _labels(p, "preds", k)
-        p = p.to(torch.int64)
-        t = t.to(torch.int64)
-        # Masks, not branches: labels no check caught are counted apart, never indexed with.
-        valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
-        tv, pv = t.where(valid, 0), p.where(valid, 0)
-        self.confmat.view(-1).index_add_(0, (tv * k + pv).reshape(-1), valid.reshape(-1).long())
-        self.invalid += (~valid).sum()
+        if self._check(t, p):  # CPU (or asked for): the labels are known to be in range
+            t, p = _labels(t, "target", k), _labels(p, "preds", k)
+            self.confmat += torch.bincount((t * k + p).reshape(-1), minlength=k * k).view(k, k)
+            valid = None
+        else:
+            # Masks, not branches: labels no check caught are counted apart, never indexed with;
+            # index_add_, not bincount (whose output size reads the maximum label on CUDA).
+            t, p = t.to(torch.int64), p.to(torch.int64)
+            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+            t, p = t.where(valid, 0), p.where(valid, 0)
+            self.confmat.view(-1).index_add_(0, (t * k + p).reshape(-1), valid.reshape(-1).long())
+            self.invalid += (~valid).sum()
         if c is not None:
             n = torch.arange(c.shape[0], device=c.device).reshape((-1,) + (1,) * (t.ndim - 1))
-            self.cost_sum += (c[n, tv, pv] * valid).sum()
+            per = c[n, t, p]
+            self.cost_sum += (per if valid is None else per * valid).sum()
 
     def compute(self) -> torch.Tensor:
         """The mean (or total) Real World Cost of everything seen since the last reset."""
