@@ -1064,3 +1064,11 @@ def test_plot_prediction_costs(tmp_path):
         metrics.plot_prediction_costs([0, 1], PAPER_COSTS)
     with pytest.raises(FileNotFoundError, match=r"no such directory"):
         metrics.plot_prediction_costs([0, 1], PAPER_COSTS, tmp_path / "no" / "x.png", y_pred=[0, 1])
+
+
+def test_a_missing_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    with pytest.raises(ModuleNotFoundError, match=r"plot_cost_curve needs matplotlib.*experiments"):
+        metrics.plot_cost_curve([0, 1], [0.2, 0.7])
+    with pytest.raises(ModuleNotFoundError, match=r"needs matplotlib.*rwwce\[experiments\]"):
+        metrics.plot_prediction_costs([0, 1], PAPER_COSTS, y_pred=[0, 1])

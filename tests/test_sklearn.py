@@ -217,3 +217,14 @@ def test_module_is_reachable_from_rwwce():
     clf = CostSensitiveClassifier(LogisticRegression()).fit(x, y)
     assert clf.n_features_in_ == 2 and list(clf.classes_) == [0, 1, 2]
     assert torch.is_tensor(torch.as_tensor(clf.predict_proba(x)))
+
+
+def test_a_missing_scikit_learn_names_the_extra():
+    code = (
+        "import sys; sys.modules['sklearn'] = None\n"
+        "try:\n    import rwwce.sklearn\nexcept ModuleNotFoundError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "rwwce.sklearn needs scikit-learn" in out and "rwwce[experiments]" in out

@@ -110,7 +110,8 @@ class TemperatureScaling(nn.Module):
 
     As an ``nn.Module`` its ``forward`` is :meth:`transform`, so ``nn.Sequential(model,
     scaler)`` outputs calibrated logits; ``temperature`` is a buffer (``state_dict``, ``.to()``).
-    Before ``fit`` the temperature is 1 (the identity).
+    Before ``fit`` the temperature is 1 (the identity). Logits that carry no information about
+    the target drive ``T`` very high (uniform probabilities are then the best fit).
 
     Attributes:
         temperature: 0-dim float64 tensor, ``T > 0``.
