@@ -25,7 +25,11 @@ def test_a_weight_on_another_device_is_an_error_naming_both(name):
     # The 'meta' device stands in for an accelerator: a CPU weight is never copied silently.
     x = torch.randn(4, 3, device="meta")
     target = torch.zeros(4, dtype=torch.long, device="meta")
-    weights = {"fn_weight": torch.ones(3), "fp_weight": torch.ones(3), "sample_weight": torch.ones(4)}
+    weights = {
+        "fn_weight": torch.ones(3),
+        "fp_weight": torch.ones(3),
+        "sample_weight": torch.ones(4),
+    }
     with pytest.raises(ValueError, match=f"{name} is on cpu but the input is on meta"):
         rce(x, target, **{name: weights[name]}, validate=False)
 
@@ -33,7 +37,21 @@ def test_a_weight_on_another_device_is_an_error_naming_both(name):
 def test_binary_weight_on_another_device_is_an_error():
     x = torch.randn(4, device="meta")
     with pytest.raises(ValueError, match="fn_weight is on cpu but the input is on meta"):
-        brwce(x, torch.zeros(4, device="meta"), fn_weight=torch.tensor(2.0), validate=False)
+        brwce(x, torch.zeros(4, device="meta"), fn_weight=torch.ones(4), validate=False)
+
+
+def test_numbers_and_cpu_scalars_are_passed_as_scalars_not_copied():
+    # As in PyTorch, a 0-dim CPU tensor or a number works with an input on any device.
+    x = torch.randn(4, device="meta")
+    out = brwce(
+        x,
+        torch.zeros(4, device="meta"),
+        fn_weight=torch.tensor(2.0),
+        fp_weight=3.0,
+        validate=False,
+        reduction="none",
+    )
+    assert out.device.type == "meta" and out.shape == (4,)
 
 
 def test_numbers_and_lists_are_still_welcome_as_weights():
@@ -83,10 +101,26 @@ def test_softmax_output_warning_looks_at_a_sample_of_rows():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(fn_weight=torch.tensor([1.0, float("nan"), 1.0])), ValueError, "fn_weight must be finite; got nan at index 1"),
-        (dict(fn_weight=torch.tensor([1.0, float("inf"), 1.0])), ValueError, "fn_weight must be finite; got inf"),
-        (dict(fp_weight=torch.tensor([1.0, -1.0, 1.0])), ValueError, "fp_weight must be non-negative.*-1.0 at index 1"),
-        (dict(sample_weight=torch.tensor([1.0, -2.0])), ValueError, "sample_weight must be non-negative"),
+        (
+            dict(fn_weight=torch.tensor([1.0, float("nan"), 1.0])),
+            ValueError,
+            "fn_weight must be finite; got nan at index 1",
+        ),
+        (
+            dict(fn_weight=torch.tensor([1.0, float("inf"), 1.0])),
+            ValueError,
+            "fn_weight must be finite; got inf",
+        ),
+        (
+            dict(fp_weight=torch.tensor([1.0, -1.0, 1.0])),
+            ValueError,
+            "fp_weight must be non-negative.*-1.0 at index 1",
+        ),
+        (
+            dict(sample_weight=torch.tensor([1.0, -2.0])),
+            ValueError,
+            "sample_weight must be non-negative",
+        ),
     ],
 )
 def test_weight_values_are_named(kwargs, error, match):

@@ -59,21 +59,26 @@ def as_tensor(
     """Weights given as a tensor, a NumPy array, a list or a number, as a tensor on ``device``.
 
     A tensor on another device than the input is an error, as in PyTorch: moving it here would
-    copy it on every call, a hidden host-to-device transfer and synchronisation per step.
+    copy it on every call, a hidden host-to-device transfer and synchronisation per step. Numbers
+    and 0-dim CPU tensors stay on the CPU: PyTorch passes them to kernels as scalars, with no copy.
     """
     if value is None:
         return None
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
-        if value.device != device:
+        cpu_scalar = value.dim() == 0 and value.device.type == "cpu"
+        if value.device != device and not cpu_scalar:
             raise ValueError(
                 f"{name} is on {value.device} but the input is on {device}; move it once with "
                 f"{name}.to({str(device)!r}) (the modules keep weights as buffers that follow .to())"
             )
         return value.detach().to(dtype=dtype)
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a tensor of weights; got {value!r}")
     try:
-        return torch.as_tensor(value, dtype=dtype, device=device)
+        tensor = torch.as_tensor(value, dtype=dtype)
+        return tensor if tensor.dim() == 0 else tensor.to(device)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(
             f"{name} must be a tensor, an array or a number; got {type(value).__name__}"
