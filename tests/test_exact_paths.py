@@ -195,7 +195,8 @@ def _fp(kind, num_classes):
 
 
 @pytest.mark.parametrize("fp_kind", [None, "vector", "matrix"])
-@pytest.mark.parametrize("reduction", ["weighted_mean", "mean", "sum", "none"])
+# 'mean' and 'sum' differ from 'weighted_mean' by a detached scale only: two reductions suffice.
+@pytest.mark.parametrize("reduction", ["weighted_mean", "none"])
 @pytest.mark.parametrize(
     "target_kind, smoothing",
     [("index", 0.0), ("index", 0.2), ("soft", 0.0), ("soft", 0.1)],
