@@ -98,36 +98,6 @@ def test_softmax_output_warning_looks_at_a_sample_of_rows():
         rce(torch.randn(1000, 5), torch.zeros(1000, dtype=torch.long))
 
 
-@pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        (
-            dict(fn_weight=torch.tensor([1.0, float("nan"), 1.0])),
-            ValueError,
-            "fn_weight must be finite; got nan at index 1",
-        ),
-        (
-            dict(fn_weight=torch.tensor([1.0, float("inf"), 1.0])),
-            ValueError,
-            "fn_weight must be finite; got inf",
-        ),
-        (
-            dict(fp_weight=torch.tensor([1.0, -1.0, 1.0])),
-            ValueError,
-            "fp_weight must be non-negative.*-1.0 at index 1",
-        ),
-        (
-            dict(sample_weight=torch.tensor([1.0, -2.0])),
-            ValueError,
-            "sample_weight must be non-negative",
-        ),
-    ],
-)
-def test_weight_values_are_named(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        rce(torch.randn(2, 3), torch.tensor([0, 1]), **kwargs)
-
-
 def test_target_range_with_and_without_ignored_targets():
     x = torch.randn(4, 3)
     rce(x, torch.tensor([0, -100, 2, 1]))  # ignored targets pass
