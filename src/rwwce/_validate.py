@@ -39,6 +39,15 @@ def check_input(input: object, name: str = "input") -> None:
         )
 
 
+def check_loss_arguments(input: object, target: object, reduction: str, input_type: str) -> None:
+    """The static checks every loss shares: tensor types, the reduction and the input type."""
+    check_input(input)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("input_type", input_type, INPUT_TYPES)
+
+
 def check_label_smoothing(value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"label_smoothing must be a float in [0, 1]; got {value!r}")

@@ -104,11 +104,7 @@ def real_world_weight_cross_entropy(
         >>> rwwce.real_world_weight_cross_entropy(logits, target, fp_weight=fp)
         tensor(3.0519)
     """
-    V.check_input(input)
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
-    V.check_choice("reduction", reduction, V.REDUCTIONS)
-    V.check_choice("input_type", input_type, V.INPUT_TYPES)
+    V.check_loss_arguments(input, target, reduction, input_type)
     V.check_choice("backend", backend, V.BACKENDS)
     V.check_label_smoothing(label_smoothing)
     if not isinstance(ignore_index, int):
@@ -235,11 +231,7 @@ def binary_real_world_weight_cross_entropy(
         >>> rwwce.binary_real_world_weight_cross_entropy(logits, target, fn_weight=20.0)
         tensor(9.9260)
     """
-    V.check_input(input)
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
-    V.check_choice("reduction", reduction, V.REDUCTIONS)
-    V.check_choice("input_type", input_type, V.INPUT_TYPES)
+    V.check_loss_arguments(input, target, reduction, input_type)
     if target.shape != input.shape:
         raise ValueError(
             f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
