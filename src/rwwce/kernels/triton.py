@@ -513,15 +513,18 @@ if triton is not None:
         FP_MODE: tl.constexpr,
         SOFT: tl.constexpr,
         SMOOTH: tl.constexpr,
+        LOSS: tl.constexpr,
+        GRAD: tl.constexpr,
         WHOLE_ROW: tl.constexpr,
     ):
         """One column block of a row block: (loss part, A part, R' part, unscaled gradient).
 
         loss_row = -sum_k a_k log p_k - sum_j w_j log(1 - p_j)   (a = y fn, w = y @ FP), with
-        A = sum_k a_k and R' = sum_{j != m} w_j p_j / (1 - p_j) summed over the row's blocks. The
-        gradient needs the whole row's ``coef`` = A - R' and ``wm_sd`` = w_m sigmoid(d): pass
-        them (a later sweep), or ``WHOLE_ROW`` when this block is the whole row (taken from its
-        own sums). Callers that do not use a result leave it to dead-code elimination.
+        A = sum_k a_k and R' = sum_{j != m} w_j p_j / (1 - p_j) summed over the row's blocks.
+        ``LOSS``: compute the loss part and R' part (else zeros); ``GRAD``: the gradient (else
+        zeros), which needs the whole row's ``coef`` = A - R' and ``wm_sd`` = w_m sigmoid(d):
+        passed by the caller, or taken from this block's own sums when ``WHOLE_ROW`` (the block
+        is the row).
         """
         mx, amax, base2, log_s2, has_others, d, c, sig_d = stats
         a, w = _coefficients(cols, ok, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH)
@@ -531,9 +534,10 @@ if triton is not None:
         log_p = (z - mx[:, None]) - c[:, None]
         p = tl.where(is_m, sig_d[:, None], tl.exp(log_p))
         p = tl.where(ok, p, 0.0)
-        # zero weights times an infinite log (masked columns, d = +inf) must stay 0
-        terms = tl.where(a != 0.0, a * log_p, 0.0)
         a_part = tl.sum(a, axis=1)
+        loss_part = tl.zeros_like(a_part)
+        r_part = tl.zeros_like(a_part)
+        g = tl.zeros_like(p)
         # ---- gradient ---------------------------------------------------------------------
         # L = -sum_k a_k log p_k - sum_j w_j log(1 - p_j), with d log p_k / dz_i = delta_ki - p_i
         # and d p_j / dz_i = p_j (delta_ij - p_i):
@@ -549,31 +553,42 @@ if triton is not None:
         # With r_m := 0 and q_m := 0 both read  p (A - R') - a + r - w_m sigmoid(d) q
         # plus w_m sigmoid(d) at i = m. Every factor is bounded; no 1 - p_m anywhere.
         # q is the softmax over the classes != m; a masked class has p = q = r = 0, hence a zero
-        # gradient.
+        # gradient. Zero weights times an infinite log (a masked class, d = +inf) stay 0.
         if FP_MODE == _FP_NONE:
-            loss_part = -tl.sum(terms, axis=1)
-            r_part = tl.zeros_like(a_part)
-            if WHOLE_ROW:
-                coef = a_part
-            g = p * coef[:, None] - a
+            if LOSS:
+                loss_part = -tl.sum(tl.where(a != 0.0, a * log_p, 0.0), axis=1)
+            if GRAD:
+                if WHOLE_ROW:
+                    coef = a_part
+                g = p * coef[:, None] - a
         else:
-            # q_j = exp((z_j - m2) - log s2); 0 at m and when no other class has mass. Subtract
-            # the second max first: lse_others = m2 + log s2 rounded in float32 would lose the
-            # precision of log s2 when |m2| is large.
-            q = tl.where(
-                is_m | ~has_others[:, None], 0.0, tl.exp((z - base2[:, None]) - log_s2[:, None])
-            )
-            q = tl.where(ok, q, 0.0)
-            # log(1 - p_m) = -softplus(d) (never 1 - p_m, which is 0 in float32 once d > ~17);
-            # p_j <= 1/2 for j != m, so log1p(-p_j) is accurate there.
-            log_1mp = tl.where(is_m, -_softplus(d)[:, None], _log1p(-p))
-            terms += tl.where(w != 0.0, w * log_1mp, 0.0)
-            loss_part = -tl.sum(terms, axis=1)
             r = tl.where(is_m, 0.0, w * p / (1.0 - p))
-            r_part = tl.sum(r, axis=1)
-            if WHOLE_ROW:
-                coef = a_part - r_part
-            g = p * coef[:, None] - a + r - wm_sd[:, None] * q + tl.where(is_m, wm_sd[:, None], 0.0)
+            if LOSS:
+                # log(1 - p_m) = -softplus(d) (never 1 - p_m, which is 0 in float32 once
+                # d > ~17); p_j <= 1/2 for j != m, so log1p(-p_j) is accurate there.
+                log_1mp = tl.where(is_m, -_softplus(d)[:, None], _log1p(-p))
+                terms = tl.where(a != 0.0, a * log_p, 0.0) + tl.where(w != 0.0, w * log_1mp, 0.0)
+                loss_part = -tl.sum(terms, axis=1)
+                r_part = tl.sum(r, axis=1)
+            if GRAD:
+                # q_j = exp((z_j - m2) - log s2); 0 at m and when no other class has mass.
+                # Subtract the second max first: lse_others = m2 + log s2 rounded in float32
+                # would lose the precision of log s2 when |m2| is large.
+                q = tl.where(
+                    is_m | ~has_others[:, None],
+                    0.0,
+                    tl.exp((z - base2[:, None]) - log_s2[:, None]),
+                )
+                q = tl.where(ok, q, 0.0)
+                if WHOLE_ROW:
+                    coef = a_part - r_part
+                g = (
+                    p * coef[:, None]
+                    - a
+                    + r
+                    - wm_sd[:, None] * q
+                    + tl.where(is_m, wm_sd[:, None], 0.0)
+                )
         return loss_part, a_part, r_part, g
 
     @triton.jit
@@ -659,8 +674,8 @@ if triton is not None:
             # the block is the whole row: coef comes from its own sums (zeros: a placeholder)
             loss, a_sum, r_sum, g = _column_block(
                 z, cols0, col_ok, row, stats, weights, tl.zeros([BLOCK_M], dtype=tl.float32),
-                wm_sd, n_cols, smoothing,
-                FP_MODE, SOFT, SMOOTH, WHOLE_ROW=True,
+                wm_sd, n_cols, smoothing, FP_MODE, SOFT, SMOOTH,
+                LOSS=True, GRAD=GRAD_MODE != _GRAD_NONE, WHOLE_ROW=True,
             )  # fmt: skip
         else:
             loss = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -683,7 +698,8 @@ if triton is not None:
                 zb = tl.load(z_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
                 lb, ab, rb, gb = _column_block(
                     zb, cols, ok, row, stats, weights, a_sum, wm_sd, n_cols, smoothing,
-                    FP_MODE, SOFT, SMOOTH, WHOLE_ROW=False,
+                    FP_MODE, SOFT, SMOOTH,
+                    LOSS=True, GRAD=GRAD_MODE == _GRAD_IN_LOSS_SWEEP, WHOLE_ROW=False,
                 )  # fmt: skip
                 loss += lb
                 if GRAD_MODE == _GRAD_IN_LOSS_SWEEP:
@@ -709,7 +725,7 @@ if triton is not None:
                     zb = tl.load(z_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
                     _, _, _, gb = _column_block(
                         zb, cols, ok, row, stats, weights, coef, wm_sd, n_cols, smoothing,
-                        FP_MODE, SOFT, SMOOTH, WHOLE_ROW=False,
+                        FP_MODE, SOFT, SMOOTH, LOSS=False, GRAD=True, WHOLE_ROW=False,
                     )  # fmt: skip
                     _store_grad(
                         grad_ptr, rows_c, row_ok, cols, ok, gb, row_scale, n_cols, ROUND_BF16
