@@ -603,6 +603,45 @@ def test_address_check_catches_a_read_past_the_end(device, bounds_checked):
     bounds_checked.clear()  # seen and expected
 
 
+# --- peers' shape grids (Liger-Kernel, QuACK), cut to a few rows for the interpreter -----------
+
+# odd vocabularies: tiny, one below a power of two, one above 4096 and 8192 (the largest single
+# block, so 8193 is the smallest multi-block row), GPT-2's 50257
+PEER_SHAPES = [(8, 1), (8, 2), (8, 3), (6, 127), (3, 4097), (2, 8193), (2, 50257)]
+
+
+@pytest.mark.parametrize("m, k", PEER_SHAPES, ids=[f"{m}x{k}" for m, k in PEER_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_peer_shape_grid(device, bounds_checked, m, k, dtype):
+    """20% of the targets ignored (placeholder class 0, row_scale 0), one confident row (logits
+    of order 1e4), a random non-unit upstream gradient; float64 truth within the budget."""
+    gen = torch.Generator().manual_seed(k)
+    for fp_kind in [None, "vector"] + (["matrix"] if k <= 127 else []):
+        logits, target, fn, fp, row_scale = make_problem(
+            m, k, fp_kind, False, device, dtype, zero_rows=False
+        )
+        if m > 1:
+            logits[-1] = (logits[-1].float() * 3000).to(dtype)
+        ignored = torch.randperm(m, generator=gen)[: round(0.2 * m)].to(device)
+        target[ignored] = 0
+        row_scale[ignored] = 0.0
+        check_against_truth(logits, target, fn, fp, row_scale, 0.0, fp_kind != "vector")
+
+
+@pytest.mark.parametrize("m, k", PEER_SHAPES, ids=[f"{m}x{k}" for m, k in PEER_SHAPES])
+def test_rows_shifted_by_100_give_the_same_loss_and_gradient(device, m, k):
+    """Softmax invariance. The logits lie on a 2**-10 grid, so z + 100 is exact in float32 and
+    the kernel, which subtracts the row's maximum first, must give bit-identical results."""
+    for fp_kind in [None, "vector"]:
+        logits, target, fn, fp, row_scale = make_problem(m, k, fp_kind, False, device)
+        logits = (logits * 1024).round() / 1024
+        upstream = (torch.rand(m) + 0.5).to(device)
+        base = run(tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream)
+        shifted = run(tk.rwwce_loss, logits + 100, target, fn, fp, row_scale, 0.0, False, upstream)
+        assert torch.equal(shifted[0], base[0]), (shifted[0], base[0])
+        assert torch.equal(shifted[1], base[1])
+
+
 # --- autograd behaviour -----------------------------------------------------------------------
 
 
@@ -649,6 +688,33 @@ def test_retain_graph_second_backward_gives_the_same_gradient(device, reduce):
     loss.backward(up)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         loss.backward(up)
+
+
+def test_double_backward_raises_and_names_the_torch_backend(device):
+    """The gradient comes from the forward kernel, which autograd cannot differentiate: a
+    backward with create_graph=True must refuse instead of returning a wrong second derivative."""
+    logits, target, fn, fp, row_scale = make_problem(4, 6, "matrix", False, device)
+    z = logits.clone().requires_grad_()
+    loss = tk.rwwce_loss(z, target, fn, fp, row_scale, 0.0, True)
+    with pytest.raises(RuntimeError, match="create_graph=True.*backend='torch'"):
+        torch.autograd.grad(loss, z, create_graph=True)
+    (g,) = torch.autograd.grad(loss, z)  # first order on the same (retained) graph still works
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_gradient_penalty_through_the_public_api_raises(device):
+    """Issue 9's example: x @ W -> weighted_mean loss -> grad(loss, x, create_graph=True)."""
+    import rwwce
+
+    tk.is_available.cache_clear()
+    x = torch.randn(5, 3, device=device, requires_grad=True)
+    weight = torch.randn(3, 4, device=device, requires_grad=True)
+    t = torch.randint(0, 4, (5,), device=device)
+    loss = rwwce.real_world_weight_cross_entropy(
+        x @ weight, t, reduction="weighted_mean", backend="triton"
+    )
+    with pytest.raises(RuntimeError, match="backend='torch'"):
+        torch.autograd.grad(loss, x, create_graph=True)
 
 
 def test_unit_upstream_gradient_and_no_grad_path(device):
