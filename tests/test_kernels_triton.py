@@ -842,19 +842,23 @@ from triton.compiler import ASTSource
 from rwwce.kernels import triton as tk
 
 target = GPUTarget("cuda", 90, 32)
-for dtype, fp_mode, soft, smooth, num_classes, grad_mode in [
-    ("bf16", 1, False, False, 1000, 1),
-    ("fp32", 2, False, True, 10, 1),
-    ("fp16", 0, True, False, 8192, 1),
-    ("fp32", 1, False, False, 100, 0),
-    ("bf16", 1, False, True, 131072, 1),
-    ("bf16", 0, False, True, 131072, 2),
-    ("fp32", 2, True, False, 32768, 0),
+NONE, VECTOR, MATRIX = tk._FP_NONE.value, tk._FP_VECTOR.value, tk._FP_MATRIX.value
+NO_GRAD, AFTER_SUMS = tk._GRAD_NONE.value, tk._GRAD_AFTER_SUMS.value
+IN_LOSS_SWEEP = tk._GRAD_IN_LOSS_SWEEP.value
+for dtype, fp_mode, soft, smooth, num_classes, grad_mode, index in [
+    ("bf16", VECTOR, False, False, 1000, AFTER_SUMS, "i64"),
+    ("fp32", MATRIX, False, True, 10, AFTER_SUMS, "i32"),
+    ("fp16", NONE, True, False, 8192, AFTER_SUMS, None),
+    ("fp32", VECTOR, False, False, 100, NO_GRAD, "i64"),
+    ("bf16", VECTOR, False, True, 131072, AFTER_SUMS, "i64"),
+    ("bf16", NONE, False, True, 131072, IN_LOSS_SWEEP, "i64"),
+    ("fp32", MATRIX, True, False, 32768, NO_GRAD, None),
+    ("fp16", MATRIX, False, False, 20000, AFTER_SUMS, "i32"),
 ]:
     block_m, block_k, num_warps = tk._block_sizes(8192, num_classes, None)
     signature = {
         "logits_ptr": "*" + dtype, "stride_row": "i32",
-        "target_ptr": "*fp32" if soft else "*i64", "fn_ptr": "*fp32", "fp_ptr": "*fp32",
+        "target_ptr": "*fp32" if soft else "*" + index, "fn_ptr": "*fp32", "fp_ptr": "*fp32",
         "fp_colsum_ptr": "*fp32", "soft_w_ptr": "*fp32", "row_scale_ptr": "*fp32",
         "loss_ptr": "*fp32", "grad_ptr": "*" + dtype, "n_rows": "i32", "n_cols": "i32",
         "smoothing": "fp32",
