@@ -416,16 +416,18 @@ MULTI_BLOCK_CASES = [
 def masked_truth64(logits, target, fn, fp, row_scale, upstream):
     """float64 loss and gradient of rows with masked classes: a class at -inf has p = 0 and
     log(1 - p) = 0, i.e. it is absent. Each row is solved without its masked classes (the
-    definition in tests/oracles.py) and its gradient is 0 on them."""
+    definition in tests/oracles.py) and its gradient is 0 on them. ``target``: (M,) indices or
+    (M, K) probabilities that are 0 on the masked classes."""
     z = logits.detach().cpu().double()
     m, k = z.shape
+    y_all = target.cpu().double() if target.dim() == 2 else smoothed_onehot(target.cpu(), k)
     fpm = fp_as_matrix(None if fp is None else fp.cpu().double(), k)
     up = upstream.cpu().double().expand(m)
     losses, grad = torch.zeros(m, dtype=torch.float64), torch.zeros(m, k, dtype=torch.float64)
     for i in range(m):
         keep = torch.isfinite(z[i]).nonzero().flatten()
         zi = z[i, keep][None].clone().requires_grad_()
-        y = (keep == target[i].cpu()).double()[None]
+        y = y_all[i, keep][None]
         sub_fp = None if fpm is None else fpm[keep][:, keep]
         loss = rwwce_float64(zi, y, fn.cpu().double()[keep], sub_fp)[0] * row_scale[i].cpu()
         (gi,) = torch.autograd.grad(loss, zi, up[i])
@@ -453,6 +455,16 @@ def test_masked_classes_get_exactly_zero_gradient(device, bounds_checked, fp_kin
     assert_within_budget("grad", grad, None, t_grad, dtype)
     # the row with one class left costs nothing and gets no gradient at all
     assert loss[0] == 0 and torch.equal(grad[0].float(), torch.zeros(k, device=device))
+    if block_k is None or fp_kind == "matrix":
+        # soft targets (zero on the masked classes): same rule
+        soft = torch.softmax(torch.randn(m, k, device=device) + logits.float(), dim=1)
+        loss, grad = run(
+            tk.rwwce_loss, logits, soft, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
+        )
+        assert torch.equal(grad[masked], torch.zeros_like(grad[masked]))
+        t_loss, t_grad = masked_truth64(logits, soft, fn, fp, row_scale, upstream)
+        assert_within_budget("soft loss", loss, None, t_loss, torch.float32)
+        assert_within_budget("soft grad", grad, None, t_grad, dtype)
 
 
 def test_masked_classes_match_cross_entropy(device):
