@@ -18,6 +18,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 import triton  # noqa: E402
@@ -597,6 +599,53 @@ def test_public_api_ignored_row_with_masked_logits_and_unchecked_targets(device,
         z.detach(), t, None, fp, reduction="none", validate=False, backend="triton"
     )
     assert torch.isnan(loss[0]) and torch.isfinite(loss[1])
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # the fixtures hold no state
+)
+@given(
+    m=st.integers(1, 6),
+    k=st.integers(2, 9),
+    fp_kind=st.sampled_from([None, "vector", "matrix"]),
+    block_k=st.sampled_from([None, 2, 4]),
+    dtype=st.sampled_from(ALL_DTYPES),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fuzz_masked_logits_and_ignored_targets(
+    device, bounds_checked, m, k, fp_kind, block_k, dtype, seed
+):
+    """Issue 9's fuzzing as a property: each class masked with probability 0.3, 30% of the rows
+    ignored (placeholder class 0, row_scale 0, the placeholder's logit itself possibly masked).
+    Ignored rows give exactly 0, masked classes exactly 0 gradient, the rest the float64 truth."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(m, k, generator=gen) * 3
+    target = torch.randint(0, k, (m,), generator=gen)
+    masked = torch.rand(m, k, generator=gen) < 0.3
+    masked[torch.arange(m), target] = False  # a masked target would cost +inf (correctly)
+    ignored = torch.rand(m, generator=gen) < 0.3
+    target[ignored] = 0
+    logits = logits.masked_fill(masked, -INF).to(dtype).to(device)
+    _, _, fn, fp, row_scale = make_problem(m, k, fp_kind, False, device, zero_rows=False)
+    row_scale[ignored.to(device)] = 0.0
+    target = target.to(device)
+    upstream = (torch.rand(m, generator=gen) + 0.5).to(device)
+    loss, grad = run(
+        tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
+    )
+    ignored, masked = ignored.to(device), masked.to(device)
+    assert torch.equal(loss[ignored], torch.zeros_like(loss[ignored]))
+    assert torch.equal(grad[ignored].float(), torch.zeros_like(grad[ignored].float()))
+    assert torch.equal(grad[masked].float(), torch.zeros_like(grad[masked].float()))
+    kept = ~ignored
+    if kept.any():
+        t_loss, t_grad = masked_truth64(
+            logits[kept], target[kept], fn, fp, row_scale[kept], upstream[kept]
+        )
+        assert_within_budget("loss", loss[kept], None, t_loss, torch.float32)
+        assert_within_budget("grad", grad[kept], None, t_grad, dtype)
 
 
 @triton.jit
