@@ -11,6 +11,8 @@ Every backend implements the same function (one dispatch point lives in ``rwwce.
 * ``fn_weight``: (K,) in the compute dtype (float32, or float64 for float64 logits).
 * ``fp_weight``: ``None``, (K,) (FP[t, j] = v[j] for j != t) or (K, K) with a zero diagonal.
 * ``row_scale``: (M,) compute dtype, detached: ignore mask x sample weight / reduction denominator.
+  A row whose ``row_scale`` is 0 contributes exactly 0 to the result and to the gradient,
+  whatever its logits (a row loss of inf or NaN included: masked, never computed as 0 * inf).
 * ``label_smoothing``: applies to index targets only: y = (1 - e) onehot(t) + e / K.
 * ``reduce``: True returns the 0-dim sum over rows of ``row_scale * loss_row``; False returns the
   (M,) vector ``row_scale * loss_row``. Both in the compute dtype; differentiable w.r.t. ``logits``
