@@ -599,6 +599,19 @@ def test_public_api_ignored_row_with_masked_logits_and_unchecked_targets(device,
         z.detach(), t, None, fp, reduction="none", validate=False, backend="triton"
     )
     assert torch.isnan(loss[0]) and torch.isfinite(loss[1])
+    # 'weighted_mean' divides by fn[target]: an unchecked target gives NaN there too, not a read
+    # past fn (an index error on the CPU, a device-side assert on CUDA).
+    for reduction in ("weighted_mean", "mean"):
+        loss = rwwce.real_world_weight_cross_entropy(
+            z.detach(),
+            t,
+            torch.ones(3, device=device),
+            fp,
+            reduction=reduction,
+            validate=False,
+            backend="triton",
+        )
+        assert torch.isnan(loss), reduction
 
 
 @settings(

@@ -86,7 +86,9 @@ def real_world_weight_cross_entropy(
             the denominator summed over all processes, times the world size, so that
             DistributedDataParallel's gradient averaging yields the exact global-batch gradient.
         backend: ``'auto'`` (the Triton kernel for CUDA inputs when available, else PyTorch),
-            ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported).
+            ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported). Second
+            derivatives (``create_graph=True``) need ``'torch'``: its double backward is exact,
+            while the Triton kernel raises a RuntimeError rather than return a wrong one.
 
     Shape:
         - input: (K,), (N, K) or (N, K, d1, ..., dk).
@@ -360,7 +362,14 @@ def _denominator(
             return row_weight.new_full((), float(row_weight.numel()))  # no host-to-device copy
         return valid.sum()
     if reduction == "weighted_mean":
-        return row_weight.sum() if valid is None else (row_weight * fn[target]).sum()
+        if valid is None:
+            return row_weight.sum()
+        # Unchecked targets (validate=False, or CUDA by default) must not index past fn: an
+        # out-of-range class gives a NaN denominator (visible), as the Triton kernel's NaN row.
+        num_classes = fn.shape[0]
+        in_range = (target >= 0) & (target < num_classes)
+        fn_target = torch.where(in_range, fn[target.clamp(0, num_classes - 1)], float("nan"))
+        return (row_weight * fn_target).sum()
     return None
 
 

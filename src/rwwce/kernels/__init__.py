@@ -5,9 +5,11 @@ Every backend implements the same function (one dispatch point lives in ``rwwce.
     loss(logits, target, fn_weight, fp_weight, row_scale, label_smoothing, reduce) -> Tensor
 
 * ``logits``: (M, K) float16 / bfloat16 / float32 / float64, class dimension last.
-* ``target``: (M,) int64 class indices, all in [0, K) (ignored rows already carry a valid
-  placeholder class and a zero ``row_scale``), or (M, K) class probabilities (soft targets,
-  label smoothing already applied) in the compute dtype.
+* ``target``: (M,) int64 class indices, in [0, K) unless the caller skipped the data checks
+  (ignored rows already carry a valid placeholder class and a zero ``row_scale``), or (M, K)
+  class probabilities (soft targets, label smoothing already applied) in the compute dtype.
+  A backend never reads outside its weights for a target outside [0, K): the Triton kernel
+  makes that row's loss and gradient NaN; the torch backend raises PyTorch's index error.
 * ``fn_weight``: (K,) in the compute dtype (float32, or float64 for float64 logits).
 * ``fp_weight``: ``None``, (K,) (FP[t, j] = v[j] for j != t) or (K, K) with a zero diagonal.
 * ``row_scale``: (M,) compute dtype, detached: ignore mask x sample weight / reduction denominator.

@@ -97,6 +97,7 @@ class _RWWCEFunction(torch.autograd.Function):
             if needs_grad
             else None
         )
+        inactive = (row_scale == 0).unsqueeze(1)
         chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
         chunk_rows = max(1, chunk_elements // max(num_classes, 1))
         for start in range(0, num_rows, chunk_rows):
@@ -109,10 +110,11 @@ class _RWWCEFunction(torch.autograd.Function):
                 options.label_smoothing,
                 out_loss=row_loss[rows],
                 out_grad=row_grad[rows] if needs_grad else None,
+                inactive=inactive[rows],
             )
         # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
-        # loss may be inf (a -inf logit at the placeholder class). Its gradient is finite for any
-        # logits without NaN or +inf (masked rows included), so the backward's scale zeroes it.
+        # loss may be inf or NaN (a -inf logit at the placeholder class, NaN logits), and its
+        # gradient is kept finite by ``_rows_forward``, so the backward's scale zeroes it.
         row_loss = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
         ctx.save_for_backward(logits, target, fn_weight, fp_weight, row_grad, row_scale)
         ctx.label_smoothing = options.label_smoothing
@@ -208,15 +210,21 @@ def _rows_forward(
     *,
     out_loss: Tensor,
     out_grad: Tensor | None,
+    inactive: Tensor,
 ) -> None:
-    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``."""
+    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``.
+
+    ``inactive`` (R, 1) marks rows whose loss will be discarded (row_scale 0): their exponentials
+    are masked to 0 in the first buffer built from z, so that their gradient is finite whatever
+    their logits (NaN and +inf included) and a zero scale zeroes it exactly.
+    """
     num_classes = z.shape[1]
     soft = target.dim() == 2
 
     if fp_weight is None:
         # Without an FP term only log p is needed: a plain, stable log-softmax.
         z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
-        p = (z - z_max).exp_()
+        p = (z - z_max).masked_fill_(inactive, float("-inf")).exp_()
         total = p.sum(dim=1, keepdim=True)
         p.div_(total.clamp_min(torch.finfo(z.dtype).tiny))  # a fully masked row: p = 0, not NaN
         lse = z_max + total.log()
@@ -224,7 +232,7 @@ def _rows_forward(
         # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
         z_max, argmax = z.max(dim=1, keepdim=True)
         z_max = _finite_or_zero(z_max)
-        q = z.scatter(1, argmax, float("-inf"))
+        q = z.scatter(1, argmax, float("-inf")).masked_fill_(inactive, float("-inf"))
         second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
         q.sub_(second_max).exp_()
         sum_others = q.sum(dim=1, keepdim=True)
