@@ -24,3 +24,16 @@ The unreduced row loss, with p = softmax(z), a = y * fn and w = y @ FP::
 
     loss_row = - sum_k a_k log p_k  -  sum_j w_j log(1 - p_j)
 """
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The non-tensor options of a backend call, as one value (so an ``autograd.Function``'s
+    ``backward`` returns a short tuple). ``block_k`` is the Triton kernel's column block override
+    (a power of two; tests use small ones); the torch backend ignores it."""
+
+    label_smoothing: float
+    reduce: bool
+    block_k: int | None = None

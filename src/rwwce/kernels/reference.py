@@ -26,11 +26,11 @@ the gradient computed during the forward (when a gradient is needed) and the sca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rwwce.kernels import BackendOptions
 
 __all__ = ["rwwce_loss"]
 
@@ -38,12 +38,6 @@ __all__ = ["rwwce_loss"]
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
 _CPU_CHUNK_ELEMENTS = 1 << 18
 _CUDA_CHUNK_ELEMENTS = 1 << 26
-
-
-@dataclass(frozen=True)
-class _Options:
-    label_smoothing: float
-    reduce: bool
 
 
 def rwwce_loss(
@@ -69,7 +63,7 @@ def rwwce_loss(
     Returns:
         0-dim or (M,) tensor in float32 (float64 for float64 logits).
     """
-    options = _Options(float(label_smoothing), bool(reduce))
+    options = BackendOptions(float(label_smoothing), bool(reduce))
     return _RWWCEFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
 
 
@@ -87,7 +81,7 @@ class _RWWCEFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: _Options):
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
         num_rows, num_classes = logits.shape
         dtype = compute_dtype(logits.dtype)
         needs_grad = ctx.needs_input_grad[0]

@@ -37,10 +37,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from rwwce.kernels import BackendOptions
 
 __all__ = ["is_available", "supports", "rwwce_loss"]
 
@@ -108,15 +109,6 @@ def supports(logits: Tensor, target: Tensor, fp_weight: Tensor | None) -> str | 
     return None
 
 
-@dataclass(frozen=True)
-class _Options:
-    """Non-tensor options of one call (travels through the autograd.Function as one object)."""
-
-    label_smoothing: float = 0.0
-    reduce: bool = True
-    block_k: int | None = None  # column block override (tests use small ones)
-
-
 def rwwce_loss(
     logits: Tensor,
     target: Tensor,
@@ -140,7 +132,7 @@ def rwwce_loss(
         raise ValueError(f"the Triton RWWCE kernel cannot run this call: {reason}")
     if block_k is not None and (block_k < 2 or block_k & (block_k - 1)):
         raise ValueError(f"block_k must be a power of two >= 2; got {block_k}")
-    options = _Options(float(label_smoothing), bool(reduce), block_k)
+    options = BackendOptions(float(label_smoothing), bool(reduce), block_k)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _RWWCETritonFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
     row_loss, _ = _launch_forward(logits, target, fn_weight, fp_weight, row_scale, options, False)
@@ -151,7 +143,7 @@ class _RWWCETritonFunction(torch.autograd.Function):
     """Forward: loss and scaled gradient in one kernel. Backward: multiply by grad_output."""
 
     @staticmethod
-    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: _Options):
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
         needs_grad = bool(ctx.needs_input_grad[0])
         row_loss, grad = _launch_forward(
             logits, target, fn_weight, fp_weight, row_scale, options, needs_grad
@@ -227,7 +219,7 @@ def _launch_forward(
     fn_weight: Tensor,
     fp_weight: Tensor | None,
     row_scale: Tensor,
-    options: _Options,
+    options: BackendOptions,
     needs_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Run the fused kernel: (row_scale * loss_row as float32 (M,), gradient (M, K) or None)."""
