@@ -7,6 +7,7 @@ from rwwce.functional import (
     real_world_weight_cross_entropy,
 )
 from rwwce.modules import BinaryRWWCELoss, RWWCELoss
+from rwwce.monitor import CostMonitor, LossBreakdown, loss_breakdown
 from rwwce.weights import class_weights, count_classes
 
 __version__ = "0.1.0"
@@ -16,6 +17,9 @@ __all__ = [
     "BinaryRWWCELoss",
     "RWWCELoss",
     "CostMatrix",
+    "CostMonitor",
+    "LossBreakdown",
+    "loss_breakdown",
     "class_weights",
     "count_classes",
     "metrics",
