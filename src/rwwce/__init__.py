@@ -8,7 +8,7 @@ from rwwce.functional import (
 )
 from rwwce.modules import BinaryRWWCELoss, RWWCELoss
 from rwwce.monitor import CostMonitor, LossBreakdown, loss_breakdown
-from rwwce.weights import class_weights, count_classes
+from rwwce.weights import adjust_class_weights, class_weights, count_classes
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "CostMonitor",
     "LossBreakdown",
     "loss_breakdown",
+    "adjust_class_weights",
     "class_weights",
     "count_classes",
     "metrics",
