@@ -132,9 +132,7 @@ def test_accumulated_step_equals_full_batch_step(tmp_path, reduction, fp):
     model = make_model()
     start = params(model)
     reference = copy.deepcopy(model)
-    expected_loss = reference_step(
-        reference, rwwce.RWWCELoss(FN, fp, reduction=reduction), x, y
-    )
+    expected_loss = reference_step(reference, rwwce.RWWCELoss(FN, fp, reduction=reduction), x, y)
 
     _, result = train_one_step(model, rwwce.RWWCELoss(FN, fp, reduction=reduction), x, y, tmp_path)
     moved = params(reference) - start

@@ -339,7 +339,9 @@ class CostMonitor:
         if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
             raise ValueError(f"min_delta is {min_delta!r}; expected a number >= 0")
         self.classes = (
-            self.cost_matrix.classes if classes is None else _check_classes(classes, self.num_classes)
+            self.cost_matrix.classes
+            if classes is None
+            else _check_classes(classes, self.num_classes)
         )
         self.patience = None if patience is None else int(patience)
         self.decision = decision
@@ -394,7 +396,9 @@ class CostMonitor:
         if self._counts is None:
             self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
         # index_add_ (unlike bincount) keeps a CUDA pipeline free of host synchronisation.
-        self._counts.index_add_(0, index.to(self._counts.device), valid.long().to(self._counts.device))
+        self._counts.index_add_(
+            0, index.to(self._counts.device), valid.long().to(self._counts.device)
+        )
 
     def _decide(self, scores: Tensor) -> Tensor:
         """(N, K, ...) scores -> (N, ...) decisions."""
@@ -546,13 +550,20 @@ class CostMonitor:
             ax_loss.legend()
         ax_cost.plot(epochs, [r["real_world_cost"] for r in self.history], marker="o")
         ax_cost.scatter(
-            [self.best_epoch], [self.best_cost], s=120, facecolors="none", edgecolors="tab:green",
-            label=f"best: epoch {self.best_epoch}", zorder=3,
+            [self.best_epoch],
+            [self.best_cost],
+            s=120,
+            facecolors="none",
+            edgecolors="tab:green",
+            label=f"best: epoch {self.best_epoch}",
+            zorder=3,
         )
         ax_cost.set(title="validation Real World Cost", xlabel="epoch", ylabel="cost per element")
         ax_cost.legend()
         for name in self.classes:
-            ax_recall.plot(epochs, [r["recall"][name] for r in self.history], marker=".", label=name)
+            ax_recall.plot(
+                epochs, [r["recall"][name] for r in self.history], marker=".", label=name
+            )
         ax_recall.set(title="recall per class", xlabel="epoch", ylim=(-0.02, 1.02))
         if len(self.classes) <= 12:
             ax_recall.legend(fontsize="small")

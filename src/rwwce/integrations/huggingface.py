@@ -304,7 +304,9 @@ def make_compute_metrics(
         }
         rows = counts.sum(dim=1)
         for i, name in enumerate(names):
-            result[f"recall_{name}"] = float(counts[i, i] / rows[i]) if rows[i] > 0 else float("nan")
+            result[f"recall_{name}"] = (
+                float(counts[i, i] / rows[i]) if rows[i] > 0 else float("nan")
+            )
         return result
 
     return compute_metrics
