@@ -102,16 +102,20 @@ class RWWCETrainer(transformers.Trainer):
                 f"RWWCETrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in "
                 "one process); launch one process per GPU (torchrun / accelerate launch)"
             )
+        # transformers < 5 has no loss_is_scaled_for_ga; there, this flag (with a
+        # num_items_in_batch) is what stops training_step from dividing by the accumulation steps.
+        self.model_accepts_loss_kwargs = True
         self.rwwce_loss = loss
         self._global_denominator: Tensor | None = None
 
     # ---------------------------------------------------------------- denominators
     def get_batch_samples(
-        self, epoch_iterator: Any, num_batches: int, device: torch.device
+        self, epoch_iterator: Any, num_batches: int, *args: Any, **kwargs: Any
     ) -> tuple[list, Any]:
         """The base class's batches, with the RWWCE denominator of the accumulated global batch
         (summed over processes) in place of ``num_items_in_batch``."""
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+        device = self.args.device
         total = torch.zeros((), dtype=torch.float64, device=device)
         for batch in batch_samples:
             labels = batch.get("labels") if isinstance(batch, dict) else None
