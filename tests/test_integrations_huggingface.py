@@ -8,6 +8,10 @@ one step; the parameters must agree. A tiny ``PreTrainedModel`` built from a con
 from __future__ import annotations
 
 import copy
+import os
+import socket
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +218,71 @@ def test_bad_arguments(tmp_path):
         RWWCETrainer(model=make_model(), args=args, loss=rwwce.RWWCELoss(reduction="none"))
     with pytest.raises(ValueError, match="decision"):
         make_compute_metrics([[0, 1], [1, 0]], decision="best")
+
+
+# ---------------------------------------------------------------------- two processes
+def _ddp_worker(rank: int, world: int, port: int, out_dir: str, reduction: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+    )
+    x, y = make_data()
+    model = make_model()
+    # 2 processes x 2 accumulation steps x batches of 8: one step over all 32 samples; the
+    # sampler deals the ignored labels unevenly over the ranks and micro-batches.
+    trainer, _ = train_one_step(
+        model,
+        rwwce.RWWCELoss(FN, FP, reduction=reduction),
+        x,
+        y,
+        Path(out_dir) / f"run{rank}",
+        accumulation=2,
+    )
+    assert trainer.accelerator.num_processes == world
+    torch.save(params(model), Path(out_dir) / f"rank{rank}.pt")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+@pytest.mark.parametrize("reduction", ["weighted_mean"])
+def test_two_processes_step_equals_full_batch_step(tmp_path, reduction):
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(
+        _ddp_worker,
+        args=(2, _free_port(), str(tmp_path), reduction),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the two Trainer processes did not finish in 120 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+    x, y = make_data()
+    reference = make_model()
+    reference_step(reference, rwwce.RWWCELoss(FN, FP, reduction=reduction), x, y)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got, params(reference), rtol=1e-5, atol=1e-6)
