@@ -461,7 +461,8 @@ def _manual_adjustment(counts, costs, fn, damping, max_factor):
         if n_i[i] == 0 or mean_cost == 0:
             out.append(fn[i])
             continue
-        ratio = min(max(cost_i[i] / n_i[i] / mean_cost, 1 / max_factor), max_factor)
+        shrunk = (cost_i[i] / n_i[i] / mean_cost + 1) / 2
+        ratio = min(max(shrunk, 1 / max_factor), max_factor)
         out.append(fn[i] * ratio**damping)
     return out
 

@@ -440,13 +440,15 @@ def adjust_class_weights(
     With the validation confusion counts ``count[i, j]`` and the costs ``C[i, j]``, class i's
     samples cost on average ``r_i = sum_j C[i, j] count[i, j] / n_i``, against ``r = RWC`` for
     all samples (``r_i / r`` is class i's share of the cost divided by its share of the samples).
-    Each FN weight is rescaled, damped and bounded::
+    Each FN weight is rescaled by that ratio, shrunk halfway towards 1, damped and bounded::
 
-        factor_i = clamp(r_i / r, 1 / max_factor, max_factor) ** damping
+        factor_i = clamp((r_i / r + 1) / 2, 1 / max_factor, max_factor) ** damping
         fn_i    <- fn_i * factor_i
 
-    so classes whose samples cost more than average get more weight. A class absent from the
-    validation set, or a validation set with zero cost, keeps its weight (factor 1).
+    so classes whose samples cost more than average get more weight, and a class without a single
+    costly mistake loses at most half its weight (before damping) per round, instead of being
+    driven to 0 over a few rounds by a validation set where it happened to be perfect. A class
+    absent from the validation set, or a validation set with zero cost, keeps its weight.
     ``normalize="mean"`` then divides the FN weights *and* the FP weights by the FN weights' mean,
     so the loss keeps the scale of plain cross-entropy (the learning rate keeps its meaning) and the
     FN / FP balance is unchanged. This is a heuristic, not an optimiser: apply it for a few rounds
@@ -467,7 +469,7 @@ def adjust_class_weights(
         fp_weight: ``None`` or the FP weights it was trained with ((K,) or (K, K)); only rescaled
             by the normalisation.
         damping: exponent in (0, 1]: 1 rescales fully, 0.5 (default) by the square root.
-        max_factor: bound on ``r_i / r`` (and its inverse) per round. Default 10.
+        max_factor: bound on the shrunk ratio (and its inverse) per round. Default 10.
         normalize: ``"mean"`` (default) or ``None``.
         max_span, max_scale: warning thresholds (defaults 1e4 and 1e3).
 
@@ -481,7 +483,7 @@ def adjust_class_weights(
         >>> confusion = [[50, 0], [6, 4]]             # half the positives are missed
         >>> new = adjust_class_weights(confusion, [[0, 1], [20, 0]], [1.0, 20.0])
         >>> [round(v, 3) for v in new.fn_weight.tolist()]   # the positive class gets more weight
-        [0.013, 1.987]
+        [0.037, 1.963]
     """
     cm = as_cost_matrix(costs)
     k = cm.num_classes
@@ -517,7 +519,7 @@ def adjust_class_weights(
     per_sample = torch.where(n_i > 0, cost_i / n_i.clamp_min(1), math.nan)
     factors = torch.ones(k, dtype=torch.float64)
     if n > 0 and total > 0:
-        ratio = (per_sample / (total / n)).clamp(1 / max_factor, max_factor)
+        ratio = ((per_sample / (total / n) + 1) / 2).clamp(1 / max_factor, max_factor)
         factors = torch.where(n_i > 0, ratio ** float(damping), 1.0)
     new_fn = fn * factors
     new_fp = fp
