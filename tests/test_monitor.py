@@ -389,3 +389,18 @@ def test_monitor_synchronises_across_processes(tmp_path):
             assert got["real_world_cost"] == pytest.approx(want["real_world_cost"])
             assert got["val_loss"] == pytest.approx(1.5 + got["epoch"] - 1)
             assert got["train_loss"] == pytest.approx(0.5 - 0.1 * (got["epoch"] - 1))
+
+
+@pytest.mark.cuda
+def test_monitor_update_does_not_synchronise():
+    logits = torch.randn(64, K, device="cuda")
+    y = torch.randint(0, K, (64,), device="cuda")
+    monitor = rwwce.CostMonitor(COSTS)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        monitor.update(logits, y)
+        monitor.update(logits.argmax(1), y)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert monitor.end_epoch()["samples"] == 128
