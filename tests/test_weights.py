@@ -446,7 +446,13 @@ def test_public_names():
     assert rwwce.class_weights is class_weights
     assert rwwce.count_classes is count_classes
     assert "class_weights" in rwwce.__all__ and "count_classes" in rwwce.__all__
-    assert sys.modules["rwwce.weights"].__all__ == ["class_weights", "count_classes"]
+    assert rwwce.adjust_class_weights is W.adjust_class_weights
+    assert sys.modules["rwwce.weights"].__all__ == [
+        "AdjustedWeights",
+        "adjust_class_weights",
+        "class_weights",
+        "count_classes",
+    ]
 
 
 # ---------------------------------------------------------------------- adjust_class_weights
