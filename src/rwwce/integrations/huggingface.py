@@ -116,6 +116,7 @@ class RWWCETrainer(transformers.Trainer):
         (summed over processes) in place of ``num_items_in_batch``."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
         device = self.args.device
+        self.rwwce_loss.to(device)  # once per step, a no-op after the first: weights beside labels
         total = torch.zeros((), dtype=torch.float64, device=device)
         for batch in batch_samples:
             labels = batch.get("labels") if isinstance(batch, dict) else None
@@ -134,13 +135,14 @@ class RWWCETrainer(transformers.Trainer):
             return torch.zeros((), device=labels.device)
         if isinstance(loss, BinaryRWWCELoss):
             if loss.reduction == "mean":
-                return torch.tensor(float(labels.numel()), device=labels.device)
+                return labels.new_full((), float(labels.numel()), dtype=torch.float64)
             y = labels.to(torch.float64)
             fn = loss.fn_weight.to(labels.device, torch.float64)
             fp = loss.fp_weight.to(labels.device, torch.float64)
             return (fn * y + fp * (1 - y)).expand(y.shape).sum()
         if labels.is_floating_point():  # class probabilities: one row per element
-            return torch.tensor(float(labels.numel() // labels.shape[-1]), device=labels.device)
+            rows = labels.numel() // labels.shape[-1]
+            return labels.new_full((), float(rows), dtype=torch.float64)
         valid = labels != loss.ignore_index
         if loss.reduction == "mean" or loss.fn_weight is None:
             return valid.sum()
