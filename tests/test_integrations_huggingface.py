@@ -146,6 +146,62 @@ def test_accumulated_step_equals_full_batch_step(tmp_path, reduction, fp):
     assert result.training_loss == pytest.approx(float(expected_loss), rel=1e-5)
 
 
+class TokenDataset(torch.utils.data.Dataset):
+    def __init__(self, input_ids, labels):
+        self.input_ids, self.labels = input_ids, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.input_ids[i], "labels": self.labels[i]}
+
+
+def test_token_classification_with_tiny_bert(tmp_path):
+    """(N, L, K) logits with (N, L) labels, padding ignored: a BERT built from a config."""
+    config = transformers.BertConfig(
+        vocab_size=30,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=K,
+    )
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, 30, (N, 5), generator=g)
+    labels = torch.randint(0, K, (N, 5), generator=g)
+    labels[torch.rand(N, 5, generator=g) < 0.3] = -100  # padding and sub-word tokens
+    torch.manual_seed(0)
+    model = transformers.BertForTokenClassification(config)
+    reference = copy.deepcopy(model)
+    loss = rwwce.RWWCELoss(FN, FP, reduction="weighted_mean")
+    opt = torch.optim.SGD(reference.parameters(), lr=LR)
+    loss(reference(input_ids=ids).logits.movedim(-1, 1), labels).backward()
+    opt.step()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=4,
+        max_steps=1,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = RWWCETrainer(
+        model=model, args=args, train_dataset=TokenDataset(ids, labels), loss=loss
+    )
+    trainer.train()
+    torch.testing.assert_close(params(model), params(reference), rtol=1e-5, atol=1e-6)
+
+
 def test_per_micro_batch_mean_would_be_wrong(tmp_path):
     """Averaging the micro-batches' own weighted means (what a plain Trainer with a
     per-batch loss does) is not the full-batch step: the test above has teeth."""

@@ -260,6 +260,9 @@ def test_monitor_bayes_decision_binary_scores_and_ignore_index():
     binary.update(torch.tensor([-2.0, -4.0, 1.0]), torch.tensor([1, 1, 0]))
     # threshold 1/21: sigmoid(-2) = 0.12 -> positive, sigmoid(-4) = 0.018 -> missed, 1 -> FP
     assert binary.end_epoch()["confusion_matrix"] == [[0, 1], [1, 1]]
+    binary_probs = rwwce.CostMonitor([[0, 1], [20, 0]], decision="bayes", input_type="probs")
+    binary_probs.update(torch.tensor([1.0, 0.0, 0.04, 0.06]), torch.tensor([1, 0, 1, 0]))
+    assert binary_probs.end_epoch()["confusion_matrix"] == [[1, 1], [1, 1]]
 
 
 def test_monitor_segmentation_shapes():

@@ -380,8 +380,9 @@ class CostMonitor:
                     f"preds has the target's shape {tuple(t.shape)} and a floating dtype, i.e. "
                     f"binary scores, but costs has {k} classes; expected scores (N, {k}, ...)"
                 )
-            score = p if self.input_type == "logits" else torch.logit(p.clamp(0, 1))
-            pred = self._decide(torch.stack([torch.zeros_like(score), score], dim=1))
+            # two-class scores: logits (0, z), or probabilities (1 - p, p)
+            other = torch.zeros_like(p) if self.input_type == "logits" else 1 - p
+            pred = self._decide(torch.stack([other, p], dim=1))
         elif p.shape == t.shape:
             pred = p
         else:
