@@ -142,6 +142,19 @@ def test_breakdown_spatial_probs_and_unbatched():
     )
 
 
+def test_breakdown_under_no_grad_and_inference_mode():
+    z = torch.randn(6, K, requires_grad=True)
+    t = torch.randint(0, K, (6,))
+    expected = rwwce.loss_breakdown(z, t, FN, FP)
+    assert z.grad is None  # the caller's graph is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(rwwce.loss_breakdown(z, t, FN, FP).fp, expected.fp)
+    with torch.inference_mode():
+        zi, ti = z.detach().clone(), t.clone()
+        inside = rwwce.loss_breakdown(zi, ti, FN, FP)
+    torch.testing.assert_close(inside.grad_sq_norm, expected.grad_sq_norm)
+
+
 def test_breakdowns_add_up_over_batches():
     g = torch.Generator().manual_seed(9)
     z, t = torch.randn(20, K, generator=g), torch.randint(0, K, (20,), generator=g)
@@ -263,6 +276,15 @@ def test_monitor_bayes_decision_binary_scores_and_ignore_index():
     binary_probs = rwwce.CostMonitor([[0, 1], [20, 0]], decision="bayes", input_type="probs")
     binary_probs.update(torch.tensor([1.0, 0.0, 0.04, 0.06]), torch.tensor([1, 0, 1, 0]))
     assert binary_probs.end_epoch()["confusion_matrix"] == [[1, 1], [1, 1]]
+
+
+def test_monitor_inside_and_outside_inference_mode():
+    monitor = rwwce.CostMonitor(COSTS)
+    logits, y = torch.randn(8, K), torch.randint(0, K, (8,))
+    with torch.inference_mode():
+        monitor.update(logits, y)
+    monitor.update(logits, y)
+    assert monitor.end_epoch()["samples"] == 16
 
 
 def test_monitor_segmentation_shapes():

@@ -191,8 +191,10 @@ def loss_breakdown(
         >>> b.fp.argmax().item() == 1 * 3 + 2    # truth 1, probability on class 2: the big term
         True
     """
-    x = input.detach().requires_grad_(True) if isinstance(input, Tensor) else input
-    with torch.enable_grad():
+    # Works under torch.no_grad() and torch.inference_mode() (Lightning's validation): the
+    # gradient is taken on a normal copy of the input, outside inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        x = input.detach().clone().requires_grad_(True) if isinstance(input, Tensor) else input
         total = real_world_weight_cross_entropy(
             x,
             target,
@@ -395,7 +397,8 @@ class CostMonitor:
         valid = t != self.ignore_index
         index = torch.where(valid, t * k + pred, 0).clamp(0, k * k - 1)
         if self._counts is None:
-            self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
+            with torch.inference_mode(False):  # a normal tensor: updatable in and out of it
+                self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
         # index_add_ (unlike bincount) keeps a CUDA pipeline free of host synchronisation.
         self._counts.index_add_(
             0, index.to(self._counts.device), valid.long().to(self._counts.device)
