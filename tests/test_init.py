@@ -21,3 +21,16 @@ def test_public_names_exist():
     for name in rwwce.__all__:
         assert hasattr(rwwce, name), name
     assert callable(rwwce.loss_breakdown) and callable(rwwce.adjust_class_weights)
+
+
+def test_integrations_load_on_first_access():
+    code = (
+        "import sys, rwwce; assert 'transformers' not in sys.modules; "
+        "trainer = rwwce.integrations.huggingface.RWWCETrainer; "
+        "print('transformers' in sys.modules, trainer.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "No module named 'transformers'" in out.stderr:
+        return  # the hf extra is not installed: nothing to load
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "RWWCETrainer"]

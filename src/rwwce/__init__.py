@@ -1,6 +1,6 @@
 """rwwce: the Real-World-Weight Cross-Entropy loss and cost-sensitive training tools for PyTorch."""
 
-from rwwce import metrics
+from rwwce import integrations, metrics
 from rwwce.costs import CostMatrix
 from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
@@ -23,6 +23,7 @@ __all__ = [
     "adjust_class_weights",
     "class_weights",
     "count_classes",
+    "integrations",
     "metrics",
     "binary_real_world_weight_cross_entropy",
     "real_world_weight_cross_entropy",
