@@ -251,6 +251,43 @@ def test_evaluate_reports_cost_and_batch_loss(tmp_path):
     assert metrics["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-5)
 
 
+def test_best_checkpoint_by_real_world_cost(tmp_path):
+    """The documented set-up: evaluate every epoch, keep the model with the lowest cost."""
+    x, y = make_data()
+    costs = rwwce.CostMatrix.from_fn_fp(FN, FP)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        num_train_epochs=3,
+        learning_rate=0.05,
+        optim="sgd",
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="real_world_cost",
+        greater_is_better=False,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = RWWCETrainer(
+        model=make_model(),
+        args=args,
+        train_dataset=ListDataset(x, y),
+        eval_dataset=ListDataset(x, y),
+        loss=rwwce.RWWCELoss.from_costs(costs, reduction="weighted_mean"),
+        compute_metrics=make_compute_metrics(costs),
+    )
+    trainer.train()
+    evals = [
+        h["eval_real_world_cost"] for h in trainer.state.log_history if "eval_real_world_cost" in h
+    ]
+    assert len(evals) == 3
+    assert trainer.state.best_metric == pytest.approx(min(evals))
+    assert trainer.evaluate()["eval_real_world_cost"] == pytest.approx(min(evals))
+
+
 def test_compute_metrics_token_level_and_bayes():
     costs = [[0, 1], [20, 0]]
     logits = np.array([[[2.0, 0.0], [0.5, 0.0]], [[0.0, 1.0], [2.0, 0.0]]])  # (N=2, L=2, K=2)
