@@ -173,6 +173,120 @@ def test_weights_follow_the_input_device():
     assert w.tolist() == pytest.approx([1.5, 0.75])
 
 
+# ------------------------------- scikit-learn's utils/tests/test_class_weight.py, in rwwce's terms
+# scikit-learn's properties of compute_class_weight("balanced"), restated for class_weights, whose
+# classes are the indices [0, K) (scikit-learn's are any sorted or unordered label values).
+@settings(max_examples=60, deadline=None)
+@given(full_labels())
+def test_balanced_total_weight_is_n_samples_and_equal_per_class(labels_k):
+    """test_compute_class_weight: the total effect of the samples is preserved (sum of
+    weight x count is n), every class gets the same total weight n / K, and a rarer class never
+    gets a smaller weight."""
+    labels, k = labels_k
+    counts = np.bincount(labels, minlength=k)
+    w = class_weights(labels).double().numpy()
+    assert np.dot(w, counts) == pytest.approx(len(labels), rel=1e-6)
+    np.testing.assert_allclose(w * counts, len(labels) / k, rtol=1e-6)
+    order = np.argsort(counts, kind="stable")
+    assert (np.diff(w[order]) <= 1e-6 * w.max()).all()
+
+
+def test_balanced_known_example_from_scikit_learn():
+    """scikit-learn's own example y = [2, 2, 2, 3, 3, 4] (classes 2, 3, 4), as indices 0, 1, 2."""
+    y = np.asarray([2, 2, 2, 3, 3, 4])
+    expected = compute_class_weight("balanced", classes=np.unique(y), y=y)
+    w = class_weights(y - 2).numpy()
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert w[0] < w[1] < w[2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(-5, 40), min_size=1, max_size=50),
+    st.randoms(use_true_random=False),
+)
+def test_balanced_on_unordered_and_gapped_labels(values, rng):
+    """test_compute_class_weight_balanced_unordered / _not_present: scikit-learn takes any label
+    values in any class order; rwwce's classes are the indices [0, K), each of which must occur.
+    Labels with gaps or negative values are an error naming the label or the empty classes; the
+    same labels renumbered 0..K-1 give scikit-learn's weights, in any class order asked for."""
+    y = np.asarray(values)
+    classes, index = np.unique(y, return_inverse=True)
+    k = len(classes)
+    missing = sorted(set(range(int(y.max()) + 1)) - set(values))
+    if y.min() < 0:
+        with pytest.raises(ValueError, match=f"contains the label {y.min()}"):
+            class_weights(y)
+    elif missing:
+        with pytest.raises(ValueError, match=rf"(class {missing[0]} has|classes \[{missing[0]},)"):
+            class_weights(y)
+    w = class_weights(index).double().numpy()
+    np.testing.assert_allclose(w, compute_class_weight("balanced", classes=classes, y=y), rtol=1e-6)
+    order = list(range(k))
+    rng.shuffle(order)  # scikit-learn's unordered `classes`: the same weights, permuted
+    unordered = compute_class_weight("balanced", classes=classes[order], y=y)
+    np.testing.assert_allclose(w[order], unordered, rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(full_labels(), st.randoms(use_true_random=False))
+def test_balanced_invariant_to_relabelling_and_sample_order(labels_k, rng):
+    """Renaming the classes by a permutation pi permutes the weights the same way; shuffling the
+    samples changes nothing."""
+    labels, k = labels_k
+    pi = list(range(k))
+    rng.shuffle(pi)
+    w = class_weights(labels)
+    relabelled = class_weights([pi[c] for c in labels], num_classes=k)
+    torch.testing.assert_close(relabelled[pi], w)
+    shuffled = list(labels)
+    rng.shuffle(shuffled)
+    torch.testing.assert_close(class_weights(shuffled), w)
+
+
+def test_balanced_weighted_counts_equal_repeated_labels():
+    """test_compute_class_weight_balanced_sample_weight_equivalence (with scikit-learn's negative
+    labels shifted to indices): weighted counts give the weights of the repeated labels."""
+    y = np.asarray([-1, -1, 0, 0, -2, -2]) + 2
+    sw = np.asarray([1, 0, 1, 1, 1, 2])
+    y_repeated = np.repeat(y, sw)
+    from_weighted_counts = class_weights(np.bincount(y, weights=sw).astype(np.float64))
+    from_repeated = class_weights(y_repeated)
+    torch.testing.assert_close(from_weighted_counts, from_repeated)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y, sample_weight=sw)
+    np.testing.assert_allclose(from_weighted_counts.numpy(), expected, rtol=1e-6)
+    # test_compute_class_weight_balanced_negative: balanced labels give all ones
+    assert class_weights(np.asarray([1, 1, 2, 2, 0, 0])).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_balanced_weighted_loss_invariant_to_which_class_is_duplicated():
+    """test_compute_class_weight_invariance: with balanced weights, tripling class 1, tripling
+    class 0 or doubling everything gives the same model. In rwwce's terms: the same
+    weighted_mean loss and the same gradient for any parameters, hence the same training run."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(centers=2, random_state=0)
+    datasets = [
+        (np.vstack([x] + [x[y == 1]] * 2), np.hstack([y] + [y[y == 1]] * 2)),
+        (np.vstack([x] + [x[y == 0]] * 2), np.hstack([y] + [y[y == 0]] * 2)),
+        (np.vstack([x] * 2), np.hstack([y] * 2)),
+    ]
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    bias = torch.randn(2, generator=g, dtype=torch.float64)
+    results = []
+    for features, labels in datasets:
+        params = (weight.clone().requires_grad_(), bias.clone().requires_grad_())
+        logits = torch.from_numpy(features) @ params[0] + params[1]
+        target = torch.from_numpy(labels)
+        fn = class_weights(target).double()
+        loss = rwwce.real_world_weight_cross_entropy(logits, target, fn, reduction="weighted_mean")
+        results.append((loss.detach(), *torch.autograd.grad(loss, params)))
+    for other in results[1:]:
+        for got, expected in zip(other, results[0], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "args, kwargs, match",
     [
