@@ -1,7 +1,9 @@
 """class_weights against scikit-learn and the published formulas; count_classes on every input form."""
 
 import builtins
+import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -558,4 +560,79 @@ def test_public_names():
     assert rwwce.class_weights is class_weights
     assert rwwce.count_classes is count_classes
     assert "class_weights" in rwwce.__all__ and "count_classes" in rwwce.__all__
-    assert sys.modules["rwwce.weights"].__all__ == ["class_weights", "count_classes"]
+    assert rwwce.adjust_class_weights is W.adjust_class_weights
+    assert sys.modules["rwwce.weights"].__all__ == [
+        "AdjustedWeights",
+        "adjust_class_weights",
+        "class_weights",
+        "count_classes",
+    ]
+
+
+# ---------------------------------------------------------------------- adjust_class_weights
+def _manual_adjustment(counts, costs, fn, damping, max_factor):
+    """The documented rule, written out class by class in plain Python."""
+    k = len(fn)
+    n_i = [sum(row) for row in counts]
+    cost_i = [sum(costs[i][j] * counts[i][j] for j in range(k)) for i in range(k)]
+    mean_cost = sum(cost_i) / sum(n_i)
+    out = []
+    for i in range(k):
+        if n_i[i] == 0 or mean_cost == 0:
+            out.append(fn[i])
+            continue
+        shrunk = (cost_i[i] / n_i[i] / mean_cost + 1) / 2
+        ratio = min(max(shrunk, 1 / max_factor), max_factor)
+        out.append(fn[i] * ratio**damping)
+    return out
+
+
+def test_adjust_class_weights_follows_the_documented_rule():
+    counts = [[40, 5, 5], [10, 20, 0], [0, 0, 0]]  # class 2 absent from validation
+    costs = [[0, 1, 1], [8, 0, 2], [3, 3, 0]]
+    fn = [1.0, 2.0, 0.5]
+    raw = rwwce.adjust_class_weights(counts, costs, fn, damping=0.7, max_factor=5, normalize=None)
+    expected = _manual_adjustment(counts, costs, fn, 0.7, 5)
+    assert raw.fn_weight.tolist() == pytest.approx(expected, rel=1e-6)
+    assert raw.factors[2] == 1.0 and math.isnan(raw.cost_per_sample[2])
+    assert raw.fp_weight is None
+
+    fp = torch.tensor([[0.0, 0.5, 0.5], [6.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+    normed = rwwce.adjust_class_weights(counts, costs, fn, fp, damping=0.7, max_factor=5)
+    mean = sum(expected) / 3
+    assert normed.fn_weight.mean().item() == pytest.approx(1.0)
+    assert normed.fn_weight.tolist() == pytest.approx([e / mean for e in expected], rel=1e-6)
+    torch.testing.assert_close(normed.fp_weight, fp / mean)  # FN / FP balance kept
+
+
+def test_adjust_class_weights_moves_weight_to_the_costly_class():
+    counts = [[90, 10], [30, 20]]  # most positives missed
+    new = rwwce.adjust_class_weights(counts, [[0, 1], [20, 0]], [1.0, 1.0])
+    assert new.fn_weight[1] > new.fn_weight[0]
+    # a perfect validation set costs nothing: nothing to adjust
+    same = rwwce.adjust_class_weights(
+        [[5, 0], [0, 5]], [[0, 1], [20, 0]], [1.0, 3.0], normalize=None
+    )
+    assert same.fn_weight.tolist() == [1.0, 3.0]
+
+
+def test_adjust_class_weights_warns_on_span_and_scale():
+    counts = [[100, 0], [50, 1]]
+    with pytest.warns(UserWarning, match="span"):
+        rwwce.adjust_class_weights(counts, [[0, 1], [1000, 0]], [1e-3, 20.0], normalize=None)
+    with pytest.warns(UserWarning, match="largest FN"):
+        rwwce.adjust_class_weights(counts, [[0, 1], [1000, 0]], [500.0, 2000.0], normalize=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rwwce.adjust_class_weights(counts, [[0, 1], [1000, 0]], [500.0, 2000.0])  # normalised
+
+
+def test_adjust_class_weights_bad_input():
+    with pytest.raises(ValueError, match=r"confusion has shape \(3, 3\)"):
+        rwwce.adjust_class_weights(torch.ones(3, 3), [[0, 1], [1, 0]], [1.0, 1.0])
+    with pytest.raises(ValueError, match="fn_weight"):
+        rwwce.adjust_class_weights([[1, 0], [0, 1]], [[0, 1], [1, 0]], [1.0])
+    with pytest.raises(ValueError, match="damping"):
+        rwwce.adjust_class_weights([[1, 0], [0, 1]], [[0, 1], [1, 0]], [1.0, 1.0], damping=0)
+    with pytest.raises(ValueError, match="non-negative counts"):
+        rwwce.adjust_class_weights([[1, -1], [0, 1]], [[0, 1], [1, 0]], [1.0, 1.0])
