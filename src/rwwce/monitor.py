@@ -33,6 +33,7 @@ from torch import Tensor
 from rwwce import _validate as V
 from rwwce.costs import _as_tensor, _check_classes, as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
+from rwwce.kernels.reference import log_one_minus_softmax
 
 __all__ = ["CostMonitor", "LossBreakdown", "loss_breakdown"]
 
@@ -255,7 +256,7 @@ def loss_breakdown(
         fp_terms = torch.zeros(k, k, dtype=dtype, device=device)
     else:
         big = torch.finfo(dtype).max  # -log(1 - p) = +inf only where p = 1 exactly
-        neg_log_not_p = (-_log_one_minus_softmax(z, lse)).clamp_max(big)
+        neg_log_not_p = (-log_one_minus_softmax(z)).clamp_max(big)
         fp_terms = fp * (sy.T @ neg_log_not_p)
     row_sq = (g * g).sum(dim=1)
     return LossBreakdown(
@@ -266,20 +267,6 @@ def loss_breakdown(
         grad_sq_norm=owner.T @ row_sq,
         classes=names,
     )
-
-
-def _log_one_minus_softmax(z: Tensor, lse: Tensor) -> Tensor:
-    """log(1 - softmax(z)) (M, K) in log space, as DESIGN.md prescribes.
-
-    For the row's arg-max m: log(1 - p_m) = logsumexp_{j != m} z_j - logsumexp z (no 1 - p_m,
-    which rounds to 0 once the logit gap passes ~36 in float64). For j != m, p_j <= 1/2 and
-    log1p(-p_j) is accurate.
-    """
-    argmax = z.argmax(dim=1, keepdim=True)
-    others = z.scatter(1, argmax, float("-inf"))
-    log_not_p_max = torch.logsumexp(others, dim=1, keepdim=True) - lse
-    out = torch.log1p(-torch.exp(z - lse))
-    return out.scatter(1, argmax, log_not_p_max)
 
 
 # ---------------------------------------------------------------------- cost monitor

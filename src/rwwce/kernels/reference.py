@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rwwce.kernels import BackendOptions
 
-__all__ = ["rwwce_loss"]
+__all__ = ["rwwce_loss", "log_one_minus_softmax"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
@@ -173,9 +173,21 @@ def _differentiable_row_loss(
     if fp_weight is None:
         return loss
     w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
-    # log(1 - p_j): log1p(-p_j) for j != m (p_j <= 1/2 there), and for the arg-max m
-    # logsumexp_{j != m} z_j - logsumexp z. The arg-max entry of log_p is masked to -inf before
-    # log1p(-exp(.)), so the derivative of log1p at p_m -> 1 (infinite) is never formed.
+    log_not_p = log_one_minus_softmax(z)
+    return loss - _weighted_sum(w, log_not_p)
+
+
+def log_one_minus_softmax(z: Tensor) -> Tensor:
+    """log(1 - softmax(z)) for logits z (R, K), in log space, by composite operations that are
+    differentiable twice and safe for masked (-inf) classes.
+
+    For j != m (the row's arg-max), p_j <= 1/2 and log1p(-p_j) is accurate; for m,
+    log(1 - p_m) = logsumexp_{j != m} z_j - logsumexp z, never through 1 - p_m (which rounds to 0
+    once the logit gap passes ~17 in float32). The arg-max entry of log p is masked to -inf before
+    log1p(-exp(.)), so the infinite derivative of log1p at p_m -> 1 is never formed; a row whose
+    other classes are all masked gives log(1 - p_m) = -inf without a NaN derivative.
+    """
+    log_p = torch.log_softmax(z, dim=1)
     argmax = z.detach().argmax(dim=1, keepdim=True)
     is_max = torch.zeros_like(z, dtype=torch.bool).scatter_(1, argmax, True)
     log_not_p = torch.log1p(-torch.where(is_max, float("-inf"), log_p).exp())
@@ -186,8 +198,7 @@ def _differentiable_row_loss(
         z, dim=1, keepdim=True
     )
     log_not_p_max = torch.where(has_others, log_not_p_max, float("-inf"))
-    log_not_p = torch.where(is_max, log_not_p_max, log_not_p)
-    return loss - _weighted_sum(w, log_not_p)
+    return torch.where(is_max, log_not_p_max, log_not_p)
 
 
 def _weighted_sum(weight: Tensor, log_value: Tensor) -> Tensor:
