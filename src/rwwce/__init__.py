@@ -2,14 +2,15 @@
 
 from typing import Any
 
-from rwwce import calibration, metrics
+from rwwce import calibration, integrations, metrics
 from rwwce.costs import CostMatrix
 from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
     real_world_weight_cross_entropy,
 )
 from rwwce.modules import BinaryRWWCELoss, RWWCELoss
-from rwwce.weights import class_weights, count_classes
+from rwwce.monitor import CostMonitor, LossBreakdown, loss_breakdown
+from rwwce.weights import adjust_class_weights, class_weights, count_classes
 
 __version__ = "0.1.0"
 
@@ -18,9 +19,14 @@ __all__ = [
     "BinaryRWWCELoss",
     "RWWCELoss",
     "CostMatrix",
+    "CostMonitor",
+    "LossBreakdown",
+    "loss_breakdown",
+    "adjust_class_weights",
     "class_weights",
     "count_classes",
     "calibration",
+    "integrations",
     "metrics",
     "binary_real_world_weight_cross_entropy",
     "real_world_weight_cross_entropy",
