@@ -12,7 +12,7 @@ import torch
 from torchmetrics import Metric
 
 from rwwce.costs import _as_tensor, _check_costs, as_cost_matrix
-from rwwce.metrics import _check_k, _expected, _float_dtype, _labels, _probs
+from rwwce.metrics import _check_k, _expected, _float_dtype, _labels, _masked_confusion, _probs
 
 __all__ = ["RealWorldCost"]
 
@@ -217,12 +217,11 @@ class RealWorldCost(Metric):
             self.confmat += torch.bincount((t * k + p).reshape(-1), minlength=k * k).view(k, k)
             valid = None
         else:
-            # Masks, not branches: labels no check caught are counted apart, never indexed with;
-            # index_add_, not bincount (whose output size reads the maximum label on CUDA).
+            # Masks, not branches: labels no check caught are counted apart, never indexed with.
             t, p = t.to(torch.int64), p.to(torch.int64)
             valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+            self.confmat += _masked_confusion(t, p, k, valid)
             t, p = t.where(valid, 0), p.where(valid, 0)
-            self.confmat.view(-1).index_add_(0, (t * k + p).reshape(-1), valid.reshape(-1).long())
             self.invalid += (~valid).sum()
         if c is not None:
             n = torch.arange(c.shape[0], device=c.device).reshape((-1,) + (1,) * (t.ndim - 1))

@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rwwce: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, IndexError, OSError) as e:  # FileNotFoundError: an OSError
+    except (ValueError, TypeError, IndexError, OSError, ImportError) as e:  # missing extras too
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"rwwce {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -335,6 +335,21 @@ def real_world_benefit(
     return total / t.numel() if reduction == "mean" else total
 
 
+def _masked_confusion(
+    target: torch.Tensor, pred: torch.Tensor, num_classes: int, valid: torch.Tensor
+) -> torch.Tensor:
+    """(K, K) int64 counts of the (target, pred) pairs where ``valid``, on the inputs' device and
+    without a host synchronisation: invalid labels are masked, never indexed with, and the counts
+    use ``index_add_``, not ``bincount`` (whose output size reads the largest label on CUDA).
+
+    ``target``, ``pred`` and ``valid`` share one shape; labels are int64.
+    """
+    k = num_classes
+    index = torch.where(valid, target * k + pred, 0).reshape(-1)
+    counts = torch.zeros(k * k, dtype=torch.int64, device=target.device)
+    return counts.index_add_(0, index, valid.reshape(-1).long()).view(k, k)
+
+
 # ---------------------------------------------------------------------- decisions
 def _expected(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``E[n, j] = sum_i p[n, i] C[i, j]`` (``C[n, i, j]`` per sample); no checks, no syncs.

@@ -34,6 +34,7 @@ from rwwce import _validate as V
 from rwwce.costs import _as_tensor, _check_classes, as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
+from rwwce.metrics import _expected, _masked_confusion
 
 __all__ = ["CostMonitor", "LossBreakdown", "loss_breakdown"]
 
@@ -316,6 +317,7 @@ class CostMonitor:
         min_delta: float = 0.0,
     ) -> None:
         self.cost_matrix = as_cost_matrix(costs)
+        self._device_costs: Tensor | None = None  # the matrix on the scores' device, for "bayes"
         self.num_classes = self.cost_matrix.num_classes
         if patience is not None and (
             isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1
@@ -381,25 +383,30 @@ class CostMonitor:
             )
         t = t.reshape(-1).long()
         pred = pred.reshape(-1).long()
-        valid = t != self.ignore_index
-        index = torch.where(valid, t * k + pred, 0).clamp(0, k * k - 1)
+        # Ignored targets are skipped; labels out of range are masked, never indexed with.
+        valid = (t != self.ignore_index) & (t >= 0) & (t < k) & (pred >= 0) & (pred < k)
         if self._counts is None:
             with torch.inference_mode(False):  # a normal tensor: updatable in and out of it
                 self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
-        # index_add_ (unlike bincount) keeps a CUDA pipeline free of host synchronisation.
-        self._counts.index_add_(
-            0, index.to(self._counts.device), valid.long().to(self._counts.device)
-        )
+        counts = _masked_confusion(t, pred, k, valid).reshape(-1)
+        self._counts.add_(counts.to(self._counts.device))
 
     def _decide(self, scores: Tensor) -> Tensor:
         """(N, K, ...) scores -> (N, ...) decisions."""
         if self.decision == "argmax":
             return scores.argmax(dim=1)
-        from rwwce.metrics import bayes_decision
-
         flat = scores.detach().movedim(1, -1).reshape(-1, self.num_classes)
-        probs = flat.float().softmax(dim=1) if self.input_type == "logits" else flat
-        return bayes_decision(probs, self.cost_matrix).reshape(scores.movedim(1, -1).shape[:-1])
+        probs = flat.float().softmax(dim=1) if self.input_type == "logits" else flat.float()
+        costs = self._costs_on(probs.device)
+        # argmin_j sum_i p_i C[i, j], without bayes_decision's data checks (they synchronise).
+        decision = _expected(probs, costs).argmin(dim=1)
+        return decision.reshape(scores.movedim(1, -1).shape[:-1])
+
+    def _costs_on(self, device: torch.device) -> Tensor:
+        """The cost matrix on ``device`` (float32), copied once, not on every batch."""
+        if self._device_costs is None or self._device_costs.device != device:
+            self._device_costs = self.cost_matrix.matrix.to(device, torch.float32)
+        return self._device_costs
 
     # ------------------------------------------------------------------ per epoch
     def end_epoch(self, train_loss: Any = None, val_loss: Any = None) -> dict[str, Any]:
