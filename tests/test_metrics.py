@@ -205,7 +205,7 @@ def test_real_world_cost_equals_brute_force(c_pairs):
 def test_real_world_cost_errors():
     with pytest.raises(ValueError, match=r"y_true is empty; expected at least one sample"):
         real_world_cost([], [], PAPER_COSTS)
-    with pytest.raises(ValueError, match=r"reduction is 'none'; expected 'mean' or 'sum'"):
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum'; got 'none'"):
         real_world_cost([0], [0], PAPER_COSTS, reduction="none")
     with pytest.raises(
         ValueError, match=r"y_true contains the label 2; expected class indices in \[0, 2\)"
@@ -267,7 +267,7 @@ def test_real_world_benefit_is_baseline_cost_minus_model_cost(args):
 def test_real_world_benefit_errors():
     with pytest.raises(ValueError, match=r"baseline is 2; expected a class index in \[0, 2\)"):
         real_world_benefit([0], [0], PAPER_COSTS, baseline=2)
-    with pytest.raises(ValueError, match=r"reduction is 'x'"):
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum'; got 'x'"):
         real_world_benefit([0], [0], PAPER_COSTS, reduction="x")
 
 
@@ -604,7 +604,7 @@ def test_real_world_cost_metric_segmentation_shapes():
 def test_real_world_cost_metric_errors():
     from rwwce.metrics import RealWorldCost
 
-    with pytest.raises(ValueError, match=r"reduction is 'none'"):
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum'; got 'none'"):
         RealWorldCost(PAPER_COSTS, reduction="none")
     with pytest.raises(ValueError, match=r"decision is 'max'"):
         RealWorldCost(PAPER_COSTS, decision="max")

@@ -11,8 +11,9 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from rwwce.costs import _as_tensor, _check_costs, as_cost_matrix
-from rwwce.metrics import _check_k, _expected, _float_dtype, _labels, _masked_confusion, _probs
+from rwwce._validate import check_choice, check_num_classes, to_tensor
+from rwwce.costs import _check_costs, as_cost_matrix
+from rwwce.metrics import _expected, _float_dtype, _labels, _masked_confusion, _probs
 
 __all__ = ["RealWorldCost"]
 
@@ -90,8 +91,7 @@ class RealWorldCost(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction is {reduction!r}; expected 'mean' or 'sum'")
+        check_choice("reduction", reduction, ("mean", "sum"))
         if decision not in ("argmax", "bayes"):
             raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
         if validate_args not in (None, True, False):
@@ -103,7 +103,7 @@ class RealWorldCost(Metric):
                     "num_classes=K with per-sample costs passed to update(preds, target, costs)"
                 )
             self.cost_matrix = None
-            k = _check_k(num_classes)
+            k = check_num_classes(num_classes)
             if k < 2:
                 raise ValueError(f"num_classes is {k}; expected at least 2 classes")
         else:
@@ -151,7 +151,7 @@ class RealWorldCost(Metric):
 
     def _sample_costs(self, costs: Any, target: torch.Tensor) -> torch.Tensor:
         k = self.num_classes
-        c = _as_tensor(costs, "costs")
+        c = to_tensor(costs, "costs")
         n = target.shape[0] if target.ndim else 1
         if c.ndim != 3 or c.shape != (n, k, k):
             raise ValueError(
@@ -174,8 +174,8 @@ class RealWorldCost(Metric):
         """
         k = self.num_classes
         to_device = self.device.type != "cpu"
-        p = _as_tensor(preds, "preds").to(self.device, non_blocking=to_device)
-        t = _as_tensor(target, "target").to(self.device, non_blocking=to_device)
+        p = to_tensor(preds, "preds").to(self.device, non_blocking=to_device)
+        t = to_tensor(target, "target").to(self.device, non_blocking=to_device)
         if t.is_floating_point() or t.is_complex():
             raise TypeError(f"target has dtype {t.dtype}; expected integer class indices")
         if self.cost_matrix is None:

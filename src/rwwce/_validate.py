@@ -9,9 +9,11 @@ Two kinds of check:
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,6 +57,44 @@ def check_label_smoothing(value: float) -> None:
         raise ValueError(f"label_smoothing must be a float in [0, 1]; got {value!r}")
 
 
+def to_tensor(x: Any, name: str) -> Tensor:
+    """Turn a tensor (any device), NumPy array, list or scalar into a tensor, keeping its device.
+
+    Tensors are detached and returned as they are; everything else goes through NumPy, so nested
+    lists of Python floats become float64 and lists of ints become int64.
+    """
+    if isinstance(x, Tensor):
+        return x.detach()
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} could not be turned into an array ({err}); expected a tensor, a NumPy array "
+            "or a (nested) list of numbers with equal-length rows"
+        ) from None
+    if arr.dtype == object or arr.dtype.kind in "USVMm":
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}; expected numbers (a tensor, a NumPy array or a "
+            "nested list of ints / floats)"
+        )
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}); expected real numbers")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return torch.as_tensor(np.ascontiguousarray(arr))
+
+
+def check_num_classes(num_classes: Any, *, required: bool = True) -> int | None:
+    """A positive int (``None`` passes through when not ``required``)."""
+    if num_classes is None and not required:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes is {num_classes!r}; expected a positive int")
+    if num_classes < 1:
+        raise ValueError(f"num_classes is {num_classes}; expected a positive int")
+    return int(num_classes)
+
+
 def should_check_data(validate: bool | None, *tensors: Tensor | None) -> bool:
     """``validate=None`` checks data only when nothing lives on an accelerator (no sync)."""
     if validate is not None:
@@ -85,13 +125,8 @@ def as_tensor(
         return value.detach().to(dtype=dtype)
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or a tensor of weights; got {value!r}")
-    try:
-        tensor = torch.as_tensor(value, dtype=dtype)
-        return tensor if tensor.dim() == 0 else tensor.to(device)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(
-            f"{name} must be a tensor, an array or a number; got {type(value).__name__}"
-        ) from error
+    tensor = to_tensor(value, name).to(dtype)
+    return tensor if tensor.dim() == 0 else tensor.to(device)
 
 
 def fn_weight_vector(fn_weight: Tensor | None, num_classes: int) -> Tensor | None:
@@ -139,13 +174,14 @@ def check_weight_values(name: str, weight: Tensor | None) -> None:
         )
 
 
-def check_fn_matrix_diagonal(fn_weight: Tensor | None) -> None:
+def check_fn_matrix_diagonal(fn_weight: Tensor | None, name: str = "fn_weight") -> None:
+    """FN weights given as a (K, K) matrix must be diagonal (the paper's notebook form)."""
     if fn_weight is None or fn_weight.dim() != 2:
         return
     off_diagonal = fn_weight - torch.diag(torch.diagonal(fn_weight))
     if bool((off_diagonal != 0).any()):
         raise ValueError(
-            "fn_weight given as a (K, K) matrix must be diagonal (the paper's form); "
+            f"{name} given as a (K, K) matrix must be diagonal (the paper's form); "
             f"got a non-zero off-diagonal entry {_first_bad(fn_weight, off_diagonal != 0)}; "
             "put false-positive costs in fp_weight"
         )

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rwwce.costs import _as_tensor
+from rwwce._validate import to_tensor
 from rwwce.metrics import _labels, _optional, _probs
 
 __all__ = [
@@ -60,10 +60,10 @@ def _logits_and_target(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
     """Checked (logits, target, weights, binary): (N, K, ...) with class indices (N, ...), or
     (N, ...) binary logits with 0/1 targets of the same shape."""
-    z = _as_tensor(logits, "logits")
+    z = to_tensor(logits, "logits")
     if not z.is_floating_point():
         raise TypeError(f"logits has dtype {z.dtype}; expected floating-point logits")
-    t = _as_tensor(target, "target")
+    t = to_tensor(target, "target")
     binary = z.shape == t.shape
     if binary:
         t = t.to(z.device, torch.float64)
@@ -86,7 +86,7 @@ def _logits_and_target(
         raise ValueError("logits contains NaN or +inf; expected finite logits (-inf masks a class)")
     w = None
     if sample_weight is not None:
-        w = _as_tensor(sample_weight, "sample_weight").to(z.device, torch.float64)
+        w = to_tensor(sample_weight, "sample_weight").to(z.device, torch.float64)
         if w.shape != t.shape:
             raise ValueError(
                 f"sample_weight has shape {tuple(w.shape)}; expected {tuple(t.shape)}, one "
@@ -231,7 +231,7 @@ def calibration_bins(
         n_bins: the number of equal-width bins in [0, 1].
     """
     n_bins = _check_n_bins(n_bins)
-    raw = _as_tensor(probs, "probs")
+    raw = to_tensor(probs, "probs")
     k = 2 if raw.ndim == 1 else (raw.shape[1] if raw.ndim == 2 else 0)
     if k < 2:
         raise ValueError(

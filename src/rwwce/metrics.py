@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from rwwce.costs import CostMatrix, _as_tensor, _check_costs, as_cost_matrix
+from rwwce._validate import check_choice, check_fn_matrix_diagonal, check_num_classes, to_tensor
+from rwwce.costs import CostMatrix, _check_costs, as_cost_matrix
 
 if TYPE_CHECKING:
     from rwwce._torchmetrics import RealWorldCost
@@ -77,7 +78,7 @@ def _labels(
     x: Any, name: str, num_classes: int, device: torch.device | None = None
 ) -> torch.Tensor:
     """int64 class indices in [0, K), any shape, on ``device`` (default: where they are)."""
-    t = _as_tensor(x, name)
+    t = to_tensor(x, name)
     if t.dtype == torch.bool or t.numel() == 0:  # [] reads as float64: no values, no doubt
         t = t.to(torch.int64)
     if t.is_floating_point() or t.is_complex():
@@ -96,14 +97,6 @@ def _labels(
     return t
 
 
-def _check_k(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise ValueError(f"num_classes is {num_classes!r}; expected a positive int")
-    if num_classes < 1:
-        raise ValueError(f"num_classes is {num_classes}; expected a positive int")
-    return int(num_classes)
-
-
 def _float_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 for the metric arithmetic, float32 where the device lacks float64 (MPS)."""
     return torch.float32 if t.device.type == "mps" else torch.float64
@@ -111,7 +104,7 @@ def _float_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _probs(x: Any, name: str, k: int) -> torch.Tensor:
     """Validated (N, K) probabilities (float32 at least); (N,) = P(positive) when K == 2."""
-    p = _as_tensor(x, name)
+    p = to_tensor(x, name)
     if p.is_complex():
         raise TypeError(f"{name} is complex; expected real probabilities")
     # rows of 16-bit softmax output sum to 1 only within a few units of their epsilon
@@ -171,7 +164,7 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> torch.Tensor
         >>> confusion_matrix([0, 1, 1], [0, 0, 1], num_classes=2).tolist()
         [[1, 0], [1, 1]]
     """
-    k = _check_k(num_classes)
+    k = check_num_classes(num_classes)
     t, p = _label_pair(y_true, y_pred, k)
     flat = (t * k + p).reshape(-1)
     return torch.bincount(flat, minlength=k * k).reshape(k, k)
@@ -196,7 +189,7 @@ def _costs(costs: Any) -> torch.Tensor:
     """
     if isinstance(costs, CostMatrix):
         return costs.matrix
-    t = _as_tensor(costs, "costs")
+    t = to_tensor(costs, "costs")
     if t.ndim != 3:
         if t.ndim != 2:
             raise ValueError(
@@ -245,11 +238,6 @@ def _decided_costs(
     return t, p, c.to(t.device)
 
 
-def _check_reduction(reduction: str) -> None:
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction is {reduction!r}; expected 'mean' or 'sum'")
-
-
 def real_world_cost(
     y_true: Any, y_pred: Any, costs: Any, *, reduction: Literal["mean", "sum"] = "mean"
 ) -> torch.Tensor:
@@ -281,7 +269,7 @@ def real_world_cost(
         >>> float(real_world_cost([1, 1, 0], [0, 1, 1], per_sample, reduction="sum"))
         255.0
     """
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, ("mean", "sum"))
     t, p, c = _decided_costs(y_true, y_pred, costs)
     if c.ndim == 2:
         counts = confusion_matrix(t, p, c.shape[0])
@@ -318,7 +306,7 @@ def real_world_benefit(
         >>> float(real_world_benefit([1, 1, 0, 0], [1, 0, 1, 0], [[0, 100], [2000, 0]]))
         475.0
     """
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, ("mean", "sum"))
     t, p, c = _decided_costs(y_true, y_pred, costs)
     k = c.shape[-1]
     if (
@@ -407,7 +395,7 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
         [2]
     """
     c = _costs(costs)
-    raw = _as_tensor(probs, "probs")
+    raw = to_tensor(probs, "probs")
     if raw.ndim == 1 and c.shape == (2, 2) and float(c[0, 0]) == 0 and float(c[1, 1]) == 0:
         p = _probs(raw, "probs", 2)[:, 1]
         c_fn, c_fp = float(c[1, 0]), float(c[0, 1])
@@ -419,7 +407,7 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- calibration
 def _positive_scalar(v: Any, name: str) -> float:
-    t = _as_tensor(v, name)
+    t = to_tensor(v, name)
     if t.numel() != 1:
         raise ValueError(
             f"{name} has shape {tuple(t.shape)}; expected a scalar for binary (N,) probabilities"
@@ -460,7 +448,7 @@ def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) ->
         >>> unweight_probabilities(q, 3.0, 1.0)    # ... which means p = 1/4
         tensor([0.2500])
     """
-    q = _as_tensor(probs, "probs")
+    q = to_tensor(probs, "probs")
     if not q.is_floating_point():
         raise TypeError(f"probs has dtype {q.dtype}; expected floating-point probabilities")
     work = torch.promote_types(q.dtype, torch.float32)
@@ -476,13 +464,9 @@ def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) ->
         )
     k = q.shape[1]
     qq = _probs(q, "probs", k).to(work)
-    fn = _as_tensor(fn_weight, "fn_weight").to(q.device, work)
+    fn = to_tensor(fn_weight, "fn_weight").to(q.device, work)
     if fn.shape == (k, k):
-        if bool((fn - torch.diag(torch.diagonal(fn)) != 0).any()):
-            raise ValueError(
-                f"fn_weight is a ({k}, {k}) matrix with non-zero off-diagonal entries; expected a "
-                f"({k},) vector or a diagonal matrix"
-            )
+        check_fn_matrix_diagonal(fn)
         fn = torch.diagonal(fn)
     if fn.shape != (k,):
         raise ValueError(
@@ -496,7 +480,7 @@ def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) ->
         )
     w = fn
     if fp_weight is not None:
-        fp = _as_tensor(fp_weight, "fp_weight").to(q.device, work)
+        fp = to_tensor(fp_weight, "fp_weight").to(q.device, work)
         if fp.shape == (k,):
             fp = fp.expand(k, k) * (1 - torch.eye(k, device=q.device, dtype=work))
         if fp.shape != (k, k):
@@ -621,7 +605,7 @@ def make_cost_scorer(costs: Any, *, labels: Any = None) -> Any:
 # ---------------------------------------------------------------------- cost curves
 def _binary_scores(y_true: Any, scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
     t = _labels(y_true, "y_true", 2).reshape(-1)
-    s = _as_tensor(scores, "scores")
+    s = to_tensor(scores, "scores")
     if s.is_complex():
         raise TypeError("scores is complex; expected real scores")
     if s.ndim != 1 or s.shape[0] != t.shape[0]:

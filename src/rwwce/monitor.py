@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from rwwce import _validate as V
-from rwwce.costs import _as_tensor, _check_classes, as_cost_matrix
+from rwwce._validate import to_tensor
+from rwwce.costs import _check_classes, as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
 from rwwce.metrics import _expected, _masked_confusion
@@ -354,8 +355,8 @@ class CostMonitor:
             target: class indices (N,) or (N, d1, ...); ``ignore_index`` entries are skipped.
         """
         k = self.num_classes
-        t = _as_tensor(target, "target")
-        p = _as_tensor(preds, "preds").to(t.device)
+        t = to_tensor(target, "target")
+        p = to_tensor(preds, "preds").to(t.device)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"target has dtype {t.dtype}; expected integer class indices")
         if p.ndim == t.ndim + 1:

@@ -26,7 +26,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from rwwce.costs import _as_tensor, as_cost_matrix
+from rwwce._validate import check_num_classes, to_tensor
+from rwwce.costs import as_cost_matrix
 
 __all__ = ["AdjustedWeights", "adjust_class_weights", "class_weights", "count_classes"]
 
@@ -40,19 +41,9 @@ PROGRESS_MIN_LENGTH = 5000
 _TARGET_KEYS = ("target", "targets", "label", "labels", "y")
 
 
-def _check_num_classes(num_classes: Any, *, required: bool) -> int | None:
-    if num_classes is None and not required:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise ValueError(f"num_classes is {num_classes!r}; expected a positive int")
-    if num_classes < 1:
-        raise ValueError(f"num_classes is {num_classes}; expected a positive int")
-    return int(num_classes)
-
-
 def _labels_tensor(x: Any, name: str) -> torch.Tensor:
     """Integer class indices from a tensor, array or list (bool counts as 0/1), flattened."""
-    t = _as_tensor(x, name)
+    t = to_tensor(x, name)
     if t.dtype == torch.bool:
         t = t.to(torch.int64)
     if t.is_floating_point() or t.is_complex():
@@ -144,9 +135,9 @@ def class_weights(
         raise ValueError(f"normalize is {normalize!r}; expected None, 'mean' or 'sum'")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
         raise ValueError(f"beta is {beta!r}; expected a float in [0, 1)")
-    k = _check_num_classes(num_classes, required=False)
+    k = check_num_classes(num_classes, required=False)
 
-    x = _as_tensor(labels_or_counts, "labels_or_counts")
+    x = to_tensor(labels_or_counts, "labels_or_counts")
     device = x.device
     if x.is_floating_point():
         if x.ndim != 1 or x.numel() == 0:
@@ -316,7 +307,7 @@ def count_classes(
         >>> count_classes(DataLoader(ds, batch_size=4), num_classes=3).tolist()
         [1, 2, 3]
     """
-    k = int(_check_num_classes(num_classes, required=True) or 0)
+    k = int(check_num_classes(num_classes, required=True) or 0)
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
@@ -487,20 +478,20 @@ def adjust_class_weights(
     """
     cm = as_cost_matrix(costs)
     k = cm.num_classes
-    counts = _as_tensor(confusion, "confusion").to("cpu", torch.float64)
+    counts = to_tensor(confusion, "confusion").to("cpu", torch.float64)
     if counts.shape != (k, k):
         raise ValueError(
             f"confusion has shape {tuple(counts.shape)}; expected ({k}, {k}) to match the costs"
         )
     if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
         raise ValueError("confusion must hold finite, non-negative counts")
-    fn_given = _as_tensor(fn_weight, "fn_weight")
+    fn_given = to_tensor(fn_weight, "fn_weight")
     fn = fn_given.to("cpu", torch.float64)
     if fn.shape != (k,) or not bool(torch.isfinite(fn).all()) or bool((fn < 0).any()):
         raise ValueError(
             f"fn_weight must be ({k},) finite and non-negative; got shape {tuple(fn.shape)}"
         )
-    fp = None if fp_weight is None else _as_tensor(fp_weight, "fp_weight").to("cpu", torch.float64)
+    fp = None if fp_weight is None else to_tensor(fp_weight, "fp_weight").to("cpu", torch.float64)
     if fp is not None and fp.shape not in ((k,), (k, k)):
         raise ValueError(f"fp_weight must be None, ({k},) or ({k}, {k}); got {tuple(fp.shape)}")
     for name, value in (("damping", damping), ("max_factor", max_factor)):
