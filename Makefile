@@ -9,7 +9,7 @@ PIP := $(PYTHON) -m pip
 install:
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[experiments,gpu,dev]"
+	$(PIP) install --quiet -e ".[experiments,gpu,dev,hf,lightning]"
 
 demo: install
 	$(PYTHON) -m rwwce experiment --dataset digits --out runs/demo

@@ -519,3 +519,31 @@ def test_line_numbers_are_the_files_own_in_every_message(tmp_path, costs_csv, ca
     labels.write_text("id,label\n0,a\n\n1,\n")
     rc = main(["weights", str(labels), "--column", "label"])
     _assert_one_line_error(capsys, rc, "line 4: empty label")
+
+
+# ------------------------------------------------------------------------------- cost --plot
+def test_cost_plot_writes_a_png_and_a_bad_path_exits_2(tmp_path, costs_csv, capsys):
+    probs = tmp_path / "probs.csv"
+    probs.write_text("y_true,p_neg,p_pos\npos,0.9,0.1\nneg,0.97,0.03\nneg,0.6,0.4\npos,0.2,0.8\n")
+    hard = tmp_path / "pred.csv"
+    hard.write_text("y_true,y_pred\npos,neg\nneg,pos\nneg,0\n1,pos\n")
+    three = tmp_path / "costs3.csv"
+    three.write_text("t,a,b,c\na,0,1,1\nb,5,0,1\nc,50,10,0\n")
+    multi = tmp_path / "multi.csv"
+    multi.write_text(
+        "y_true,p_a,p_b,p_c,y_pred\na,0.7,0.2,0.1,a\nc,0.5,0.3,0.2,b\nb,0.1,0.8,0.1,b\n"
+    )
+    for pred, costs in ((probs, costs_csv), (hard, costs_csv), (multi, three)):
+        png = tmp_path / f"{pred.stem}.png"
+        argv = ["cost", str(pred), "--costs", str(costs), "--json", "--plot", str(png)]
+        assert main(argv) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "n" in json.loads(capsys.readouterr().out)
+    for bad, needle in (
+        (tmp_path / "missing" / "x.png", "no such directory"),
+        (tmp_path / "x.nope", "unknown figure format"),
+        (tmp_path, "is a directory"),
+    ):
+        argv = ["cost", str(probs), "--costs", str(costs_csv), "--plot", str(bad)]
+        _assert_one_line_error(capsys, main(argv), needle)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "x.nope").exists()

@@ -179,7 +179,11 @@ def test_from_fn_fp_forms():
     "fn, fp, match",
     [
         ([1.0], None, r"fn has shape \(1,\); expected at least 2 classes"),
-        ([[1.0, 2.0], [0.0, 1.0]], None, r"fn is a \(2, 2\) matrix with non-zero off-diagonal"),
+        (
+            [[1.0, 2.0], [0.0, 1.0]],
+            None,
+            r"fn given as a \(K, K\) matrix must be diagonal.*non-zero off-diagonal entry 2.0 at index \(0, 1\)",
+        ),
         (np.ones((2, 3)), None, r"fn has shape \(2, 3\); expected \(K,\) or a diagonal"),
         ([1.0, -1.0], None, r"fn\[1\] is -1.0; expected a finite cost >= 0"),
         ([1.0, float("nan")], None, r"fn\[1\] is nan"),

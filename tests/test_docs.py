@@ -2,18 +2,77 @@
 
 import doctest
 import importlib
+import os
 import re
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-MODULES = ["rwwce.functional", "rwwce.modules", "rwwce.costs", "rwwce.weights", "rwwce.metrics"]
+MODULES = [
+    "rwwce.functional",
+    "rwwce.modules",
+    "rwwce.costs",
+    "rwwce.weights",
+    "rwwce.metrics",
+    "rwwce.monitor",
+    "rwwce._torchmetrics",
+    "rwwce.calibration",
+    "rwwce.sklearn",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_huggingface_docstring_examples():
+    pytest.importorskip("transformers")
+    test_docstring_examples("rwwce.integrations.huggingface")
+
+
+def _run_example(name: str, *args: str) -> str:
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, str(root / "examples" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=root,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_adjust_weights_example_runs():
+    """Three rounds on one seed: a table row per round and the chosen round's test cost."""
+    pytest.importorskip("sklearn")
+    stdout = _run_example("adjust_weights.py", "--rounds", "3", "--seeds", "1")
+    rows = [line.split() for line in stdout.splitlines() if re.match(r"\s+\d+\s+\d", line)]
+    assert [int(r[0]) for r in rows] == [0, 1, 2]
+    val = [float(r[1]) for r in rows]
+    chosen = re.search(r"lowest validation cost: round (\d+)", stdout)
+    assert chosen and int(chosen.group(1)) == val.index(min(val))
+    assert "fixed cost-derived FN weights" in stdout
+
+
+@pytest.mark.slow
+def test_lightning_example_checkpoints_on_the_validation_cost(tmp_path):
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    stdout = _run_example("lightning_train.py", "--epochs", "3", "--out", str(tmp_path))
+    (ckpt,) = tmp_path.glob("best-*.ckpt")
+    best = float(re.search(r"best validation cost: ([\d.]+)", stdout).group(1))
+    assert f"val_cost={best:.4f}" in ckpt.name  # the checkpoint kept is the cheapest epoch's
+    assert 0 <= float(re.search(r"test cost of the best checkpoint: ([\d.]+)", stdout).group(1))
 
 
 def test_readme_quick_start_runs():
@@ -23,3 +82,18 @@ def test_readme_quick_start_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["loss"].item() > 0
     assert namespace["decision"].shape == (64,)
+
+
+@pytest.mark.slow
+def test_decide_by_cost_example_prints_its_numbers(capsys):
+    """examples/decide_by_cost.py on two splits: calibration fixes the under-confident model and
+    the calibrated Bayes decision costs less than the arg-max."""
+    path = Path(__file__).parents[1] / "examples" / "decide_by_cost.py"
+    results = runpy.run_path(str(path))["main"](splits=2)
+    out = capsys.readouterr().out
+    for arm in ("plain", "plain + Bayes, uncalibrated", "plain + Bayes", "RWWCE", "scikit-learn"):
+        assert re.search(rf"^  {re.escape(arm)} +\d+\.\d ", out, re.M), out
+    assert "test ECE" in out
+    assert np.mean(results["ece_after"]) < 0.5 * np.mean(results["ece_before"])
+    assert np.mean(results["plain + Bayes"]) < np.mean(results["plain"])
+    assert np.mean(results["scikit-learn"]) < np.mean(results["plain"])

@@ -462,7 +462,7 @@ T = torch.tensor([0, 1, 2, 1])
         (dict(input_type="softmax"), ValueError, "input_type must be one of"),
         (dict(backend="cuda"), ValueError, "backend must be one of"),
         (dict(label_smoothing=1.5), ValueError, r"label_smoothing must be a float in \[0, 1\]"),
-        (dict(fn_weight="heavy"), TypeError, "fn_weight must be a tensor"),
+        (dict(fn_weight="heavy"), TypeError, "fn_weight has dtype <U5; expected numbers"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, match):

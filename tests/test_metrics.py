@@ -1,6 +1,7 @@
 """Real World Cost, decisions and calibration against scikit-learn, the paper and brute force."""
 
 import itertools
+import pickle
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def softmax_rows(n, k, seed=0, scale=2.0):
 def test_import_rwwce_does_not_import_heavy_optional_dependencies():
     code = (
         "import sys, rwwce; rwwce.metrics.real_world_cost([0], [0], [[0, 1], [1, 0]]);"
-        "bad = [m for m in ('torchmetrics', 'sklearn', 'scipy') if m in sys.modules];"
+        "bad = [m for m in ('torchmetrics', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules];"
         "assert not bad, bad;"
         "from rwwce.metrics import RealWorldCost;"
         "assert 'torchmetrics' in sys.modules"
@@ -61,7 +62,11 @@ def test_metrics_module_exports():
         "RealWorldCost",
         "bayes_decision",
         "confusion_matrix",
+        "cost_curve",
         "expected_costs",
+        "make_cost_scorer",
+        "plot_cost_curve",
+        "plot_prediction_costs",
         "real_world_benefit",
         "real_world_cost",
         "unweight_probabilities",
@@ -200,7 +205,7 @@ def test_real_world_cost_equals_brute_force(c_pairs):
 def test_real_world_cost_errors():
     with pytest.raises(ValueError, match=r"y_true is empty; expected at least one sample"):
         real_world_cost([], [], PAPER_COSTS)
-    with pytest.raises(ValueError, match=r"reduction is 'none'; expected 'mean' or 'sum'"):
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum'; got 'none'"):
         real_world_cost([0], [0], PAPER_COSTS, reduction="none")
     with pytest.raises(
         ValueError, match=r"y_true contains the label 2; expected class indices in \[0, 2\)"
@@ -262,7 +267,7 @@ def test_real_world_benefit_is_baseline_cost_minus_model_cost(args):
 def test_real_world_benefit_errors():
     with pytest.raises(ValueError, match=r"baseline is 2; expected a class index in \[0, 2\)"):
         real_world_benefit([0], [0], PAPER_COSTS, baseline=2)
-    with pytest.raises(ValueError, match=r"reduction is 'x'"):
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum'; got 'x'"):
         real_world_benefit([0], [0], PAPER_COSTS, reduction="x")
 
 
@@ -599,7 +604,7 @@ def test_real_world_cost_metric_segmentation_shapes():
 def test_real_world_cost_metric_errors():
     from rwwce.metrics import RealWorldCost
 
-    with pytest.raises(ValueError, match=r"reduction is 'none'"):
+    with pytest.raises(ValueError, match=r"reduction must be one of 'mean', 'sum'; got 'none'"):
         RealWorldCost(PAPER_COSTS, reduction="none")
     with pytest.raises(ValueError, match=r"decision is 'max'"):
         RealWorldCost(PAPER_COSTS, decision="max")
@@ -622,3 +627,448 @@ def test_real_world_cost_metric_errors():
     with pytest.raises(TypeError, match=r"target has dtype torch.float32"):
         metric.update(torch.tensor([0, 1]), torch.tensor([0.0, 1.0]))
     assert metric.confmat.sum() == 0  # failed updates add nothing
+
+
+# ---------------------------------------------------------------------------- per-sample costs
+def brute_sample_cost(t, p, c):
+    return sum(c[n][t[n]][p[n]] for n in range(len(t)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 30), st.integers(0, 2**32 - 1), st.booleans())
+def test_per_sample_costs_equal_brute_force(k, n, seed, integral):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 100, size=(n, k, k))
+    c = (c.round() if integral else c).tolist()
+    t, p = rng.integers(0, k, n).tolist(), rng.integers(0, k, n).tolist()
+    base = int(rng.integers(0, k))
+    total = brute_sample_cost(t, p, c)
+    got = real_world_cost(t, p, c, reduction="sum")
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(total, rel=1e-9, abs=1e-9)
+    assert float(real_world_cost(t, p, np.array(c))) == pytest.approx(total / n, rel=1e-9, abs=1e-9)
+    saved = brute_sample_cost(t, [base] * n, c) - total
+    assert float(
+        real_world_benefit(t, p, torch.tensor(c, dtype=torch.float64), baseline=base)
+    ) == pytest.approx(saved / n, rel=1e-9, abs=1e-9)
+
+
+def test_per_sample_costs_with_one_matrix_repeated_equal_the_matrix():
+    y_true, y_pred = paper_predictions()
+    repeated = np.broadcast_to(np.array(PAPER_COSTS), (len(y_true), 2, 2))
+    assert float(real_world_cost(y_true, y_pred, repeated)) == pytest.approx(2.868441, abs=5e-7)
+
+
+def test_per_sample_costs_broadcast_over_extra_dimensions():
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 3, (4, 5, 6), generator=g)
+    p = torch.randint(0, 3, (4, 5, 6), generator=g)
+    c = torch.rand(4, 3, 3, generator=g, dtype=torch.float64)
+    brute = sum(
+        float(c[n, t[n, i, j], p[n, i, j]]) for n in range(4) for i in range(5) for j in range(6)
+    )
+    assert float(real_world_cost(t, p, c, reduction="sum")) == pytest.approx(brute, rel=1e-12)
+    assert float(real_world_cost(t, p, c)) == pytest.approx(brute / t.numel(), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_per_sample_expected_costs_and_decisions_by_enumeration(k):
+    rng = np.random.default_rng(k)
+    n = 60
+    c = rng.uniform(0, 10, size=(n, k, k))
+    p = softmax_rows(n, k, seed=k).numpy()
+    exp = expected_costs(p, c)
+    brute = np.array(
+        [[sum(p[s, i] * c[s, i, j] for i in range(k)) for j in range(k)] for s in range(n)]
+    )
+    np.testing.assert_allclose(exp.numpy(), brute, rtol=1e-12)
+    np.testing.assert_array_equal(bayes_decision(p, c).numpy(), brute.argmin(1))
+
+
+def test_per_sample_binary_thresholds():
+    """A missed fraud costs its amount, a false alarm 5: flag when p * amount > (1 - p) * 5."""
+    g = torch.Generator().manual_seed(3)
+    amount = torch.rand(500, generator=g, dtype=torch.float64) * 1000
+    p = torch.rand(500, generator=g, dtype=torch.float64)
+    c = torch.zeros(500, 2, 2, dtype=torch.float64)
+    c[:, 1, 0], c[:, 0, 1] = amount, 5.0
+    thr = 5.0 / (5.0 + amount)
+    keep = (p - thr).abs() > 1e-9
+    assert torch.equal(bayes_decision(p, c)[keep], (p > thr).long()[keep])
+    assert torch.equal(bayes_decision(torch.stack([1 - p, p], 1), c)[keep], (p > thr).long()[keep])
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: real_world_cost([0, 1], [0, 1], np.zeros((3, 2, 2))),
+            r"costs has shape \(3, 2, 2\) \(3 per-sample matrices\) but y_true has 2 samples",
+        ),
+        (
+            lambda: expected_costs(softmax_rows(4, 2), np.zeros((3, 2, 2))),
+            r"costs has shape \(3, 2, 2\) \(3 per-sample matrices\) but probs has 4 samples",
+        ),
+        (
+            lambda: bayes_decision([0.2, 0.7], np.zeros((3, 2, 2))),
+            r"but probs has 2 samples",
+        ),
+        (
+            lambda: real_world_cost([0, 1], [0, 1], np.zeros((2, 2, 3))),
+            r"costs has shape \(2, 2, 3\); expected \(N, K, K\) per-sample cost matrices",
+        ),
+        (
+            lambda: real_world_cost([0, 1], [0, 1], [[[0, 1], [1, 0]], [[0, -1.5], [1, 0]]]),
+            r"costs\[1, 0, 1\] is -1.5; expected a finite cost >= 0",
+        ),
+        (
+            lambda: real_world_cost([0, 2], [0, 1], np.zeros((2, 2, 2))),
+            r"y_true contains the label 2",
+        ),
+        (
+            lambda: real_world_cost([0, 1], [0, 1], np.zeros((2, 2, 2, 2))),
+            r"costs has shape \(2, 2, 2, 2\); expected a \(K, K\) cost matrix or \(N, K, K\)",
+        ),
+    ],
+)
+def test_per_sample_cost_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_real_world_cost_metric_per_sample_costs():
+    from rwwce.metrics import RealWorldCost
+
+    g = torch.Generator().manual_seed(4)
+    n, k = 300, 3
+    c = torch.rand(n, k, k, generator=g, dtype=torch.float64) * 10
+    probs = softmax_rows(n, k, seed=11)
+    target = torch.multinomial(probs, 1, generator=g).squeeze(1)
+    for decision, pred in (
+        ("argmax", probs.argmax(1)),
+        ("bayes", bayes_decision(probs, c)),
+    ):
+        metric = RealWorldCost(num_classes=k, decision=decision)
+        for chunk in torch.arange(n).split(70):
+            metric.update(probs[chunk], target[chunk], c[chunk])
+        torch.testing.assert_close(metric.compute(), real_world_cost(target, pred, c))
+        assert metric.confmat.tolist() == confusion_matrix(target, pred, k).tolist()
+    # class-index predictions, 'sum'
+    metric = RealWorldCost(num_classes=k, reduction="sum")
+    metric.update(target, target, c)
+    metric.update(torch.zeros(n, dtype=torch.long), target, c)
+    expected = real_world_cost(target, torch.zeros(n, dtype=torch.long), c, reduction="sum")
+    torch.testing.assert_close(
+        metric.compute(), expected + real_world_cost(target, target, c, reduction="sum")
+    )
+
+
+def test_real_world_cost_metric_per_sample_segmentation():
+    from rwwce.metrics import RealWorldCost
+
+    scores = torch.randn(2, 3, 4, 5).softmax(1)
+    target = torch.randint(0, 3, (2, 4, 5))
+    c = torch.rand(2, 3, 3, dtype=torch.float64)
+    metric = RealWorldCost(num_classes=3, decision="bayes")
+    metric.update(scores, target, c)
+    rows = scores.movedim(1, -1)
+    pred = torch.stack(
+        [bayes_decision(rows[i].reshape(-1, 3), c[i]).reshape(4, 5) for i in range(2)]
+    )
+    torch.testing.assert_close(metric.compute(), real_world_cost(target, pred, c))
+
+
+def test_real_world_cost_metric_per_sample_errors():
+    from rwwce.metrics import RealWorldCost
+
+    with pytest.raises(ValueError, match=r"costs is None and num_classes is None"):
+        RealWorldCost()
+    with pytest.raises(ValueError, match=r"per-sample costs go to each update"):
+        RealWorldCost(np.zeros((4, 2, 2)))
+    metric = RealWorldCost(num_classes=2)
+    with pytest.raises(ValueError, match=r"costs is None; this RealWorldCost was built for"):
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"costs has shape \(3, 2, 2\); expected \(2, 2, 2\)"):
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.zeros(3, 2, 2))
+    with pytest.raises(ValueError, match=r"costs\[0, 1, 0\] is nan"):
+        bad = torch.zeros(2, 2, 2)
+        bad[0, 1, 0] = float("nan")
+        metric.update(torch.tensor([0, 1]), torch.tensor([0, 1]), bad)
+    with pytest.raises(ValueError, match=r"has a fixed cost matrix"):
+        RealWorldCost(PAPER_COSTS).update(
+            torch.tensor([0, 1]), torch.tensor([0, 1]), torch.zeros(2, 2, 2)
+        )
+    assert metric.confmat.sum() == 0 and float(metric.cost_sum) == 0
+
+
+# ---------------------------------------------------------------------------- no host syncs
+@pytest.fixture
+def forbid_host_reads(monkeypatch):
+    """Call it to make every Tensor -> Python conversion (what synchronises a GPU) raise."""
+
+    def forbid(name):
+        def raiser(*args, **kwargs):
+            raise AssertionError(f"{name} read tensor data on the host")
+
+        return raiser
+
+    def activate():
+        for name in (
+            "item",
+            "tolist",
+            "__bool__",
+            "__int__",
+            "__float__",
+            "__index__",
+            "nonzero",
+            "unique",
+            "bincount",
+        ):
+            monkeypatch.setattr(torch.Tensor, name, forbid(f"Tensor.{name}"))
+        for name in ("bincount", "nonzero", "unique"):
+            monkeypatch.setattr(torch, name, forbid(f"torch.{name}"))
+
+    return activate
+
+
+@pytest.mark.parametrize("decision", ["argmax", "bayes"])
+def test_real_world_cost_update_reads_nothing_on_the_host(decision, forbid_host_reads, monkeypatch):
+    """The design check that the CUDA test below confirms with set_sync_debug_mode: with data
+    checks off (as on an accelerator), update touches no tensor value from Python."""
+    from rwwce.metrics import RealWorldCost
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.97, 0.03]])
+    target = torch.tensor([1, 1, 0])
+    per_sample_costs = torch.tensor(PAPER_COSTS).expand(3, 2, 2)
+    metric = RealWorldCost(PAPER_COSTS, decision=decision, validate_args=False)
+    per_sample = RealWorldCost(num_classes=2, decision=decision, validate_args=False)
+    forbid_host_reads()
+    for _ in range(2):
+        metric.update(probs, target)
+        metric.update(target, target)
+        per_sample.update(probs, target, per_sample_costs)
+    cost, cost_per_sample = metric.compute(), per_sample.compute()
+    with pytest.raises(AssertionError, match="read tensor data on the host"):
+        bool(cost)  # the patch is active
+    monkeypatch.undo()
+    # bayes: 0.1 > 100 / 2100 flags the first row too; argmax misses it (a 2000 miss)
+    pred = torch.tensor([0, 1, 0]) if decision == "argmax" else torch.tensor([1, 1, 0])
+    expected = (real_world_cost(target, pred, PAPER_COSTS) + 0) / 2
+    assert float(cost) == pytest.approx(float(expected))
+    assert float(cost_per_sample) == pytest.approx(2 * float(expected))
+
+
+def test_real_world_cost_unchecked_labels_give_nan_not_a_crash():
+    from rwwce.metrics import RealWorldCost
+
+    metric = RealWorldCost(PAPER_COSTS, validate_args=False)
+    metric.update(torch.tensor([0, 5, 1, -1]), torch.tensor([1, 1, 7, 0]))
+    assert metric.confmat.tolist() == [[0, 0], [1, 0]] and int(metric.invalid) == 3
+    assert torch.isnan(metric.compute())
+    metric.reset()
+    metric.update(torch.tensor([0, 1]), torch.tensor([1, 1]))
+    assert float(metric.compute()) == 1000.0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("decision", ["argmax", "bayes"])
+def test_real_world_cost_update_never_synchronises_on_cuda(decision):
+    from rwwce.metrics import RealWorldCost
+
+    metric = RealWorldCost(PAPER_COSTS, decision=decision).cuda()
+    per_sample = RealWorldCost(num_classes=2, decision=decision).cuda()
+    probs = torch.softmax(torch.randn(64, 2, device="cuda"), 1)
+    target = torch.randint(0, 2, (64,), device="cuda")
+    costs = torch.tensor(PAPER_COSTS, device="cuda").expand(64, 2, 2)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            metric.update(probs, target)
+            metric.update(probs.argmax(1), target)
+            per_sample.update(probs, target, costs)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    pred = probs.argmax(1) if decision == "argmax" else bayes_decision(probs, PAPER_COSTS)
+    expected = (
+        real_world_cost(target, pred, PAPER_COSTS) * 3
+        + 3 * real_world_cost(target, probs.argmax(1), PAPER_COSTS)
+    ) / 6
+    torch.testing.assert_close(metric.compute().cpu(), expected.cpu())
+    torch.testing.assert_close(
+        per_sample.compute().cpu(), real_world_cost(target, pred, PAPER_COSTS).cpu()
+    )
+
+
+# ---------------------------------------------------------------------------- scorer
+def test_cost_scorer_is_minus_the_real_world_cost():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    y = (x[:, 0] + rng.normal(size=600) > 0.8).astype(int)
+    c = [[0, 1], [12, 0]]
+    scorer = metrics.make_cost_scorer(c)
+    model = LogisticRegression().fit(x, y)
+    pred = model.predict(x)
+    assert scorer(model, x, y) == pytest.approx(-float(real_world_cost(y, pred, c)), rel=1e-12)
+    w = rng.uniform(0, 3, 600)
+    brute = sum(w[n] * c[y[n]][pred[n]] for n in range(600)) / w.sum()
+    assert scorer(model, x, y, sample_weight=w) == pytest.approx(-brute, rel=1e-12)
+    scores = cross_val_score(LogisticRegression(), x, y, cv=3, scoring=scorer)
+    assert (scores <= 0).all()
+    restored = pickle.loads(pickle.dumps(scorer))  # GridSearchCV(n_jobs=...) pickles it
+    assert restored(model, x, y) == scorer(model, x, y)
+
+
+def test_cost_scorer_tunes_a_threshold():
+    """scikit-learn's TunedThresholdClassifierCV with our scorer finds a threshold near the
+    Bayes threshold c_fp / (c_fp + c_fn) of a calibrated model."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import TunedThresholdClassifierCV
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6000, 1))
+    y = (rng.random(6000) < 1 / (1 + np.exp(-(2 * x[:, 0] - 1)))).astype(int)
+    tuned = TunedThresholdClassifierCV(
+        LogisticRegression(), scoring=metrics.make_cost_scorer([[0, 1], [9, 0]]), cv=3
+    ).fit(x, y)
+    assert tuned.best_threshold_ == pytest.approx(0.1, abs=0.05)
+
+
+def test_cost_scorer_labels():
+    from sklearn.dummy import DummyClassifier
+
+    x = np.zeros((4, 1))
+    y = np.array(["spam", "ham", "ham", "spam"])
+    always_ham = DummyClassifier(strategy="constant", constant="ham").fit(x, y)
+    named = CostMatrix([[0, 1], [10, 0]], classes=["ham", "spam"])
+    assert metrics.make_cost_scorer(named)(always_ham, x, y) == -5.0
+    by_labels = metrics.make_cost_scorer([[0, 10], [1, 0]], labels=["spam", "ham"])
+    assert by_labels(always_ham, x, y) == -5.0
+    with pytest.raises(ValueError, match=r"y_true contains 'spam', which is not a class"):
+        metrics.make_cost_scorer([[0, 1], [10, 0]])(always_ham, x, y)
+    with pytest.raises(ValueError, match=r"labels has 3 entries; expected 2"):
+        metrics.make_cost_scorer([[0, 1], [10, 0]], labels=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"y_true contains 'eel'; expected one of the labels"):
+        by_labels(always_ham, x, np.array(["eel"] * 4))
+
+
+# ---------------------------------------------------------------------------- cost curves
+def brute_cost_curve(y, s, pc):
+    """Every threshold (each score, and +inf: all negative) as its own classifier."""
+    y, s = np.asarray(y), np.asarray(s, dtype=np.float64)
+    best = np.full(len(pc), np.inf)
+    for thr in list(np.unique(s)) + [np.inf]:
+        pred = s >= thr
+        fnr = np.mean(~pred[y == 1])
+        fpr = np.mean(pred[y == 0])
+        best = np.minimum(best, fnr * pc + fpr * (1 - pc))
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 80),
+    st.integers(0, 2**32 - 1),
+    st.integers(2, 30),
+    st.booleans(),
+)
+def test_cost_curve_equals_brute_force_over_thresholds(n, seed, points, ties):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]  # both classes
+    s = rng.integers(0, 5, n).astype(float) if ties else rng.normal(size=n)
+    pc, nec = metrics.cost_curve(y, s, points=points)
+    assert pc.dtype == nec.dtype == torch.float64 and pc.shape == nec.shape == (points,)
+    np.testing.assert_allclose(pc.numpy(), np.linspace(0, 1, points))
+    np.testing.assert_allclose(nec.numpy(), brute_cost_curve(y, s, pc.numpy()), atol=1e-12)
+
+
+def test_cost_curve_properties():
+    y = np.array([0, 1] * 50)
+    pc, nec = metrics.cost_curve(y, y.astype(float) * 2 - 1)  # a perfect scorer
+    assert nec.abs().max() == 0
+    pc, nec = metrics.cost_curve(y, np.zeros(100))  # no information: the trivial envelope
+    np.testing.assert_allclose(nec.numpy(), np.minimum(pc.numpy(), 1 - pc.numpy()), atol=1e-15)
+    # invariant under any increasing transform of the scores (probabilities vs logits)
+    s = np.random.default_rng(0).normal(size=100) + y
+    torch.testing.assert_close(
+        metrics.cost_curve(y, s)[1], metrics.cost_curve(y, 1 / (1 + np.exp(-s)))[1]
+    )
+    # the value at the deployment's pc, rescaled, is the lowest Real World Cost of any threshold
+    c_fn, c_fp, prior = 3.0, 1.0, 0.5
+    scale = prior * c_fn + (1 - prior) * c_fp
+    pc, nec = metrics.cost_curve(y, s, points=5)
+    assert float(pc[3]) == prior * c_fn / scale == 0.75
+    lowest = min(
+        float(real_world_cost(y, (s >= t).astype(int), [[0, c_fp], [c_fn, 0]]))
+        for t in list(s) + [np.inf]
+    )
+    assert float(nec[3]) * scale == pytest.approx(lowest, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "y, s, points, exc, match",
+    [
+        ([0, 1], [0.2, 0.4], 1, ValueError, r"points is 1; expected an int >= 2"),
+        ([0, 0], [0.2, 0.4], 5, ValueError, r"y_true holds no positive labels"),
+        ([1, 1], [0.2, 0.4], 5, ValueError, r"y_true holds only positive labels"),
+        ([0, 2], [0.2, 0.4], 5, ValueError, r"y_true contains the label 2"),
+        ([0, 1], [[0.8, 0.2], [0.3, 0.7]], 5, ValueError, r"expected \(2,\).*pass probs\[:, 1\]"),
+        ([0, 1], [0.2, float("nan")], 5, ValueError, r"scores contains NaN"),
+    ],
+)  # fmt: skip
+def test_cost_curve_errors(y, s, points, exc, match):
+    with pytest.raises(exc, match=match):
+        metrics.cost_curve(y, s, points=points)
+
+
+# ---------------------------------------------------------------------------- plots
+def test_plot_cost_curve_writes_a_png(tmp_path):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 300)
+    s = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(size=300))))
+    path = tmp_path / "curve.png"
+    fig = metrics.plot_cost_curve(y, s, PAPER_COSTS, path=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left, right = fig.axes
+    x, nec = left.lines[0].get_data()
+    np.testing.assert_allclose(nec, metrics.cost_curve(y, s)[1].numpy())
+    # the right panel's minimum is the lowest Real World Cost over thresholds
+    lowest = min(
+        float(real_world_cost(y, (s >= t).astype(int), PAPER_COSTS)) for t in list(s) + [np.inf]
+    )
+    assert min(right.lines[0].get_data()[1]) == pytest.approx(lowest, rel=1e-12)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_plot_prediction_costs(tmp_path):
+    c = [[0, 1, 1], [5, 0, 1], [50, 10, 0]]
+    probs = softmax_rows(200, 3, seed=4)
+    y = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0)).squeeze(1)
+    fig = metrics.plot_prediction_costs(y, c, tmp_path / "bars.png", probs=probs, y_pred=y)
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
+    ax = fig.axes[0]
+    heights = [[p.get_height() for p in bars] for bars in ax.containers]
+    assert len(heights) == 3  # y_pred, arg-max, Bayes
+    assert sum(heights[0]) == 0  # y_pred = y costs nothing
+    assert sum(heights[1]) == pytest.approx(float(real_world_cost(y, probs.argmax(1), c)))
+    assert sum(heights[2]) == pytest.approx(float(real_world_cost(y, bayes_decision(probs, c), c)))
+    # binary probabilities draw the cost curves
+    fig = metrics.plot_prediction_costs(
+        [0, 1, 1], PAPER_COSTS, probs=[[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]]
+    )
+    assert len(fig.axes) == 2
+    with pytest.raises(ValueError, match=r"probs and y_pred are both None"):
+        metrics.plot_prediction_costs([0, 1], PAPER_COSTS)
+    with pytest.raises(FileNotFoundError, match=r"no such directory"):
+        metrics.plot_prediction_costs([0, 1], PAPER_COSTS, tmp_path / "no" / "x.png", y_pred=[0, 1])
+
+
+def test_a_missing_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    with pytest.raises(ModuleNotFoundError, match=r"plot_cost_curve needs matplotlib.*experiments"):
+        metrics.plot_cost_curve([0, 1], [0.2, 0.7])
+    with pytest.raises(ModuleNotFoundError, match=r"needs matplotlib.*rwwce\[experiments\]"):
+        metrics.plot_prediction_costs([0, 1], PAPER_COSTS, y_pred=[0, 1])

@@ -67,23 +67,53 @@ def test_repr_is_readable():
     )
 
 
-def test_data_checks_run_on_the_first_call_only(monkeypatch):
+def test_data_checks_follow_the_function_rule(monkeypatch):
+    """CPU: every call (as the function does); validate=False never; validate=True always."""
     calls = []
     real_check = _validate.check_class_targets
     monkeypatch.setattr(
         _validate, "check_class_targets", lambda *a: calls.append(1) or real_check(*a)
     )
-    criterion = rwwce.RWWCELoss(torch.ones(3))
     x, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    criterion = rwwce.RWWCELoss(torch.ones(3))
     for _ in range(3):
         criterion(x, target)
-    assert len(calls) == 1
-    always = rwwce.RWWCELoss(torch.ones(3), validate=True)
-    for _ in range(2):
-        always(x, target)
     assert len(calls) == 3
-    with pytest.raises(IndexError, match="got 7"):
-        rwwce.RWWCELoss(torch.ones(3))(x, torch.tensor([0, 7, 1, 1]))
+    never = rwwce.RWWCELoss(torch.ones(3), validate=False)
+    for _ in range(2):
+        never(x, target)
+    assert len(calls) == 3
+
+
+def test_on_an_accelerator_the_module_checks_its_first_call_only(device, monkeypatch):
+    calls = []
+    real_check = _validate.check_class_targets
+    monkeypatch.setattr(
+        _validate, "check_class_targets", lambda *a: calls.append(1) or real_check(*a)
+    )
+    criterion = rwwce.RWWCELoss(torch.ones(3)).to(device)
+    x, target = torch.randn(4, 3, device=device), torch.tensor([0, 1, 2, 0], device=device)
+    for _ in range(3):
+        criterion(x, target)
+    assert len(calls) == (3 if device.type == "cpu" else 1)
+
+
+def test_module_keeps_checking_cpu_data_after_its_first_call():
+    criterion = rwwce.RWWCELoss(torch.ones(4))
+    x = torch.randn(3, 4)
+    criterion(x, torch.tensor([0, 1, 2]))
+    with pytest.raises(IndexError, match=r"class indices in \[0, 4\).*got 7 at index 1"):
+        criterion(x, torch.tensor([0, 7, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        criterion(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]] * 3), torch.tensor([0, 1, 1]))
+    probs = torch.softmax(torch.randn(3, 4), dim=1)
+    for _ in range(2):  # every call, not only the first
+        with pytest.warns(UserWarning, match="looks like probabilities"):
+            criterion(probs, torch.tensor([0, 1, 2]))
+    binary = rwwce.BinaryRWWCELoss(2.0, 1.0)
+    binary(torch.randn(4), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match=r"target must be in \[0, 1\]"):
+        binary(torch.randn(4), torch.tensor([0.0, 2.0, 1.0, 0.0]))
 
 
 @pytest.mark.parametrize(

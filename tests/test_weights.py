@@ -1,7 +1,9 @@
 """class_weights against scikit-learn and the published formulas; count_classes on every input form."""
 
 import builtins
+import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -169,6 +171,120 @@ def test_weights_follow_the_input_device():
     w = class_weights(torch.tensor([0, 1, 1], device="cuda"))
     assert w.device.type == "cuda"
     assert w.tolist() == pytest.approx([1.5, 0.75])
+
+
+# ------------------------------- scikit-learn's utils/tests/test_class_weight.py, in rwwce's terms
+# scikit-learn's properties of compute_class_weight("balanced"), restated for class_weights, whose
+# classes are the indices [0, K) (scikit-learn's are any sorted or unordered label values).
+@settings(max_examples=60, deadline=None)
+@given(full_labels())
+def test_balanced_total_weight_is_n_samples_and_equal_per_class(labels_k):
+    """test_compute_class_weight: the total effect of the samples is preserved (sum of
+    weight x count is n), every class gets the same total weight n / K, and a rarer class never
+    gets a smaller weight."""
+    labels, k = labels_k
+    counts = np.bincount(labels, minlength=k)
+    w = class_weights(labels).double().numpy()
+    assert np.dot(w, counts) == pytest.approx(len(labels), rel=1e-6)
+    np.testing.assert_allclose(w * counts, len(labels) / k, rtol=1e-6)
+    order = np.argsort(counts, kind="stable")
+    assert (np.diff(w[order]) <= 1e-6 * w.max()).all()
+
+
+def test_balanced_known_example_from_scikit_learn():
+    """scikit-learn's own example y = [2, 2, 2, 3, 3, 4] (classes 2, 3, 4), as indices 0, 1, 2."""
+    y = np.asarray([2, 2, 2, 3, 3, 4])
+    expected = compute_class_weight("balanced", classes=np.unique(y), y=y)
+    w = class_weights(y - 2).numpy()
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert w[0] < w[1] < w[2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(-5, 40), min_size=1, max_size=50),
+    st.randoms(use_true_random=False),
+)
+def test_balanced_on_unordered_and_gapped_labels(values, rng):
+    """test_compute_class_weight_balanced_unordered / _not_present: scikit-learn takes any label
+    values in any class order; rwwce's classes are the indices [0, K), each of which must occur.
+    Labels with gaps or negative values are an error naming the label or the empty classes; the
+    same labels renumbered 0..K-1 give scikit-learn's weights, in any class order asked for."""
+    y = np.asarray(values)
+    classes, index = np.unique(y, return_inverse=True)
+    k = len(classes)
+    missing = sorted(set(range(int(y.max()) + 1)) - set(values))
+    if y.min() < 0:
+        with pytest.raises(ValueError, match=f"contains the label {y.min()}"):
+            class_weights(y)
+    elif missing:
+        with pytest.raises(ValueError, match=rf"(class {missing[0]} has|classes \[{missing[0]},)"):
+            class_weights(y)
+    w = class_weights(index).double().numpy()
+    np.testing.assert_allclose(w, compute_class_weight("balanced", classes=classes, y=y), rtol=1e-6)
+    order = list(range(k))
+    rng.shuffle(order)  # scikit-learn's unordered `classes`: the same weights, permuted
+    unordered = compute_class_weight("balanced", classes=classes[order], y=y)
+    np.testing.assert_allclose(w[order], unordered, rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(full_labels(), st.randoms(use_true_random=False))
+def test_balanced_invariant_to_relabelling_and_sample_order(labels_k, rng):
+    """Renaming the classes by a permutation pi permutes the weights the same way; shuffling the
+    samples changes nothing."""
+    labels, k = labels_k
+    pi = list(range(k))
+    rng.shuffle(pi)
+    w = class_weights(labels)
+    relabelled = class_weights([pi[c] for c in labels], num_classes=k)
+    torch.testing.assert_close(relabelled[pi], w)
+    shuffled = list(labels)
+    rng.shuffle(shuffled)
+    torch.testing.assert_close(class_weights(shuffled), w)
+
+
+def test_balanced_weighted_counts_equal_repeated_labels():
+    """test_compute_class_weight_balanced_sample_weight_equivalence (with scikit-learn's negative
+    labels shifted to indices): weighted counts give the weights of the repeated labels."""
+    y = np.asarray([-1, -1, 0, 0, -2, -2]) + 2
+    sw = np.asarray([1, 0, 1, 1, 1, 2])
+    y_repeated = np.repeat(y, sw)
+    from_weighted_counts = class_weights(np.bincount(y, weights=sw).astype(np.float64))
+    from_repeated = class_weights(y_repeated)
+    torch.testing.assert_close(from_weighted_counts, from_repeated)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y, sample_weight=sw)
+    np.testing.assert_allclose(from_weighted_counts.numpy(), expected, rtol=1e-6)
+    # test_compute_class_weight_balanced_negative: balanced labels give all ones
+    assert class_weights(np.asarray([1, 1, 2, 2, 0, 0])).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_balanced_weighted_loss_invariant_to_which_class_is_duplicated():
+    """test_compute_class_weight_invariance: with balanced weights, tripling class 1, tripling
+    class 0 or doubling everything gives the same model. In rwwce's terms: the same
+    weighted_mean loss and the same gradient for any parameters, hence the same training run."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(centers=2, random_state=0)
+    datasets = [
+        (np.vstack([x] + [x[y == 1]] * 2), np.hstack([y] + [y[y == 1]] * 2)),
+        (np.vstack([x] + [x[y == 0]] * 2), np.hstack([y] + [y[y == 0]] * 2)),
+        (np.vstack([x] * 2), np.hstack([y] * 2)),
+    ]
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(2, 2, generator=g, dtype=torch.float64)
+    bias = torch.randn(2, generator=g, dtype=torch.float64)
+    results = []
+    for features, labels in datasets:
+        params = (weight.clone().requires_grad_(), bias.clone().requires_grad_())
+        logits = torch.from_numpy(features) @ params[0] + params[1]
+        target = torch.from_numpy(labels)
+        fn = class_weights(target).double()
+        loss = rwwce.real_world_weight_cross_entropy(logits, target, fn, reduction="weighted_mean")
+        results.append((loss.detach(), *torch.autograd.grad(loss, params)))
+    for other in results[1:]:
+        for got, expected in zip(other, results[0], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -444,4 +560,79 @@ def test_public_names():
     assert rwwce.class_weights is class_weights
     assert rwwce.count_classes is count_classes
     assert "class_weights" in rwwce.__all__ and "count_classes" in rwwce.__all__
-    assert sys.modules["rwwce.weights"].__all__ == ["class_weights", "count_classes"]
+    assert rwwce.adjust_class_weights is W.adjust_class_weights
+    assert sys.modules["rwwce.weights"].__all__ == [
+        "AdjustedWeights",
+        "adjust_class_weights",
+        "class_weights",
+        "count_classes",
+    ]
+
+
+# ---------------------------------------------------------------------- adjust_class_weights
+def _manual_adjustment(counts, costs, fn, damping, max_factor):
+    """The documented rule, written out class by class in plain Python."""
+    k = len(fn)
+    n_i = [sum(row) for row in counts]
+    cost_i = [sum(costs[i][j] * counts[i][j] for j in range(k)) for i in range(k)]
+    mean_cost = sum(cost_i) / sum(n_i)
+    out = []
+    for i in range(k):
+        if n_i[i] == 0 or mean_cost == 0:
+            out.append(fn[i])
+            continue
+        shrunk = (cost_i[i] / n_i[i] / mean_cost + 1) / 2
+        ratio = min(max(shrunk, 1 / max_factor), max_factor)
+        out.append(fn[i] * ratio**damping)
+    return out
+
+
+def test_adjust_class_weights_follows_the_documented_rule():
+    counts = [[40, 5, 5], [10, 20, 0], [0, 0, 0]]  # class 2 absent from validation
+    costs = [[0, 1, 1], [8, 0, 2], [3, 3, 0]]
+    fn = [1.0, 2.0, 0.5]
+    raw = rwwce.adjust_class_weights(counts, costs, fn, damping=0.7, max_factor=5, normalize=None)
+    expected = _manual_adjustment(counts, costs, fn, 0.7, 5)
+    assert raw.fn_weight.tolist() == pytest.approx(expected, rel=1e-6)
+    assert raw.factors[2] == 1.0 and math.isnan(raw.cost_per_sample[2])
+    assert raw.fp_weight is None
+
+    fp = torch.tensor([[0.0, 0.5, 0.5], [6.0, 0.0, 0.0], [2.0, 2.0, 0.0]])
+    normed = rwwce.adjust_class_weights(counts, costs, fn, fp, damping=0.7, max_factor=5)
+    mean = sum(expected) / 3
+    assert normed.fn_weight.mean().item() == pytest.approx(1.0)
+    assert normed.fn_weight.tolist() == pytest.approx([e / mean for e in expected], rel=1e-6)
+    torch.testing.assert_close(normed.fp_weight, fp / mean)  # FN / FP balance kept
+
+
+def test_adjust_class_weights_moves_weight_to_the_costly_class():
+    counts = [[90, 10], [30, 20]]  # most positives missed
+    new = rwwce.adjust_class_weights(counts, [[0, 1], [20, 0]], [1.0, 1.0])
+    assert new.fn_weight[1] > new.fn_weight[0]
+    # a perfect validation set costs nothing: nothing to adjust
+    same = rwwce.adjust_class_weights(
+        [[5, 0], [0, 5]], [[0, 1], [20, 0]], [1.0, 3.0], normalize=None
+    )
+    assert same.fn_weight.tolist() == [1.0, 3.0]
+
+
+def test_adjust_class_weights_warns_on_span_and_scale():
+    counts = [[100, 0], [50, 1]]
+    with pytest.warns(UserWarning, match="span"):
+        rwwce.adjust_class_weights(counts, [[0, 1], [1000, 0]], [1e-3, 20.0], normalize=None)
+    with pytest.warns(UserWarning, match="largest FN"):
+        rwwce.adjust_class_weights(counts, [[0, 1], [1000, 0]], [500.0, 2000.0], normalize=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rwwce.adjust_class_weights(counts, [[0, 1], [1000, 0]], [500.0, 2000.0])  # normalised
+
+
+def test_adjust_class_weights_bad_input():
+    with pytest.raises(ValueError, match=r"confusion has shape \(3, 3\)"):
+        rwwce.adjust_class_weights(torch.ones(3, 3), [[0, 1], [1, 0]], [1.0, 1.0])
+    with pytest.raises(ValueError, match="fn_weight"):
+        rwwce.adjust_class_weights([[1, 0], [0, 1]], [[0, 1], [1, 0]], [1.0])
+    with pytest.raises(ValueError, match="damping"):
+        rwwce.adjust_class_weights([[1, 0], [0, 1]], [[0, 1], [1, 0]], [1.0, 1.0], damping=0)
+    with pytest.raises(ValueError, match="non-negative counts"):
+        rwwce.adjust_class_weights([[1, -1], [0, 1]], [[0, 1], [1, 0]], [1.0, 1.0])

@@ -11,8 +11,9 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from rwwce.costs import _as_tensor, as_cost_matrix
-from rwwce.metrics import bayes_decision
+from rwwce._validate import check_choice, check_num_classes, to_tensor
+from rwwce.costs import _check_costs, as_cost_matrix
+from rwwce.metrics import _expected, _float_dtype, _labels, _masked_confusion, _probs
 
 __all__ = ["RealWorldCost"]
 
@@ -22,25 +23,37 @@ class RealWorldCost(Metric):
 
     ``RWC = sum_ij C[i, j] * count[i, j] / n`` (``reduction="mean"``) or without ``/ n``
     (``"sum"``), where ``count`` is the confusion matrix of everything passed to ``update``
-    since the last ``reset``. Under ``torch.distributed`` the confusion counts are summed over
-    processes (``dist_reduce_fx="sum"``) before ``compute``, so every rank gets the global cost.
+    since the last ``reset``. With per-sample costs (``RealWorldCost(num_classes=K)`` and
+    ``update(preds, target, costs)``, costs of shape (N, K, K)): ``RWC = sum_n C[n, t_n, p_n] / n``.
+    Under ``torch.distributed`` the states are summed over processes (``dist_reduce_fx="sum"``)
+    before ``compute``, so every rank gets the global cost.
+
+    ``update`` never synchronises with an accelerator: it accumulates on the device (no
+    ``.item()``, no data-dependent branch, no ``bincount`` (which reads the maximum on CUDA)).
+    Its data checks (label ranges, probabilities, per-sample cost values) run for CPU tensors
+    only, unless ``validate_args=True`` asks for them everywhere. Labels outside ``[0, K)`` that
+    no check caught are left out of the counts and make ``compute()`` return NaN.
 
     Args:
-        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like; ``None`` for per-sample
+            costs given to each ``update`` (then ``num_classes`` is required).
+        num_classes: K, for per-sample costs (ignored when ``costs`` is given, which sets K).
         reduction: ``"mean"`` (cost per sample, default) or ``"sum"`` (total cost).
         decision: how scores become decisions: ``"argmax"`` (default; logits or probabilities)
-            or ``"bayes"`` (the cost-optimal class, :func:`rwwce.metrics.bayes_decision`; needs
-            probabilities). Ignored for class-index predictions.
-        validate_args: check label ranges in ``update`` (reads from the device; turn off in a
-            hot loop once the pipeline is trusted).
+            or ``"bayes"`` (the cost-optimal class ``argmin_j sum_i p_i C[i, j]``, see
+            :func:`rwwce.metrics.bayes_decision`; needs probabilities). Ignored for class-index
+            predictions.
+        validate_args: ``None`` (default): check data of CPU tensors only; ``True``: check
+            everywhere (reads from the device: a synchronisation per batch); ``False``: never.
         **kwargs: passed to ``torchmetrics.Metric`` (``sync_on_compute``, ``process_group``, ...).
 
-    ``update(preds, target)``: ``target`` holds class indices, shape (N,) or (N, d1, ...);
-    ``preds`` holds class indices of the same shape, or scores of shape (N, K) / (N, K, d1, ...)
-    (logits or probabilities, class dimension 1).
+    ``update(preds, target, costs=None)``: ``target`` holds class indices, shape (N,) or
+    (N, d1, ...); ``preds`` holds class indices of the same shape, or scores of shape (N, K) /
+    (N, K, d1, ...) (logits or probabilities, class dimension 1); ``costs`` (per-sample mode
+    only): (N, K, K), sample ``n``'s matrix applies to every element of ``target[n]``.
 
-    ``compute()`` returns a 0-dim float64 tensor (float32 on MPS); NaN before any update
-    with ``reduction="mean"``.
+    ``compute()`` returns a 0-dim float64 tensor (float32 on MPS, where per-sample costs are not
+    available); NaN before any update with ``reduction="mean"``.
 
     Example::
 
@@ -50,6 +63,12 @@ class RealWorldCost(Metric):
         >>> metric.update(torch.tensor([[2.0, -1.0], [0.1, 0.3]]), torch.tensor([1, 1]))
         >>> float(metric.compute())   # one missed positive (2000) and one hit, over 2 samples
         1000.0
+        >>> fraud = RealWorldCost(num_classes=2, reduction="sum")   # a miss costs the amount
+        >>> costs = torch.zeros(2, 2, 2)
+        >>> costs[:, 1, 0] = torch.tensor([250.0, 40.0])
+        >>> fraud.update(torch.tensor([0, 1]), torch.tensor([1, 1]), costs)
+        >>> float(fraud.compute())
+        250.0
     """
 
     is_differentiable = False
@@ -57,51 +76,132 @@ class RealWorldCost(Metric):
     full_state_update = False
 
     confmat: torch.Tensor
+    invalid: torch.Tensor
+    cost_sum: torch.Tensor
+    count: torch.Tensor
 
     def __init__(
         self,
-        costs: Any,
+        costs: Any = None,
         *,
+        num_classes: int | None = None,
         reduction: Literal["mean", "sum"] = "mean",
         decision: Literal["argmax", "bayes"] = "argmax",
-        validate_args: bool = True,
+        validate_args: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction is {reduction!r}; expected 'mean' or 'sum'")
+        check_choice("reduction", reduction, ("mean", "sum"))
         if decision not in ("argmax", "bayes"):
             raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
-        self.cost_matrix = as_cost_matrix(costs)
-        self.num_classes = self.cost_matrix.num_classes
+        if validate_args not in (None, True, False):
+            raise ValueError(f"validate_args is {validate_args!r}; expected None, True or False")
+        if costs is None:
+            if num_classes is None:
+                raise ValueError(
+                    "costs is None and num_classes is None; expected a (K, K) cost matrix, or "
+                    "num_classes=K with per-sample costs passed to update(preds, target, costs)"
+                )
+            self.cost_matrix = None
+            k = check_num_classes(num_classes)
+            if k < 2:
+                raise ValueError(f"num_classes is {k}; expected at least 2 classes")
+        else:
+            shape = getattr(costs, "shape", None)
+            if shape is not None and len(shape) == 3:
+                raise ValueError(
+                    f"costs has shape {tuple(shape)}; per-sample costs go to each update: "
+                    "RealWorldCost(num_classes=K) and metric.update(preds, target, costs)"
+                )
+            self.cost_matrix = as_cost_matrix(costs)
+            k = self.cost_matrix.num_classes
+            # float32 suffices for decisions and moves with .to() onto any device (MPS included)
+            self.register_buffer(
+                "decision_costs", self.cost_matrix.matrix.to(torch.float32), persistent=False
+            )
+        self.num_classes = k
         self.reduction = reduction
         self.decision = decision
         self.validate_args = validate_args
-        k = self.num_classes
         self.add_state("confmat", torch.zeros(k, k, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("invalid", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        if self.cost_matrix is None:
+            self.add_state("cost_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def _decide(self, scores: torch.Tensor) -> torch.Tensor:
+    # -------------------------------------------------------------------- helpers (no syncs)
+    def _check(self, *tensors: torch.Tensor) -> bool:
+        if self.validate_args is not None:
+            return self.validate_args
+        return all(t.device.type == "cpu" for t in tensors)
+
+    def _decide(self, scores: torch.Tensor, costs: torch.Tensor | None) -> torch.Tensor:
+        """Class indices of the target's shape from (N, K, ...) scores."""
         if self.decision == "argmax":
             return scores.argmax(dim=1)
         k = self.num_classes
-        flat = scores.movedim(1, -1).reshape(-1, k)
-        pred = bayes_decision(flat, self.cost_matrix)
-        return pred.reshape(scores.movedim(1, -1).shape[:-1])
+        rows = scores.movedim(1, -1)
+        p = rows.to(torch.promote_types(rows.dtype, torch.float32))
+        if self._check(p):
+            _probs(p.reshape(-1, k), "preds", k)
+        if costs is None:
+            c = self.decision_costs.to(p.dtype)
+            return _expected(p.reshape(-1, k), c).argmin(dim=1).reshape(rows.shape[:-1])
+        e = _expected(p.reshape(p.shape[0], -1, k), costs.to(p.dtype))
+        return e.argmin(dim=2).reshape(rows.shape[:-1])
 
-    def update(self, preds: Any, target: Any) -> None:
-        """Add a batch: ``preds`` class indices or (N, K, ...) scores, ``target`` class indices."""
+    def _sample_costs(self, costs: Any, target: torch.Tensor) -> torch.Tensor:
         k = self.num_classes
-        p = _as_tensor(preds, "preds").to(self.device)
-        t = _as_tensor(target, "target").to(self.device)
+        c = to_tensor(costs, "costs")
+        n = target.shape[0] if target.ndim else 1
+        if c.ndim != 3 or c.shape != (n, k, k):
+            raise ValueError(
+                f"costs has shape {tuple(c.shape)}; expected ({n}, {k}, {k}): one {k} x {k} "
+                "matrix per sample of the target"
+            )
+        if c.is_complex() or c.dtype == torch.bool:
+            raise TypeError(f"costs has dtype {c.dtype}; expected real numbers")
+        c = c.to(self.device, _float_dtype(target), non_blocking=c.device.type == "cpu")
+        if self._check(c):
+            _check_costs(c, "costs")
+        return c
+
+    # -------------------------------------------------------------------- Metric interface
+    def update(self, preds: Any, target: Any, costs: Any = None) -> None:
+        """Add a batch: ``preds`` class indices or (N, K, ...) scores, ``target`` class indices.
+
+        ``costs``: (N, K, K) per-sample costs, required with ``RealWorldCost(num_classes=K)``
+        and refused otherwise.
+        """
+        k = self.num_classes
+        to_device = self.device.type != "cpu"
+        p = to_tensor(preds, "preds").to(self.device, non_blocking=to_device)
+        t = to_tensor(target, "target").to(self.device, non_blocking=to_device)
         if t.is_floating_point() or t.is_complex():
             raise TypeError(f"target has dtype {t.dtype}; expected integer class indices")
+        if self.cost_matrix is None:
+            if costs is None:
+                raise ValueError(
+                    "costs is None; this RealWorldCost was built for per-sample costs "
+                    f"(num_classes={k}): pass update(preds, target, costs) with costs of shape "
+                    f"(N, {k}, {k})"
+                )
+            if t.ndim == 0:
+                raise ValueError("target is a scalar; per-sample costs need shape (N, ...)")
+            c = self._sample_costs(costs, t)
+        elif costs is not None:
+            raise ValueError(
+                "costs was given to update, but this RealWorldCost has a fixed cost matrix; for "
+                "per-sample costs build RealWorldCost(num_classes=K)"
+            )
+        else:
+            c = None
         if p.ndim == t.ndim + 1:
             if p.shape[1] != k or p.shape[:1] + p.shape[2:] != t.shape:
                 raise ValueError(
                     f"preds has shape {tuple(p.shape)} and target {tuple(t.shape)}; expected "
                     f"scores of shape (N, {k}, ...) with target (N, ...)"
                 )
-            p = self._decide(p)
+            p = self._decide(p, c)
         elif p.shape != t.shape:
             raise ValueError(
                 f"preds has shape {tuple(p.shape)} and target {tuple(t.shape)}; expected class "
@@ -112,22 +212,30 @@ class RealWorldCost(Metric):
                 f"preds has dtype {p.dtype} and the target's shape {tuple(t.shape)}; expected "
                 f"integer class indices, or scores with a class dimension of size {k}"
             )
-        p = p.to(torch.int64).reshape(-1)
-        t = t.to(torch.int64).reshape(-1)
-        if self.validate_args and t.numel():
-            for name, v in (("target", t), ("preds", p)):
-                lo, hi = int(v.min()), int(v.max())
-                if lo < 0 or hi >= k:
-                    raise ValueError(
-                        f"{name} contains the label {lo if lo < 0 else hi}; expected class "
-                        f"indices in [0, {k})"
-                    )
-        self.confmat += torch.bincount(t * k + p, minlength=k * k).reshape(k, k)
+        if self._check(t, p):  # CPU (or asked for): the labels are known to be in range
+            t, p = _labels(t, "target", k), _labels(p, "preds", k)
+            self.confmat += torch.bincount((t * k + p).reshape(-1), minlength=k * k).view(k, k)
+            valid = None
+        else:
+            # Masks, not branches: labels no check caught are counted apart, never indexed with.
+            t, p = t.to(torch.int64), p.to(torch.int64)
+            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
+            self.confmat += _masked_confusion(t, p, k, valid)
+            t, p = t.where(valid, 0), p.where(valid, 0)
+            self.invalid += (~valid).sum()
+        if c is not None:
+            n = torch.arange(c.shape[0], device=c.device).reshape((-1,) + (1,) * (t.ndim - 1))
+            per = c[n, t, p]
+            self.cost_sum += (per if valid is None else per * valid).sum()
 
     def compute(self) -> torch.Tensor:
         """The mean (or total) Real World Cost of everything seen since the last reset."""
-        dtype = torch.float32 if self.confmat.device.type == "mps" else torch.float64
-        c = self.cost_matrix.matrix.to(self.confmat.device, dtype)
+        dtype = _float_dtype(self.confmat)
         counts = self.confmat.to(dtype)
-        total = (counts * c).sum()
-        return total / counts.sum() if self.reduction == "mean" else total
+        if self.cost_matrix is None:
+            total = self.cost_sum.to(dtype)
+        else:
+            c = self.cost_matrix.matrix.to(self.confmat.device, dtype, non_blocking=True)
+            total = (counts * c).sum()
+        value = total / counts.sum() if self.reduction == "mean" else total
+        return value.where(self.invalid == 0, torch.nan)

@@ -9,9 +9,11 @@ Two kinds of check:
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,9 +41,58 @@ def check_input(input: object, name: str = "input") -> None:
         )
 
 
+def check_loss_arguments(input: object, target: object, reduction: str, input_type: str) -> None:
+    """The static checks every loss shares: tensor types, the reduction and the input type."""
+    check_input(input)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("input_type", input_type, INPUT_TYPES)
+
+
 def check_label_smoothing(value: float) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"label_smoothing must be a float in [0, 1]; got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"label_smoothing must be a float in [0, 1]; got {value!r}")
+
+
+def to_tensor(x: Any, name: str) -> Tensor:
+    """Turn a tensor (any device), NumPy array, list or scalar into a tensor, keeping its device.
+
+    Tensors are detached and returned as they are; everything else goes through NumPy, so nested
+    lists of Python floats become float64 and lists of ints become int64.
+    """
+    if isinstance(x, Tensor):
+        return x.detach()
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} could not be turned into an array ({err}); expected a tensor, a NumPy array "
+            "or a (nested) list of numbers with equal-length rows"
+        ) from None
+    if arr.dtype == object or arr.dtype.kind in "USVMm":
+        raise TypeError(
+            f"{name} has dtype {arr.dtype}; expected numbers (a tensor, a NumPy array or a "
+            "nested list of ints / floats)"
+        )
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} is complex ({arr.dtype}); expected real numbers")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return torch.as_tensor(np.ascontiguousarray(arr))
+
+
+def check_num_classes(num_classes: Any, *, required: bool = True) -> int | None:
+    """A positive int (``None`` passes through when not ``required``)."""
+    if num_classes is None and not required:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes is {num_classes!r}; expected a positive int")
+    if num_classes < 1:
+        raise ValueError(f"num_classes is {num_classes}; expected a positive int")
+    return int(num_classes)
 
 
 def should_check_data(validate: bool | None, *tensors: Tensor | None) -> bool:
@@ -54,19 +105,28 @@ def should_check_data(validate: bool | None, *tensors: Tensor | None) -> bool:
 def as_tensor(
     name: str, value: object, *, device: torch.device, dtype: torch.dtype
 ) -> Tensor | None:
-    """Weights given as a tensor, a NumPy array, a list or a number, as a tensor on ``device``."""
+    """Weights given as a tensor, a NumPy array, a list or a number, as a tensor on ``device``.
+
+    A tensor on another device than the input is an error, as in PyTorch: moving it here would
+    copy it on every call, a hidden host-to-device transfer and synchronisation per step. Numbers
+    and 0-dim CPU tensors stay on the CPU: PyTorch passes them to kernels as scalars, with no copy.
+    """
     if value is None:
         return None
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{name} must hold real numbers; got dtype {value.dtype}")
-        return value.detach().to(device=device, dtype=dtype)
-    try:
-        return torch.as_tensor(value, dtype=dtype, device=device)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(
-            f"{name} must be a tensor, an array or a number; got {type(value).__name__}"
-        ) from error
+        cpu_scalar = value.dim() == 0 and value.device.type == "cpu"
+        if value.device != device and not cpu_scalar:
+            raise ValueError(
+                f"{name} is on {value.device} but the input is on {device}; move it once with "
+                f"{name}.to({str(device)!r}) (the modules keep weights as buffers that follow .to())"
+            )
+        return value.detach().to(dtype=dtype)
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a tensor of weights; got {value!r}")
+    tensor = to_tensor(value, name).to(dtype)
+    return tensor if tensor.dim() == 0 else tensor.to(device)
 
 
 def fn_weight_vector(fn_weight: Tensor | None, num_classes: int) -> Tensor | None:
@@ -98,7 +158,10 @@ def check_fp_weight_shape(fp_weight: Tensor | None, num_classes: int) -> None:
 def check_weight_values(name: str, weight: Tensor | None) -> None:
     """Finite and non-negative (a data check). PyTorch accepts negative class weights; a negative
     cost would reward the mistake it is meant to penalise, so we refuse it."""
-    if weight is None:
+    if weight is None or weight.numel() == 0:
+        return
+    low, high = torch.aminmax(weight)  # NaN propagates to both
+    if bool(low >= 0) and bool(high < float("inf")):
         return
     if not bool(torch.isfinite(weight).all()):
         raise ValueError(
@@ -111,13 +174,14 @@ def check_weight_values(name: str, weight: Tensor | None) -> None:
         )
 
 
-def check_fn_matrix_diagonal(fn_weight: Tensor | None) -> None:
+def check_fn_matrix_diagonal(fn_weight: Tensor | None, name: str = "fn_weight") -> None:
+    """FN weights given as a (K, K) matrix must be diagonal (the paper's notebook form)."""
     if fn_weight is None or fn_weight.dim() != 2:
         return
     off_diagonal = fn_weight - torch.diag(torch.diagonal(fn_weight))
     if bool((off_diagonal != 0).any()):
         raise ValueError(
-            "fn_weight given as a (K, K) matrix must be diagonal (the paper's form); "
+            f"{name} given as a (K, K) matrix must be diagonal (the paper's form); "
             f"got a non-zero off-diagonal entry {_first_bad(fn_weight, off_diagonal != 0)}; "
             "put false-positive costs in fp_weight"
         )
@@ -136,6 +200,11 @@ def check_fp_diagonal(fp_weight: Tensor | None) -> None:
 
 
 def check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    if target.numel() == 0:
+        return
+    low, high = torch.aminmax(target)
+    if bool(low >= 0) and bool(high < num_classes):
+        return  # one pass in the common case; ignored targets need the masked pass below
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
@@ -146,7 +215,10 @@ def check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> 
 
 
 def check_soft_targets(target: Tensor, tolerance: float = 1e-3) -> None:
-    if not bool(torch.isfinite(target).all()) or bool((target < 0).any()):
+    if target.numel() == 0:
+        return
+    low, high = torch.aminmax(target)
+    if not (bool(low >= 0) and bool(high < float("inf"))):
         bad = ~torch.isfinite(target) | (target < 0)
         raise ValueError(
             "target given as class probabilities must be finite and non-negative; "
@@ -161,28 +233,61 @@ def check_soft_targets(target: Tensor, tolerance: float = 1e-3) -> None:
         )
 
 
-def check_input_values(input: Tensor, input_type: str) -> None:
-    """NaN/inf in the input, probabilities outside [0, 1], and softmax output passed as logits."""
-    if input_type == "probs":
-        if not bool(((input >= 0) & (input <= 1)).all()):
-            bad = ~((input >= 0) & (input <= 1))
-            raise ValueError(
-                f"input_type='probs' needs values in [0, 1]; got {_first_bad(input, bad)}"
-            )
+def check_probabilities(input: Tensor) -> None:
+    """``input_type='probs'``: every value in [0, 1] (one pass; NaN fails it too)."""
+    if input.numel() == 0:
         return
-    if bool(torch.isnan(input).any()) or bool(torch.isposinf(input).any()):
-        bad = torch.isnan(input) | torch.isposinf(input)
-        raise ValueError(f"input (logits) must not hold NaN or +inf; got {_first_bad(input, bad)}")
+    low, high = torch.aminmax(input)
+    if bool(low >= 0) and bool(high <= 1):
+        return
+    bad = ~((input >= 0) & (input <= 1))
+    raise ValueError(f"input_type='probs' needs values in [0, 1]; got {_first_bad(input, bad)}")
+
+
+def check_binary_targets(target: Tensor) -> None:
+    """Binary / multi-label targets in [0, 1] (one pass in the common case)."""
+    if target.numel() == 0:
+        return
+    low, high = torch.aminmax(target.to(torch.float32) if target.dtype == torch.bool else target)
+    if bool(low >= 0) and bool(high <= 1):
+        return
+    bad = ~((target >= 0) & (target <= 1))
+    raise ValueError(f"target must be in [0, 1]; got {_first_bad(target, bad)}")
+
+
+def check_finite_result(loss: Tensor, input: Tensor) -> None:
+    """Diagnose a non-finite loss after the fact: NaN or +inf logits are named, so the checks
+    cost one pass over the (small) result instead of passes over the input on every call.
+
+    A loss that is +inf for a legitimate reason (a -inf logit at the target class) passes.
+    """
+    if bool(torch.isfinite(loss).all()):
+        return
+    bad = torch.isnan(input) | torch.isposinf(input)
+    if bool(bad.any()):
+        raise ValueError(f"input must not hold NaN or +inf; got {_first_bad(input, bad)}")
+
+
+# Rows (and spatial positions) looked at by the softmax-output warning: a sample, so that the
+# heuristic costs nothing next to the loss; softmax output looks like probabilities everywhere.
+_WARN_SAMPLE_ROWS = 16
+_WARN_SAMPLE_POSITIONS = 64
 
 
 def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
-    """Warn when every row is in [0, 1] and sums to 1: softmax output passed as logits."""
-    if input.numel() == 0 or input.shape[class_dim] < 2:
+    """Warn when the sampled rows are in [0, 1] and sum to 1: softmax output passed as logits."""
+    if input.numel() == 0 or input.dim() <= class_dim or input.shape[class_dim] < 2:
         return
-    in_unit = bool(((input >= 0) & (input <= 1)).all())
-    if in_unit and bool(((input.sum(dim=class_dim, dtype=torch.float32) - 1).abs() < 1e-3).all()):
+    sample = input if class_dim == 0 else input[:_WARN_SAMPLE_ROWS]
+    if sample.dim() > class_dim + 1:
+        sample = sample.flatten(class_dim + 1)[..., :_WARN_SAMPLE_POSITIONS]
+    low, high = torch.aminmax(sample)
+    if not (bool(low >= 0) and bool(high <= 1)):
+        return
+    sums = sample.sum(dim=class_dim, dtype=torch.float32)
+    if bool(((sums - 1).abs() < 1e-3).all()):
         warnings.warn(
-            "input looks like probabilities (every row is in [0, 1] and sums to 1) but "
+            "input looks like probabilities (its rows are in [0, 1] and sum to 1) but "
             "input_type='logits'; pass raw logits, or input_type='probs' if the model ends in "
             "softmax",
             UserWarning,

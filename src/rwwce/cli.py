@@ -193,6 +193,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
             f"{', '.join(prob_cols)}"
         )
     out: dict[str, float | int] = {"n": len(y_true)}
+    y_pred = probs = None
     if has_pred:
         y_pred = np.array(
             [
@@ -211,6 +212,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
         out["cost_argmax"] = float(metrics.real_world_cost(y_true, probs.argmax(1), cm))
         bayes = np.asarray(metrics.bayes_decision(probs, cm))
         out["cost_bayes"] = float(metrics.real_world_cost(y_true, bayes, cm))
+    if args.plot is not None:
+        metrics.plot_prediction_costs(y_true, cm, args.plot, probs=probs, y_pred=y_pred)
     if args.json:
         print(json.dumps(out))
         return 0
@@ -360,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cost matrix CSV: header row of predicted classes, first column true classes",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE.png",
+        help="draw the cost-versus-threshold and cost curves (binary, with probabilities) or "
+        "the cost by true class (multi-class) to FILE (needs matplotlib)",
+    )
     p.set_defaults(func=_cmd_cost)
     return parser
 
@@ -372,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rwwce: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, IndexError, OSError) as e:  # FileNotFoundError is an OSError
+    except (ValueError, TypeError, IndexError, OSError, ImportError) as e:  # missing extras too
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"rwwce {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -29,37 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rwwce._validate import check_fn_matrix_diagonal, to_tensor
+
 __all__ = ["CostMatrix", "as_cost_matrix"]
 
 _CORNER = "truth \\ predicted"
 _MAX_REPR_CLASSES = 12
-
-
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
-    """Turn a tensor (any device), NumPy array, list or scalar into a tensor, keeping its device.
-
-    Tensors are detached and returned as they are; everything else goes through NumPy, so nested
-    lists of Python floats become float64 and lists of ints become int64.
-    """
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    try:
-        arr = np.asarray(x)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"{name} could not be turned into an array ({err}); expected a tensor, a NumPy array "
-            "or a (nested) list of numbers with equal-length rows"
-        ) from None
-    if arr.dtype == object or arr.dtype.kind in "USVMm":
-        raise TypeError(
-            f"{name} has dtype {arr.dtype}; expected numbers (a tensor, a NumPy array or a "
-            "nested list of ints / floats)"
-        )
-    if arr.dtype.kind == "c":
-        raise TypeError(f"{name} is complex ({arr.dtype}); expected real numbers")
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
-    return torch.as_tensor(np.ascontiguousarray(arr))
 
 
 def _check_costs(values: torch.Tensor, name: str) -> None:
@@ -100,7 +75,7 @@ def _check_classes(classes: Sequence[str] | None, k: int) -> tuple[str, ...]:
 
 def _validate_matrix(matrix: Any, name: str) -> torch.Tensor:
     """A validated float64 CPU copy of a (K, K) cost matrix (K >= 2, finite, >= 0)."""
-    m = _as_tensor(matrix, name)
+    m = to_tensor(matrix, name)
     if m.dtype == torch.bool:
         m = m.to(torch.int64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
@@ -171,14 +146,9 @@ class CostMatrix:
             >>> CostMatrix.from_fn_fp([2000.0, 100.0]).binary_weights()
             (100.0, 2000.0)
         """
-        f = _as_tensor(fn, "fn").to(device="cpu", dtype=torch.float64)
+        f = to_tensor(fn, "fn").to(device="cpu", dtype=torch.float64)
         if f.ndim == 2 and f.shape[0] == f.shape[1]:
-            off = f - torch.diag(torch.diagonal(f))
-            if bool((off != 0).any()):
-                raise ValueError(
-                    f"fn is a {tuple(f.shape)} matrix with non-zero off-diagonal entries; "
-                    "expected a (K,) vector or a diagonal (K, K) matrix"
-                )
+            check_fn_matrix_diagonal(f, "fn")
             f = torch.diagonal(f).clone()
         if f.ndim != 1:
             raise ValueError(f"fn has shape {tuple(f.shape)}; expected (K,) or a diagonal (K, K)")
@@ -189,7 +159,7 @@ class CostMatrix:
         if fp is None:
             full = torch.zeros(k, k, dtype=torch.float64)
         else:
-            p = _as_tensor(fp, "fp").to(device="cpu", dtype=torch.float64)
+            p = to_tensor(fp, "fp").to(device="cpu", dtype=torch.float64)
             if p.shape == (k,):
                 _check_costs(p, "fp")
                 full = p.expand(k, k).clone()

@@ -86,7 +86,9 @@ def real_world_weight_cross_entropy(
             the denominator summed over all processes, times the world size, so that
             DistributedDataParallel's gradient averaging yields the exact global-batch gradient.
         backend: ``'auto'`` (the Triton kernel for CUDA inputs when available, else PyTorch),
-            ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported).
+            ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported). Second
+            derivatives (``create_graph=True``) need ``'torch'``: its double backward is exact,
+            while the Triton kernel raises a RuntimeError rather than return a wrong one.
 
     Shape:
         - input: (K,), (N, K) or (N, K, d1, ..., dk).
@@ -104,11 +106,7 @@ def real_world_weight_cross_entropy(
         >>> rwwce.real_world_weight_cross_entropy(logits, target, fp_weight=fp)
         tensor(3.0519)
     """
-    V.check_input(input)
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
-    V.check_choice("reduction", reduction, V.REDUCTIONS)
-    V.check_choice("input_type", input_type, V.INPUT_TYPES)
+    V.check_loss_arguments(input, target, reduction, input_type)
     V.check_choice("backend", backend, V.BACKENDS)
     V.check_label_smoothing(label_smoothing)
     if not isinstance(ignore_index, int):
@@ -134,14 +132,16 @@ def real_world_weight_cross_entropy(
     weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
     weights = _sample_weight_per_element(weights, element_shape)
 
-    if V.should_check_data(validate, input, target, fn_given, fp, weights):
+    check_data = V.should_check_data(validate, input, target, fn_given, fp, weights)
+    if check_data:
         V.check_weight_values("fn_weight", fn_given)
         V.check_fn_matrix_diagonal(fn_given)
         V.check_weight_values("fp_weight", fp)
         V.check_fp_diagonal(fp)
         V.check_weight_values("sample_weight", weights)
-        V.check_input_values(input, input_type)
-        if input_type == "logits":
+        if input_type == "probs":
+            V.check_probabilities(input)
+        else:
             V.warn_if_probabilities(input)
         if soft:
             V.check_soft_targets(_classes_last(target))
@@ -173,6 +173,8 @@ def real_world_weight_cross_entropy(
     loss = _pick_backend(backend, logits, target_2d, fp)(
         logits, target_2d, fn, fp, row_scale, smoothing, reduction != "none"
     )
+    if check_data:
+        V.check_finite_result(loss, input)
     if reduction != "none":
         return loss
     loss = loss.reshape(element_shape)
@@ -231,11 +233,7 @@ def binary_real_world_weight_cross_entropy(
         >>> rwwce.binary_real_world_weight_cross_entropy(logits, target, fn_weight=20.0)
         tensor(9.9260)
     """
-    V.check_input(input)
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
-    V.check_choice("reduction", reduction, V.REDUCTIONS)
-    V.check_choice("input_type", input_type, V.INPUT_TYPES)
+    V.check_loss_arguments(input, target, reduction, input_type)
     if target.shape != input.shape:
         raise ValueError(
             f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
@@ -248,13 +246,13 @@ def binary_real_world_weight_cross_entropy(
     for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
         _check_broadcasts(name, value, input.shape)
 
-    if V.should_check_data(validate, input, target, fn, fp, weights):
+    check_data = V.should_check_data(validate, input, target, fn, fp, weights)
+    if check_data:
         for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
             V.check_weight_values(name, value)
-        V.check_input_values(input, input_type)
-        if not bool(((target >= 0) & (target <= 1)).all()):
-            bad = ~((target >= 0) & (target <= 1))
-            raise ValueError(f"target must be in [0, 1]; got {V._first_bad(target, bad)}")
+        if input_type == "probs":
+            V.check_probabilities(input)
+        V.check_binary_targets(target)
 
     x = input.to(dtype)
     y = target.to(dtype)
@@ -268,6 +266,8 @@ def binary_real_world_weight_cross_entropy(
     if weights is not None:
         loss = loss * weights
 
+    if check_data:
+        V.check_finite_result(loss, input)
     if reduction == "none":
         return loss.to(input.dtype)
     total = loss.sum()  # reduced in float32 at least, like the multi-class loss
@@ -362,7 +362,14 @@ def _denominator(
             return row_weight.new_full((), float(row_weight.numel()))  # no host-to-device copy
         return valid.sum()
     if reduction == "weighted_mean":
-        return row_weight.sum() if valid is None else (row_weight * fn[target]).sum()
+        if valid is None:
+            return row_weight.sum()
+        # Unchecked targets (validate=False, or CUDA by default) must not index past fn: an
+        # out-of-range class gives a NaN denominator (visible), as the Triton kernel's NaN row.
+        num_classes = fn.shape[0]
+        in_range = (target >= 0) & (target < num_classes)
+        fn_target = torch.where(in_range, fn[target.clamp(0, num_classes - 1)], float("nan"))
+        return (row_weight * fn_target).sum()
     return None
 
 

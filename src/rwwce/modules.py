@@ -32,8 +32,9 @@ class RWWCELoss(nn.Module):
 
     ``fn_weight`` and ``fp_weight`` are registered buffers: ``.to()``, ``.cuda()`` and
     ``state_dict()`` carry them. Their values are checked once, here. The data checks that read
-    the input and target run on the first call only (then not again, so a training loop on a GPU
-    does not synchronise); ``validate=True`` checks every call, ``validate=False`` never.
+    the input and target follow the function's rule: CPU tensors on every call; on an accelerator
+    the first call only (so a training loop on a GPU does not synchronise after it).
+    ``validate=True`` checks every call, ``validate=False`` never.
 
     Args:
         fn_weight: (K,) or (K, K) diagonal false-negative weights; default all ones.
@@ -105,7 +106,6 @@ class RWWCELoss(nn.Module):
         return cls(fn, fp, **options)
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        validate = self.validate if self.validate is not None else not self._checked
         loss = real_world_weight_cross_entropy(
             input,
             target,
@@ -116,7 +116,7 @@ class RWWCELoss(nn.Module):
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
             input_type=self.input_type,
-            validate=validate,
+            validate=_data_check_mode(self),
             global_normalize=self.global_normalize,
             backend=self.backend,
         )
@@ -191,7 +191,6 @@ class BinaryRWWCELoss(nn.Module):
         return cls(c_fn, c_fp, **options)
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        validate = self.validate if self.validate is not None else not self._checked
         loss = binary_real_world_weight_cross_entropy(
             input,
             target,
@@ -200,7 +199,7 @@ class BinaryRWWCELoss(nn.Module):
             sample_weight=sample_weight,
             reduction=self.reduction,
             input_type=self.input_type,
-            validate=validate,
+            validate=_data_check_mode(self),
         )
         self._checked = True
         return loss
@@ -214,6 +213,14 @@ class BinaryRWWCELoss(nn.Module):
         if self.input_type != "logits":
             parts.append(f"input_type={self.input_type!r}")
         return ", ".join(parts)
+
+
+def _data_check_mode(module: nn.Module) -> bool | None:
+    """The function's rule (``None``: CPU every call, accelerator never), plus a check of the
+    first call on an accelerator, unless the module's ``validate`` says otherwise."""
+    if module.validate is not None:
+        return module.validate
+    return None if module._checked else True
 
 
 def _describe(weight: Tensor) -> str:

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
-from rwwce.costs import _as_tensor
+from rwwce._validate import check_num_classes, to_tensor
+from rwwce.costs import as_cost_matrix
 
-__all__ = ["class_weights", "count_classes"]
+__all__ = ["AdjustedWeights", "adjust_class_weights", "class_weights", "count_classes"]
 
 Scheme = Literal["balanced", "inverse", "inverse_sqrt", "effective_number", "median_frequency"]
 _SCHEMES = ("balanced", "inverse", "inverse_sqrt", "effective_number", "median_frequency")
@@ -39,19 +41,9 @@ PROGRESS_MIN_LENGTH = 5000
 _TARGET_KEYS = ("target", "targets", "label", "labels", "y")
 
 
-def _check_num_classes(num_classes: Any, *, required: bool) -> int | None:
-    if num_classes is None and not required:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise ValueError(f"num_classes is {num_classes!r}; expected a positive int")
-    if num_classes < 1:
-        raise ValueError(f"num_classes is {num_classes}; expected a positive int")
-    return int(num_classes)
-
-
 def _labels_tensor(x: Any, name: str) -> torch.Tensor:
     """Integer class indices from a tensor, array or list (bool counts as 0/1), flattened."""
-    t = _as_tensor(x, name)
+    t = to_tensor(x, name)
     if t.dtype == torch.bool:
         t = t.to(torch.int64)
     if t.is_floating_point() or t.is_complex():
@@ -143,9 +135,9 @@ def class_weights(
         raise ValueError(f"normalize is {normalize!r}; expected None, 'mean' or 'sum'")
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
         raise ValueError(f"beta is {beta!r}; expected a float in [0, 1)")
-    k = _check_num_classes(num_classes, required=False)
+    k = check_num_classes(num_classes, required=False)
 
-    x = _as_tensor(labels_or_counts, "labels_or_counts")
+    x = to_tensor(labels_or_counts, "labels_or_counts")
     device = x.device
     if x.is_floating_point():
         if x.ndim != 1 or x.numel() == 0:
@@ -315,7 +307,7 @@ def count_classes(
         >>> count_classes(DataLoader(ds, batch_size=4), num_classes=3).tolist()
         [1, 2, 3]
     """
-    k = int(_check_num_classes(num_classes, required=True) or 0)
+    k = int(check_num_classes(num_classes, required=True) or 0)
     if ignore_index is not None and (
         isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
     ):
@@ -411,3 +403,150 @@ def _count_scalars(
 def _dataset_items(ds: Any) -> Iterator[Any]:
     for i in range(len(ds)):
         yield ds[i]
+
+
+class AdjustedWeights(NamedTuple):
+    """New loss weights proposed by :func:`adjust_class_weights`."""
+
+    fn_weight: torch.Tensor
+    fp_weight: torch.Tensor | None
+    factors: torch.Tensor
+    cost_per_sample: torch.Tensor
+
+
+def adjust_class_weights(
+    confusion: Any,
+    costs: Any,
+    fn_weight: Any,
+    fp_weight: Any = None,
+    *,
+    damping: float = 0.5,
+    max_factor: float = 10.0,
+    normalize: Literal["mean"] | None = "mean",
+    max_span: float = 1e4,
+    max_scale: float = 1e3,
+) -> AdjustedWeights:
+    """Propose new false-negative weights from what the validation set cost, class by class.
+
+    With the validation confusion counts ``count[i, j]`` and the costs ``C[i, j]``, class i's
+    samples cost on average ``r_i = sum_j C[i, j] count[i, j] / n_i``, against ``r = RWC`` for
+    all samples (``r_i / r`` is class i's share of the cost divided by its share of the samples).
+    Each FN weight is rescaled by that ratio, shrunk halfway towards 1, damped and bounded::
+
+        factor_i = clamp((r_i / r + 1) / 2, 1 / max_factor, max_factor) ** damping
+        fn_i    <- fn_i * factor_i
+
+    so classes whose samples cost more than average get more weight, and a class without a single
+    costly mistake loses at most half its weight (before damping) per round, instead of being
+    driven to 0 over a few rounds by a validation set where it happened to be perfect. A class
+    absent from the validation set, or a validation set with zero cost, keeps its weight.
+    ``normalize="mean"`` then divides the FN weights *and* the FP weights by the FN weights' mean,
+    so the loss keeps the scale of plain cross-entropy (the learning rate keeps its meaning) and the
+    FN / FP balance is unchanged. This is a heuristic, not an optimiser: apply it for a few rounds
+    and keep the weights with the lowest validation cost, checked on held-out data
+    (``examples/adjust_weights.py`` measures it).
+
+    Warns (``UserWarning``) when the new FN weights span more than ``max_span`` (largest / smallest
+    positive weight; the rare classes' gradients then drown the rest, or vanish) or when the
+    largest FN + FP weight exceeds ``max_scale`` (the loss, and its gradient, are that many times
+    plain cross-entropy's: lower the learning rate or normalise).
+
+    Args:
+        confusion: (K, K) validation confusion counts, rows: truth (e.g.
+            :func:`rwwce.metrics.confusion_matrix` or a :class:`rwwce.CostMonitor` record's
+            ``"confusion_matrix"``).
+        costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like.
+        fn_weight: (K,) the FN weights the model was trained with.
+        fp_weight: ``None`` or the FP weights it was trained with ((K,) or (K, K)); only rescaled
+            by the normalisation.
+        damping: exponent in (0, 1]: 1 rescales fully, 0.5 (default) by the square root.
+        max_factor: bound on the shrunk ratio (and its inverse) per round. Default 10.
+        normalize: ``"mean"`` (default) or ``None``.
+        max_span, max_scale: warning thresholds (defaults 1e4 and 1e3).
+
+    Returns:
+        ``AdjustedWeights(fn_weight, fp_weight, factors, cost_per_sample)``: float32 tensors on
+        ``fn_weight``'s device (``fp_weight`` None when not given), the applied factors (K,) and
+        ``r_i`` (K,) (NaN for absent classes).
+
+    Example::
+
+        >>> confusion = [[50, 0], [6, 4]]             # half the positives are missed
+        >>> new = adjust_class_weights(confusion, [[0, 1], [20, 0]], [1.0, 20.0])
+        >>> [round(v, 3) for v in new.fn_weight.tolist()]   # the positive class gets more weight
+        [0.037, 1.963]
+    """
+    cm = as_cost_matrix(costs)
+    k = cm.num_classes
+    counts = to_tensor(confusion, "confusion").to("cpu", torch.float64)
+    if counts.shape != (k, k):
+        raise ValueError(
+            f"confusion has shape {tuple(counts.shape)}; expected ({k}, {k}) to match the costs"
+        )
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        raise ValueError("confusion must hold finite, non-negative counts")
+    fn_given = to_tensor(fn_weight, "fn_weight")
+    fn = fn_given.to("cpu", torch.float64)
+    if fn.shape != (k,) or not bool(torch.isfinite(fn).all()) or bool((fn < 0).any()):
+        raise ValueError(
+            f"fn_weight must be ({k},) finite and non-negative; got shape {tuple(fn.shape)}"
+        )
+    fp = None if fp_weight is None else to_tensor(fp_weight, "fp_weight").to("cpu", torch.float64)
+    if fp is not None and fp.shape not in ((k,), (k, k)):
+        raise ValueError(f"fp_weight must be None, ({k},) or ({k}, {k}); got {tuple(fp.shape)}")
+    for name, value in (("damping", damping), ("max_factor", max_factor)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number; got {value!r}")
+    if not 0 < damping <= 1:
+        raise ValueError(f"damping is {damping!r}; expected a number in (0, 1]")
+    if not max_factor >= 1:
+        raise ValueError(f"max_factor is {max_factor!r}; expected a number >= 1")
+    if normalize not in (None, "mean"):
+        raise ValueError(f"normalize is {normalize!r}; expected 'mean' or None")
+
+    n_i = counts.sum(dim=1)
+    cost_i = (counts * cm.matrix).sum(dim=1)
+    n, total = float(n_i.sum()), float(cost_i.sum())
+    per_sample = torch.where(n_i > 0, cost_i / n_i.clamp_min(1), math.nan)
+    factors = torch.ones(k, dtype=torch.float64)
+    if n > 0 and total > 0:
+        ratio = ((per_sample / (total / n) + 1) / 2).clamp(1 / max_factor, max_factor)
+        factors = torch.where(n_i > 0, ratio ** float(damping), 1.0)
+    new_fn = fn * factors
+    new_fp = fp
+    if normalize == "mean":
+        mean = float(new_fn.mean())
+        if mean > 0:
+            new_fn = new_fn / mean
+            new_fp = None if fp is None else fp / mean
+    _warn_weight_scale(new_fn, new_fp, max_span, max_scale)
+    device = fn_given.device
+    return AdjustedWeights(
+        new_fn.to(device, torch.float32),
+        None if new_fp is None else new_fp.to(device, torch.float32),
+        factors.to(device, torch.float32),
+        per_sample.to(device, torch.float32),
+    )
+
+
+def _warn_weight_scale(
+    fn: torch.Tensor, fp: torch.Tensor | None, max_span: float, max_scale: float
+) -> None:
+    positive = fn[fn > 0]
+    if positive.numel() and float(positive.max() / positive.min()) > max_span:
+        warnings.warn(
+            f"the FN weights span {float(positive.max() / positive.min()):.3g}x (from "
+            f"{float(positive.min()):.3g} to {float(positive.max()):.3g}), more than {max_span:g}x:"
+            " the light classes' gradients all but vanish; stop adjusting, or lower damping",
+            UserWarning,
+            stacklevel=3,
+        )
+    largest = float(fn.max()) + (0.0 if fp is None else float(fp.max()))
+    if largest > max_scale:
+        warnings.warn(
+            f"the largest FN + FP weight is {largest:.3g}: the loss and its gradient are up to "
+            f"that many times plain cross-entropy's; use normalize='mean' or lower the learning "
+            "rate",
+            UserWarning,
+            stacklevel=3,
+        )

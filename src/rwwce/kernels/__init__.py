@@ -5,12 +5,16 @@ Every backend implements the same function (one dispatch point lives in ``rwwce.
     loss(logits, target, fn_weight, fp_weight, row_scale, label_smoothing, reduce) -> Tensor
 
 * ``logits``: (M, K) float16 / bfloat16 / float32 / float64, class dimension last.
-* ``target``: (M,) int64 class indices, all in [0, K) (ignored rows already carry a valid
-  placeholder class and a zero ``row_scale``), or (M, K) class probabilities (soft targets,
-  label smoothing already applied) in the compute dtype.
+* ``target``: (M,) int64 class indices, in [0, K) unless the caller skipped the data checks
+  (ignored rows already carry a valid placeholder class and a zero ``row_scale``), or (M, K)
+  class probabilities (soft targets, label smoothing already applied) in the compute dtype.
+  A backend never reads outside its weights for a target outside [0, K): the Triton kernel
+  makes that row's loss and gradient NaN; the torch backend raises PyTorch's index error.
 * ``fn_weight``: (K,) in the compute dtype (float32, or float64 for float64 logits).
 * ``fp_weight``: ``None``, (K,) (FP[t, j] = v[j] for j != t) or (K, K) with a zero diagonal.
 * ``row_scale``: (M,) compute dtype, detached: ignore mask x sample weight / reduction denominator.
+  A row whose ``row_scale`` is 0 contributes exactly 0 to the result and to the gradient,
+  whatever its logits (a row loss of inf or NaN included: masked, never computed as 0 * inf).
 * ``label_smoothing``: applies to index targets only: y = (1 - e) onehot(t) + e / K.
 * ``reduce``: True returns the 0-dim sum over rows of ``row_scale * loss_row``; False returns the
   (M,) vector ``row_scale * loss_row``. Both in the compute dtype; differentiable w.r.t. ``logits``
@@ -20,3 +24,16 @@ The unreduced row loss, with p = softmax(z), a = y * fn and w = y @ FP::
 
     loss_row = - sum_k a_k log p_k  -  sum_j w_j log(1 - p_j)
 """
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """The non-tensor options of a backend call, as one value (so an ``autograd.Function``'s
+    ``backward`` returns a short tuple). ``block_k`` is the Triton kernel's column block override
+    (a power of two; tests use small ones); the torch backend ignores it."""
+
+    label_smoothing: float
+    reduce: bool
+    block_k: int | None = None

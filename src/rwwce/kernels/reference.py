@@ -26,24 +26,18 @@ the gradient computed during the forward (when a gradient is needed) and the sca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rwwce_loss"]
+from rwwce.kernels import BackendOptions
+
+__all__ = ["rwwce_loss", "log_one_minus_softmax"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
 _CPU_CHUNK_ELEMENTS = 1 << 18
 _CUDA_CHUNK_ELEMENTS = 1 << 26
-
-
-@dataclass(frozen=True)
-class _Options:
-    label_smoothing: float
-    reduce: bool
 
 
 def rwwce_loss(
@@ -69,7 +63,7 @@ def rwwce_loss(
     Returns:
         0-dim or (M,) tensor in float32 (float64 for float64 logits).
     """
-    options = _Options(float(label_smoothing), bool(reduce))
+    options = BackendOptions(float(label_smoothing), bool(reduce))
     return _RWWCEFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
 
 
@@ -79,10 +73,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _RWWCEFunction(torch.autograd.Function):
-    """Forward computes the loss and, when needed, d loss_row / d logits; backward only scales it."""
+    """Forward computes the loss and, when needed, d loss_row / d logits; backward scales it.
+
+    Under ``create_graph=True`` the backward is recomputed from the saved logits with
+    differentiable operations (:func:`_differentiable_row_loss`), so second derivatives are exact;
+    the first-order path never pays for that.
+    """
 
     @staticmethod
-    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: _Options):
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
         num_rows, num_classes = logits.shape
         dtype = compute_dtype(logits.dtype)
         needs_grad = ctx.needs_input_grad[0]
@@ -92,6 +91,7 @@ class _RWWCEFunction(torch.autograd.Function):
             if needs_grad
             else None
         )
+        inactive = (row_scale == 0).unsqueeze(1)
         chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
         chunk_rows = max(1, chunk_elements // max(num_classes, 1))
         for start in range(0, num_rows, chunk_rows):
@@ -104,22 +104,106 @@ class _RWWCEFunction(torch.autograd.Function):
                 options.label_smoothing,
                 out_loss=row_loss[rows],
                 out_grad=row_grad[rows] if needs_grad else None,
+                inactive=inactive[rows],
             )
-        row_loss.mul_(row_scale)
-        ctx.save_for_backward(row_grad, row_scale)
-        ctx.logits_dtype = logits.dtype
-        ctx.reduce = options.reduce
+        # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
+        # loss may be inf or NaN (a -inf logit at the placeholder class, NaN logits), and its
+        # gradient is kept finite by ``_rows_forward``, so the backward's scale zeroes it.
+        row_loss = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
+        ctx.save_for_backward(logits, target, fn_weight, fp_weight, row_grad, row_scale)
+        ctx.label_smoothing = options.label_smoothing
         return row_loss.sum() if options.reduce else row_loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        row_grad, row_scale = ctx.saved_tensors
+        logits, target, fn_weight, fp_weight, row_grad, row_scale = ctx.saved_tensors
         if row_grad is None:
             return None, None, None, None, None, None
-        # Out of place: the saved gradient must survive a second backward (retain_graph=True).
-        scale = row_scale * grad_output.to(row_scale.dtype)
-        grad_logits = (row_grad * scale.unsqueeze(1)).to(ctx.logits_dtype)
-        return grad_logits, None, None, None, None, None
+        scale = (row_scale * grad_output.to(row_scale.dtype)).unsqueeze(1)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
+            grad_logits = _differentiable_grad(
+                logits, target, fn_weight, fp_weight, row_scale, ctx.label_smoothing, scale
+            )
+        else:
+            # Out of place: the saved gradient must survive a second backward (retain_graph=True).
+            grad_logits = row_grad * scale
+        return grad_logits.to(logits.dtype), None, None, None, None, None
+
+
+def _differentiable_grad(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    smoothing: float,
+    scale: Tensor,
+) -> Tensor:
+    """d(sum_r scale_r * loss_r)/d logits as a graph of differentiable operations on ``logits``
+    (and ``scale``, which carries the upstream gradient), for double backward."""
+    with torch.enable_grad():
+        active = (row_scale != 0).unsqueeze(1)
+        z = logits.to(compute_dtype(logits.dtype))
+        # Inactive rows are zeroed before the math, so their (possibly infinite) terms never
+        # meet a zero factor in the backward: their gradient is exactly 0.
+        z = torch.where(active, z, torch.zeros_like(z))
+        row_loss = _differentiable_row_loss(z, target, fn_weight, fp_weight, smoothing)
+        weighted = torch.where(active.squeeze(1), row_loss * scale.squeeze(1), 0.0)
+        (grad,) = torch.autograd.grad(weighted.sum(), z, create_graph=True)
+    return grad
+
+
+def _differentiable_row_loss(
+    z: Tensor, target: Tensor, fn_weight: Tensor, fp_weight: Tensor | None, smoothing: float
+) -> Tensor:
+    """The row losses (R,) by composite, twice-differentiable operations (the same log-space math
+    as :func:`_rows_forward`). Slower and hungrier than the fused path: used for double backward.
+
+    Zero-weight terms are masked with ``torch.where`` rather than multiplied, so that a masked
+    class (-inf logit, log p = -inf) contributes 0, not 0 * inf, to the loss and its derivatives.
+    """
+    num_classes = z.shape[1]
+    log_p = torch.log_softmax(z, dim=1)
+    if target.dim() == 2:
+        fn_coef = target * fn_weight
+    else:
+        y = F.one_hot(target, num_classes).to(z.dtype) * (1.0 - smoothing) + smoothing / num_classes
+        fn_coef = y * fn_weight
+    loss = -_weighted_sum(fn_coef, log_p)
+    if fp_weight is None:
+        return loss
+    w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
+    log_not_p = log_one_minus_softmax(z)
+    return loss - _weighted_sum(w, log_not_p)
+
+
+def log_one_minus_softmax(z: Tensor) -> Tensor:
+    """log(1 - softmax(z)) for logits z (R, K), in log space, by composite operations that are
+    differentiable twice and safe for masked (-inf) classes.
+
+    For j != m (the row's arg-max), p_j <= 1/2 and log1p(-p_j) is accurate; for m,
+    log(1 - p_m) = logsumexp_{j != m} z_j - logsumexp z, never through 1 - p_m (which rounds to 0
+    once the logit gap passes ~17 in float32). The arg-max entry of log p is masked to -inf before
+    log1p(-exp(.)), so the infinite derivative of log1p at p_m -> 1 is never formed; a row whose
+    other classes are all masked gives log(1 - p_m) = -inf without a NaN derivative.
+    """
+    log_p = torch.log_softmax(z, dim=1)
+    argmax = z.detach().argmax(dim=1, keepdim=True)
+    is_max = torch.zeros_like(z, dtype=torch.bool).scatter_(1, argmax, True)
+    log_not_p = torch.log1p(-torch.where(is_max, float("-inf"), log_p).exp())
+    others = torch.where(is_max, float("-inf"), z)
+    has_others = torch.isfinite(others).any(dim=1, keepdim=True)
+    others = torch.where(has_others, others, torch.zeros_like(others))  # no all -inf logsumexp
+    log_not_p_max = torch.logsumexp(others, dim=1, keepdim=True) - torch.logsumexp(
+        z, dim=1, keepdim=True
+    )
+    log_not_p_max = torch.where(has_others, log_not_p_max, float("-inf"))
+    return torch.where(is_max, log_not_p_max, log_not_p)
+
+
+def _weighted_sum(weight: Tensor, log_value: Tensor) -> Tensor:
+    """sum_k weight_k * log_value_k over dim 1, with 0 where the weight is 0 (even if log is -inf)."""
+    return torch.where(weight != 0, weight * log_value, 0.0).sum(dim=1)
 
 
 def _rows_forward(
@@ -131,26 +215,30 @@ def _rows_forward(
     *,
     out_loss: Tensor,
     out_grad: Tensor | None,
+    inactive: Tensor,
 ) -> None:
-    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``."""
+    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``.
+
+    ``inactive`` (R, 1) marks rows whose loss will be discarded (row_scale 0): their exponentials
+    are masked to 0 in the first buffer built from z, so that their gradient is finite whatever
+    their logits (NaN and +inf included) and a zero scale zeroes it exactly.
+    """
     num_classes = z.shape[1]
     soft = target.dim() == 2
 
     if fp_weight is None:
         # Without an FP term only log p is needed: a plain, stable log-softmax.
-        z_max = z.amax(dim=1, keepdim=True)
-        p = (z - z_max).exp_()
+        z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
+        p = (z - z_max).masked_fill_(inactive, float("-inf")).exp_()
         total = p.sum(dim=1, keepdim=True)
-        p.div_(total)
+        p.div_(total.clamp_min(torch.finfo(z.dtype).tiny))  # a fully masked row: p = 0, not NaN
         lse = z_max + total.log()
     else:
         # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
         z_max, argmax = z.max(dim=1, keepdim=True)
-        q = z.scatter(1, argmax, float("-inf"))
-        second_max = q.amax(dim=1, keepdim=True)
-        second_max = torch.where(
-            torch.isfinite(second_max), second_max, torch.zeros_like(second_max)
-        )
+        z_max = _finite_or_zero(z_max)
+        q = z.scatter(1, argmax, float("-inf")).masked_fill_(inactive, float("-inf"))
+        second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
         q.sub_(second_max).exp_()
         sum_others = q.sum(dim=1, keepdim=True)
         lse_others = second_max + sum_others.log()
@@ -214,6 +302,12 @@ def _rows_forward(
     out_grad.addcmul_(q, w_max * p_max, value=-1.0)
     out_grad.scatter_add_(1, argmax, w_max * p_max)
     _subtract_fn_coefficients(out_grad, fn_coef if soft else None, target, fn_weight, smoothing)
+
+
+def _finite_or_zero(row_max: Tensor) -> Tensor:
+    """A row maximum, or 0 where it is -inf (every logit masked), so that ``z - max`` never
+    forms -inf - -inf."""
+    return torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
 
 
 def _subtract_fn_coefficients(

@@ -10,11 +10,19 @@ for the executable spec). Three layers:
    (K <= ``BLOCK_K``, up to 8192 classes) the logits are read from memory exactly once and the
    gradient written once. Larger vocabularies loop over column blocks: a statistics sweep, a
    loss sweep (which also collects the row sums the gradient needs) and a gradient sweep; without
-   an FP term the gradient is written in the loss sweep (two reads of the logits).
+   an FP term the gradient is written in the loss sweep (two reads of the logits). Every sweep
+   runs the same column-block body, ``_column_block``; ``FP_MODE`` and ``GRAD_MODE`` take the
+   named constants ``_FP_*`` and ``_GRAD_*``.
+   Exact on every path: a masked class (-inf logit) gets exactly zero gradient (its terms are
+   masked, never computed as exp(-inf + inf)); a row with ``row_scale == 0`` stores exactly 0
+   loss and gradient whatever its logits; a target outside [0, K) reads no weight and makes its
+   row's loss and gradient NaN (targets reach the kernel unchecked on CUDA).
 2. ``_launch_forward`` / ``_launch_scale``: contiguity, allocation, block sizes, grid.
 3. ``_RWWCETritonFunction``: the forward computes the loss and the gradient into a new buffer in the
    logits' dtype; the backward only multiplies it by the incoming gradient, on the device, without
    a host synchronisation (a tiny kernel that skips elements whose upstream factor is exactly 1).
+   That gradient is not differentiable: a backward with ``create_graph=True`` raises a
+   RuntimeError that points to ``backend="torch"``.
 
 Triton is optional: its import here is guarded, so importing this module never fails when triton
 is missing (``is_available()`` then returns False), and ``import rwwce`` never imports this module
@@ -29,11 +37,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from rwwce.kernels import BackendOptions
 
 __all__ = ["is_available", "supports", "rwwce_loss"]
 
@@ -101,15 +109,6 @@ def supports(logits: Tensor, target: Tensor, fp_weight: Tensor | None) -> str | 
     return None
 
 
-@dataclass(frozen=True)
-class _Options:
-    """Non-tensor options of one call (travels through the autograd.Function as one object)."""
-
-    label_smoothing: float = 0.0
-    reduce: bool = True
-    block_k: int | None = None  # column block override (tests use small ones)
-
-
 def rwwce_loss(
     logits: Tensor,
     target: Tensor,
@@ -133,7 +132,7 @@ def rwwce_loss(
         raise ValueError(f"the Triton RWWCE kernel cannot run this call: {reason}")
     if block_k is not None and (block_k < 2 or block_k & (block_k - 1)):
         raise ValueError(f"block_k must be a power of two >= 2; got {block_k}")
-    options = _Options(float(label_smoothing), bool(reduce), block_k)
+    options = BackendOptions(float(label_smoothing), bool(reduce), block_k)
     if torch.is_grad_enabled() and logits.requires_grad:
         return _RWWCETritonFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
     row_loss, _ = _launch_forward(logits, target, fn_weight, fp_weight, row_scale, options, False)
@@ -144,7 +143,7 @@ class _RWWCETritonFunction(torch.autograd.Function):
     """Forward: loss and scaled gradient in one kernel. Backward: multiply by grad_output."""
 
     @staticmethod
-    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: _Options):
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
         needs_grad = bool(ctx.needs_input_grad[0])
         row_loss, grad = _launch_forward(
             logits, target, fn_weight, fp_weight, row_scale, options, needs_grad
@@ -155,8 +154,13 @@ class _RWWCETritonFunction(torch.autograd.Function):
         return row_loss.sum() if options.reduce else row_loss
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # create_graph=True: a derivative of this backward is wanted
+            raise RuntimeError(
+                "the Triton RWWCE backend cannot be differentiated twice (a backward with "
+                "create_graph=True: gradient penalties, Hessian-vector products, double "
+                "backward); use backend='torch', whose double backward is exact"
+            )
         (grad,) = ctx.saved_tensors
         if grad is None or not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
@@ -215,7 +219,7 @@ def _launch_forward(
     fn_weight: Tensor,
     fp_weight: Tensor | None,
     row_scale: Tensor,
-    options: _Options,
+    options: BackendOptions,
     needs_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Run the fused kernel: (row_scale * loss_row as float32 (M,), gradient (M, K) or None)."""
@@ -237,31 +241,32 @@ def _launch_forward(
     scale = row_scale.detach().to(device=device, dtype=f32).contiguous()
     soft = target.dim() == 2
     smoothing = 0.0 if soft else options.label_smoothing
-    fp_mode = 0 if fp_weight is None else fp_weight.dim()
-    fp = fn if fp_weight is None else fp_weight.detach().to(device=device, dtype=f32).contiguous()
+    if fp_weight is None:
+        fp_mode = _FP_NONE
+    else:
+        fp_mode = _FP_VECTOR if fp_weight.dim() == 1 else _FP_MATRIX
+    fp = fn if fp_mode is _FP_NONE else fp_weight.detach().to(device=device, dtype=f32).contiguous()
     fp_colsum = fn  # placeholder pointer when unused
     soft_w = fn
     if soft:
         tgt = target.detach().to(dtype=f32).contiguous()
-        if fp_mode == 2:
+        if fp_mode is _FP_MATRIX:
             soft_w = (tgt @ fp).contiguous()  # w = y @ FP
-        elif fp_mode == 1:
+        elif fp_mode is _FP_VECTOR:
             soft_w = (fp * (tgt.sum(dim=1, keepdim=True) - tgt)).contiguous()
     else:
         tgt = target.detach().contiguous()
-        if fp_mode == 2 and smoothing != 0.0:
+        if fp_mode is _FP_MATRIX and smoothing != 0.0:
             fp_colsum = fp.sum(dim=0).contiguous()
 
     block_m, block_k, num_warps = _block_sizes(num_rows, num_classes, options.block_k)
     grid = (triton.cdiv(num_rows, block_m),)
-    # 0: no gradient; 1: gradient from registers (single pass) or its own sweep; 2: written in
-    # the loss sweep (several column blocks and no FP term: two reads of the logits, not three)
     if grad is None:
-        grad_mode = 0
-    elif num_classes > block_k and fp_mode == 0:
-        grad_mode = 2
+        grad_mode = _GRAD_NONE
+    elif num_classes > block_k and fp_mode is _FP_NONE:
+        grad_mode = _GRAD_IN_LOSS_SWEEP
     else:
-        grad_mode = 1
+        grad_mode = _GRAD_AFTER_SUMS
     with _device_of(logits):
         _rwwce_fwd_kernel[grid](
             logits,
@@ -277,10 +282,10 @@ def _launch_forward(
             num_rows,
             num_classes,
             float(smoothing),
-            FP_MODE=fp_mode,
+            FP_MODE=fp_mode.value,
             SOFT=soft,
             SMOOTH=smoothing != 0.0,
-            GRAD_MODE=grad_mode,
+            GRAD_MODE=grad_mode.value,
             BLOCK_M=block_m,
             BLOCK_K=block_k,
             SINGLE_PASS=num_classes <= block_k,
@@ -325,6 +330,18 @@ def _launch_scale(grad: Tensor, grad_output: Tensor, in_place: bool) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 if triton is not None:
+    # Named kernel modes. @triton.jit code may read module globals only when they are
+    # tl.constexpr; the launcher passes their ``.value``.
+    _FP_NONE = tl.constexpr(0)  # fp_weight=None: class-weighted cross-entropy
+    _FP_VECTOR = tl.constexpr(1)  # FP[t, j] = v[j] for j != t
+    _FP_MATRIX = tl.constexpr(2)  # FP[t, j] from a (K, K) matrix
+    _GRAD_NONE = tl.constexpr(0)  # loss only
+    # the gradient once the row sums are known: from registers when the row is one block,
+    # else in a third sweep over the column blocks
+    _GRAD_AFTER_SUMS = tl.constexpr(1)
+    # the gradient written in the loss sweep (several column blocks and no FP term: the row
+    # sum it needs does not depend on the logits, so the logits are read twice, not three times)
+    _GRAD_IN_LOSS_SWEEP = tl.constexpr(2)
 
     @triton.jit
     def _log1p(x):
@@ -357,8 +374,18 @@ if triton is not None:
         return y
 
     @triton.jit
+    def _scaled(x, scale):
+        """x * scale, and exactly 0 where scale == 0 (ignored or zero-weight rows), whatever x
+        is (inf from a masked class, NaN from NaN logits): never 0 * inf."""
+        return tl.where(scale == 0.0, 0.0, x * scale)
+
+    @triton.jit
     def _tile_stats(z, cols):
-        """Per-row (max, first arg-max column, max of the others, sum exp(others - that max))."""
+        """Per-row (max, first arg-max column, max of the others, sum exp(others - that max)).
+
+        Masked classes (-inf) join the sums as exp(-inf - finite) = 0; a row whose other classes
+        are all -inf gets (-inf, 0) for the last two.
+        """
         tmax = tl.max(z, axis=1)
         big = 2147483647
         targ = tl.min(tl.where(z == tmax[:, None], cols[None, :], big), axis=1)
@@ -372,7 +399,8 @@ if triton is not None:
     def _merge_stats(m, idx, m2, s2, bm, bidx, bm2, bs2):
         """Merge running (max, argmax, second max, sum over others) with a block's."""
         # The block's max becomes the new arg-max only when strictly larger (first occurrence
-        # wins on ties); the loser of the two maxima joins the "others".
+        # wins on ties); the loser of the two maxima joins the "others". Every exponent below is
+        # (value - base) with a finite base, so -inf values give exp(-inf) = 0, never inf - inf.
         new_max = bm > m
         loser = tl.where(new_max, m, bm)
         n2 = tl.maximum(tl.maximum(m2, bm2), loser)
@@ -381,32 +409,38 @@ if triton is not None:
         return tl.maximum(m, bm), tl.where(new_max, bidx, idx), n2, n_s2
 
     @triton.jit
-    def _tile_coefficients(
-        rows_c,
-        cols,
-        col_ok,
-        t,
-        fn_t,
-        target_ptr,
-        fn_ptr,
-        fp_ptr,
-        fp_colsum_ptr,
-        soft_w_ptr,
-        n_cols,
-        smoothing,
-        FP_MODE: tl.constexpr,
-        SOFT: tl.constexpr,
-        SMOOTH: tl.constexpr,
-    ):
-        """a = y * fn and w = y @ FP on a tile (zero outside the valid columns)."""
+    def _row_stats(mx, amax, m2, s2):
+        """The row statistics every column block needs, as one tuple.
+
+        (mx, amax, base2, log_s2, has_others, d, c, sig_d): d = z_m - logsumexp_{j != m} z_j
+        from the second max (z_m - m2 is exact-ish and s2 >= 1, so nothing underflows even for a
+        logit gap of 1e4); c = softplus(-d) = -log p_m; sig_d = sigmoid(d) = p_m. When every
+        other class is masked (-inf, or K = 1) there is no "other" mass: d = +inf, p_m = 1, and
+        base2 = log_s2 = 0 keep every later exponent free of inf - inf.
+        """
+        has_others = s2 > 0.0
+        base2 = tl.where(m2 == float("-inf"), 0.0, m2)
+        log_s2 = tl.log(tl.where(has_others, s2, 1.0))
+        d = tl.where(has_others, (mx - base2) - log_s2, float("inf"))
+        return mx, amax, base2, log_s2, has_others, d, _softplus(-d), tl.sigmoid(d)
+
+    @triton.jit
+    def _coefficients(cols, ok, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH):
+        """a = y * fn and w = y @ FP on a tile (zero outside the valid columns).
+
+        ``row`` = (rows_c, t, fn_t): row indices, targets (already in [0, K)) and fn[t];
+        ``weights`` = (target_ptr, fn_ptr, fp_ptr, fp_colsum_ptr, soft_w_ptr).
+        """
+        rows_c, t, fn_t = row
+        target_ptr, fn_ptr, fp_ptr, fp_colsum_ptr, soft_w_ptr = weights
         offs2 = rows_c[:, None] * n_cols + cols[None, :]
-        mask2 = col_ok
+        in_k = cols < n_cols
         if SOFT:
-            y = tl.load(target_ptr + offs2, mask=mask2, other=0.0)
-            fn = tl.load(fn_ptr + cols, mask=cols < n_cols, other=0.0)
+            y = tl.load(target_ptr + offs2, mask=ok, other=0.0)
+            fn = tl.load(fn_ptr + cols, mask=in_k, other=0.0)
             a = y * fn[None, :]
-            if FP_MODE != 0:
-                w = tl.load(soft_w_ptr + offs2, mask=mask2, other=0.0)
+            if FP_MODE != _FP_NONE:
+                w = tl.load(soft_w_ptr + offs2, mask=ok, other=0.0)
             else:
                 w = tl.zeros_like(a)
         else:
@@ -414,81 +448,158 @@ if triton is not None:
             a = tl.where(is_t, (1.0 - smoothing) * fn_t[:, None], 0.0)
             uniform = smoothing / n_cols
             if SMOOTH:
-                fn = tl.load(fn_ptr + cols, mask=cols < n_cols, other=0.0)
+                fn = tl.load(fn_ptr + cols, mask=in_k, other=0.0)
                 a = a + uniform * fn[None, :]
-            if FP_MODE == 1:
+            if FP_MODE == _FP_VECTOR:
                 # FP[t, j] = v_j for j != t, so (y @ FP)_j = v_j (1 - y_j).
-                v = tl.load(fp_ptr + cols, mask=cols < n_cols, other=0.0)
+                v = tl.load(fp_ptr + cols, mask=in_k, other=0.0)
                 if SMOOTH:
                     y = tl.where(is_t, 1.0 - smoothing + uniform, uniform)
                     w = v[None, :] * (1.0 - y)
                 else:
                     w = tl.where(is_t, 0.0, v[None, :] + tl.zeros_like(a))
-            elif FP_MODE == 2:
+            elif FP_MODE == _FP_MATRIX:
                 w = tl.load(
-                    fp_ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], mask=mask2, other=0.0
+                    fp_ptr + t[:, None].to(tl.int64) * n_cols + cols[None, :], mask=ok, other=0.0
                 )
                 if SMOOTH:
-                    cs = tl.load(fp_colsum_ptr + cols, mask=cols < n_cols, other=0.0)
+                    cs = tl.load(fp_colsum_ptr + cols, mask=in_k, other=0.0)
                     w = (1.0 - smoothing) * w + uniform * cs[None, :]
             else:
                 w = tl.zeros_like(a)
-        a = tl.where(mask2, a, 0.0)
-        w = tl.where(mask2, w, 0.0)
+        a = tl.where(ok, a, 0.0)
+        w = tl.where(ok, w, 0.0)
         return a, w
 
     @triton.jit
-    def _w_at(
-        rows_c,
-        col,
-        t,
-        target_ptr,
-        fp_ptr,
-        fp_colsum_ptr,
-        soft_w_ptr,
-        n_cols,
-        smoothing,
-        FP_MODE: tl.constexpr,
-        SOFT: tl.constexpr,
-        SMOOTH: tl.constexpr,
-    ):
+    def _w_at(col, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH):
         """w = (y @ FP) at one column per row (the arg-max class)."""
-        if FP_MODE == 0:
+        rows_c, t, fn_t = row
+        target_ptr, fn_ptr, fp_ptr, fp_colsum_ptr, soft_w_ptr = weights
+        # the arg-max is a valid column unless the row holds NaN: read nothing then
+        ok = (col >= 0) & (col < n_cols)
+        if FP_MODE == _FP_NONE:
             wm = tl.zeros(rows_c.shape, dtype=tl.float32)
         elif SOFT:
-            wm = tl.load(soft_w_ptr + rows_c * n_cols + col)
+            wm = tl.load(soft_w_ptr + rows_c * n_cols + col, mask=ok, other=0.0)
         else:
             uniform = smoothing / n_cols
-            if FP_MODE == 1:
-                v = tl.load(fp_ptr + col)
+            if FP_MODE == _FP_VECTOR:
+                v = tl.load(fp_ptr + col, mask=ok, other=0.0)
                 if SMOOTH:
                     y = tl.where(col == t, 1.0 - smoothing + uniform, uniform)
                     wm = v * (1.0 - y)
                 else:
                     wm = tl.where(col == t, 0.0, v)
             else:
-                wm = tl.load(fp_ptr + t.to(tl.int64) * n_cols + col)
+                wm = tl.load(fp_ptr + t.to(tl.int64) * n_cols + col, mask=ok, other=0.0)
                 if SMOOTH:
-                    wm = (1.0 - smoothing) * wm + uniform * tl.load(fp_colsum_ptr + col)
+                    cs = tl.load(fp_colsum_ptr + col, mask=ok, other=0.0)
+                    wm = (1.0 - smoothing) * wm + uniform * cs
         return wm
 
     @triton.jit
-    def _tile_terms(z, cols, col_ok, mx, amax, d, c, base2, log_s2, sig_d):
-        """p, q, is_m, log p and log(1 - p) on a tile, from the row statistics."""
+    def _column_block(
+        z,
+        cols,
+        ok,
+        row,
+        stats,
+        weights,
+        coef,
+        wm_sd,
+        n_cols,
+        smoothing,
+        FP_MODE: tl.constexpr,
+        SOFT: tl.constexpr,
+        SMOOTH: tl.constexpr,
+        LOSS: tl.constexpr,
+        GRAD: tl.constexpr,
+        WHOLE_ROW: tl.constexpr,
+    ):
+        """One column block of a row block: (loss part, A part, R' part, unscaled gradient).
+
+        loss_row = -sum_k a_k log p_k - sum_j w_j log(1 - p_j)   (a = y fn, w = y @ FP), with
+        A = sum_k a_k and R' = sum_{j != m} w_j p_j / (1 - p_j) summed over the row's blocks.
+        ``LOSS``: compute the loss part and R' part (else zeros); ``GRAD``: the gradient (else
+        zeros), which needs the whole row's ``coef`` = A - R' and ``wm_sd`` = w_m sigmoid(d):
+        passed by the caller, or taken from this block's own sums when ``WHOLE_ROW`` (the block
+        is the row).
+        """
+        mx, amax, base2, log_s2, has_others, d, c, sig_d = stats
+        a, w = _coefficients(cols, ok, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH)
         is_m = cols[None, :] == amax[:, None]
-        # log p_j = (z_j - z_m) - softplus(-d): exact for j = m too (z_m - z_m = 0).
+        # log p_j = (z_j - z_m) - softplus(-d): exact for j = m too (z_m - z_m = 0); -inf for a
+        # masked class, whose p_j = exp(-inf) = 0.
         log_p = (z - mx[:, None]) - c[:, None]
         p = tl.where(is_m, sig_d[:, None], tl.exp(log_p))
-        # q_j = softmax over the classes != m = exp((z_j - m2) - log s2); 0 at m. Subtract the
-        # second max first: lse_others = m2 + log s2 rounded in float32 would lose the
-        # precision of log s2 when |m2| is large.
-        q = tl.where(is_m, 0.0, tl.exp((z - base2[:, None]) - log_s2[:, None]))
-        # log(1 - p_m) = -softplus(d) (never 1 - p_m, which is 0 in float32 once d > ~17);
-        # p_j <= 1/2 for j != m, so log1p(-p_j) is accurate there.
-        log_1mp = tl.where(is_m, -_softplus(d)[:, None], _log1p(-p))
-        p = tl.where(col_ok, p, 0.0)
-        q = tl.where(col_ok, q, 0.0)
-        return is_m, p, q, log_p, log_1mp
+        p = tl.where(ok, p, 0.0)
+        a_part = tl.sum(a, axis=1)
+        loss_part = tl.zeros_like(a_part)
+        r_part = tl.zeros_like(a_part)
+        g = tl.zeros_like(p)
+        # ---- gradient ---------------------------------------------------------------------
+        # L = -sum_k a_k log p_k - sum_j w_j log(1 - p_j), with d log p_k / dz_i = delta_ki - p_i
+        # and d p_j / dz_i = p_j (delta_ij - p_i):
+        #   FN part:  dL/dz_i = p_i A - a_i,                       A = sum_k a_k
+        #   FP part:  dL/dz_i = sum_j w_j p_j (delta_ij - p_i) / (1 - p_j) = r_i - p_i R,
+        #             r_j = w_j p_j / (1 - p_j),  R = sum_j r_j.
+        # r_m = w_m p_m / (1 - p_m) = w_m e^d overflows for a confident arg-max, so split it
+        # off: R = R' + r_m with R' = sum_{j != m} r_j (every 1 - p_j >= 1/2 there), and
+        #   i != m:  p_i r_m = w_m p_i e^d = w_m q_i sigmoid(-d) e^d = w_m sigmoid(d) q_i
+        #            dL/dz_i = p_i A - a_i + r_i - p_i R' - w_m sigmoid(d) q_i
+        #   i == m:  r_m - p_m r_m - p_m R' = r_m (1 - p_m) - p_m R' = sigmoid(d) (w_m - R')
+        #            dL/dz_m = p_m A - a_m + sigmoid(d) (w_m - R')
+        # With r_m := 0 and q_m := 0 both read  p (A - R') - a + r - w_m sigmoid(d) q
+        # plus w_m sigmoid(d) at i = m. Every factor is bounded; no 1 - p_m anywhere.
+        # q is the softmax over the classes != m; a masked class has p = q = r = 0, hence a zero
+        # gradient. Zero weights times an infinite log (a masked class, d = +inf) stay 0.
+        if FP_MODE == _FP_NONE:
+            if LOSS:
+                loss_part = -tl.sum(tl.where(a != 0.0, a * log_p, 0.0), axis=1)
+            if GRAD:
+                if WHOLE_ROW:
+                    coef = a_part
+                g = p * coef[:, None] - a
+        else:
+            r = tl.where(is_m, 0.0, w * p / (1.0 - p))
+            if LOSS:
+                # log(1 - p_m) = -softplus(d) (never 1 - p_m, which is 0 in float32 once
+                # d > ~17); p_j <= 1/2 for j != m, so log1p(-p_j) is accurate there.
+                log_1mp = tl.where(is_m, -_softplus(d)[:, None], _log1p(-p))
+                terms = tl.where(a != 0.0, a * log_p, 0.0) + tl.where(w != 0.0, w * log_1mp, 0.0)
+                loss_part = -tl.sum(terms, axis=1)
+                r_part = tl.sum(r, axis=1)
+            if GRAD:
+                # q_j = exp((z_j - m2) - log s2); 0 at m and when no other class has mass.
+                # Subtract the second max first: lse_others = m2 + log s2 rounded in float32
+                # would lose the precision of log s2 when |m2| is large.
+                q = tl.where(
+                    is_m | ~has_others[:, None],
+                    0.0,
+                    tl.exp((z - base2[:, None]) - log_s2[:, None]),
+                )
+                q = tl.where(ok, q, 0.0)
+                if WHOLE_ROW:
+                    coef = a_part - r_part
+                g = (
+                    p * coef[:, None]
+                    - a
+                    + r
+                    - wm_sd[:, None] * q
+                    + tl.where(is_m, wm_sd[:, None], 0.0)
+                )
+        return loss_part, a_part, r_part, g
+
+    @triton.jit
+    def _store_grad(grad_ptr, rows_c, row_ok, cols, ok, g, row_scale, n_cols, ROUND_BF16):
+        """Scale a gradient tile by row_scale (0 rows exactly 0) and store it in the grad dtype."""
+        g = _scaled(g, row_scale[:, None])
+        tl.store(
+            grad_ptr + rows_c[:, None] * n_cols + cols[None, :],
+            _to_dtype(g, grad_ptr, ROUND_BF16),
+            mask=ok & row_ok[:, None],
+        )
 
     @triton.jit
     def _rwwce_fwd_kernel(
@@ -521,13 +632,22 @@ if triton is not None:
         rows_c = tl.minimum(rows, n_rows - 1).to(tl.int64)
         cols0 = tl.arange(0, BLOCK_K)
         z_rows = logits_ptr + rows_c[:, None] * stride_row
+        row_scale = tl.load(row_scale_ptr + rows_c)
         if SOFT:
             t = tl.zeros([BLOCK_M], dtype=tl.int32)
             fn_t = tl.zeros([BLOCK_M], dtype=tl.float32)
         else:
-            t = tl.load(target_ptr + rows_c).to(tl.int32)
-            fn_t = tl.load(fn_ptr + t)
-        row_scale = tl.load(row_scale_ptr + rows_c)
+            # Targets reach the kernel unchecked (validate=False, or CUDA, where checking them
+            # would synchronise). One outside [0, K) reads nothing: it is replaced by class 0 for
+            # the arithmetic and its row's loss and gradient become NaN (a NaN scale), so the
+            # mistake shows, as PyTorch's cross-entropy asserts.
+            t_raw = tl.load(target_ptr + rows_c)
+            t_ok = (t_raw >= 0) & (t_raw < n_cols)
+            t = tl.where(t_ok, t_raw, 0).to(tl.int32)
+            fn_t = tl.load(fn_ptr + t, mask=t_ok, other=0.0)
+            row_scale = tl.where(t_ok, row_scale, float("nan"))
+        row = (rows_c, t, fn_t)
+        weights = (target_ptr, fn_ptr, fp_ptr, fp_colsum_ptr, soft_w_ptr)
 
         # ---- sweep 1: row statistics (float32; online merge over column blocks) -------------
         if SINGLE_PASS:
@@ -545,197 +665,70 @@ if triton is not None:
                 zb = tl.load(z_rows + cols[None, :], mask=ok, other=float("-inf")).to(tl.float32)
                 bm, bidx, bm2, bs2 = _tile_stats(zb, cols)
                 mx, amax, m2, s2 = _merge_stats(mx, amax, m2, s2, bm, bidx, bm2, bs2)
-
-        # d = z_m - logsumexp_{j != m} z_j, from the second max: (z_m - m2) is exact-ish and
-        # s2 >= 1, so nothing underflows even for a logit gap of 1e4. d = +inf when K = 1.
-        base2 = tl.where(m2 == float("-inf"), 0.0, m2)
-        log_s2 = tl.log(s2)  # -inf when there are no other classes (K = 1)
-        d = (mx - base2) - log_s2
-        c = _softplus(-d)  # logsumexp(z) - z_m = -log p_m
-        sig_d = tl.sigmoid(d)  # p_m
-        w_m = _w_at(
-            rows_c,
-            amax,
-            t,
-            target_ptr,
-            fp_ptr,
-            fp_colsum_ptr,
-            soft_w_ptr,
-            n_cols,
-            smoothing,
-            FP_MODE,
-            SOFT,
-            SMOOTH,
-        )
+        stats = _row_stats(mx, amax, m2, s2)
+        sig_d = stats[7]
+        wm_sd = sig_d * _w_at(amax, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH)
 
         # ---- sweep 2: loss, A = sum_k a_k, R' = sum_{j != m} w_j p_j / (1 - p_j) ------------
-        # loss_row = -sum_k a_k log p_k - sum_j w_j log(1 - p_j)   (a = y fn, w = y @ FP)
         if SINGLE_PASS:
-            a, w = _tile_coefficients(
-                rows_c,
-                cols0,
-                col_ok,
-                t,
-                fn_t,
-                target_ptr,
-                fn_ptr,
-                fp_ptr,
-                fp_colsum_ptr,
-                soft_w_ptr,
-                n_cols,
-                smoothing,
-                FP_MODE,
-                SOFT,
-                SMOOTH,
-            )
-            is_m, p, q, log_p, log_1mp = _tile_terms(
-                z, cols0, col_ok, mx, amax, d, c, base2, log_s2, sig_d
-            )
-            # zero weights times an infinite log (masked columns, d = +inf) must stay 0
-            terms = tl.where(a != 0.0, a * log_p, 0.0) + tl.where(w != 0.0, w * log_1mp, 0.0)
-            loss = -tl.sum(terms, axis=1)
-            a_sum = tl.sum(a, axis=1)
-            r = tl.where(is_m, 0.0, w * p / (1.0 - p))
-            r_sum = tl.sum(r, axis=1)
+            # the block is the whole row: coef comes from its own sums (zeros: a placeholder)
+            loss, a_sum, r_sum, g = _column_block(
+                z, cols0, col_ok, row, stats, weights, tl.zeros([BLOCK_M], dtype=tl.float32),
+                wm_sd, n_cols, smoothing, FP_MODE, SOFT, SMOOTH,
+                LOSS=True, GRAD=GRAD_MODE != _GRAD_NONE, WHOLE_ROW=True,
+            )  # fmt: skip
         else:
             loss = tl.zeros([BLOCK_M], dtype=tl.float32)
             a_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
             r_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-            if GRAD_MODE == 2:
-                # No FP term: the gradient p_i A - a_i (the FN part of the derivation below) needs
-                # only A = sum_k a_k, which does not depend on the logits. Get A first (no logits
-                # read), then write the gradient in the loss sweep.
+            if GRAD_MODE == _GRAD_IN_LOSS_SWEEP:
+                # No FP term: the gradient p_i A - a_i needs only A = sum_k a_k, which does not
+                # depend on the logits. Get A first (no logits read), then write the gradient in
+                # the loss sweep.
                 for k0 in range(0, n_cols, BLOCK_K):
                     cols = k0 + cols0
                     ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
-                    ab, wb = _tile_coefficients(
-                        rows_c,
-                        cols,
-                        ok,
-                        t,
-                        fn_t,
-                        target_ptr,
-                        fn_ptr,
-                        fp_ptr,
-                        fp_colsum_ptr,
-                        soft_w_ptr,
-                        n_cols,
-                        smoothing,
-                        FP_MODE,
-                        SOFT,
-                        SMOOTH,
+                    ab, _ = _coefficients(
+                        cols, ok, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH
                     )
                     a_sum += tl.sum(ab, axis=1)
             for k0 in range(0, n_cols, BLOCK_K):
                 cols = k0 + cols0
                 ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
                 zb = tl.load(z_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                ab, wb = _tile_coefficients(
-                    rows_c,
-                    cols,
-                    ok,
-                    t,
-                    fn_t,
-                    target_ptr,
-                    fn_ptr,
-                    fp_ptr,
-                    fp_colsum_ptr,
-                    soft_w_ptr,
-                    n_cols,
-                    smoothing,
-                    FP_MODE,
-                    SOFT,
-                    SMOOTH,
-                )
-                is_mb, pb, qb, log_pb, log_1mpb = _tile_terms(
-                    zb, cols, ok, mx, amax, d, c, base2, log_s2, sig_d
-                )
-                terms = tl.where(ab != 0.0, ab * log_pb, 0.0) + tl.where(
-                    wb != 0.0, wb * log_1mpb, 0.0
-                )
-                loss -= tl.sum(terms, axis=1)
-                if GRAD_MODE == 2:
-                    g = (pb * a_sum[:, None] - ab) * row_scale[:, None]
-                    tl.store(
-                        grad_ptr + rows_c[:, None] * n_cols + cols[None, :],
-                        _to_dtype(g, grad_ptr, ROUND_BF16),
-                        mask=ok & row_ok[:, None],
+                lb, ab, rb, gb = _column_block(
+                    zb, cols, ok, row, stats, weights, a_sum, wm_sd, n_cols, smoothing,
+                    FP_MODE, SOFT, SMOOTH,
+                    LOSS=True, GRAD=GRAD_MODE == _GRAD_IN_LOSS_SWEEP, WHOLE_ROW=False,
+                )  # fmt: skip
+                loss += lb
+                if GRAD_MODE == _GRAD_IN_LOSS_SWEEP:
+                    _store_grad(
+                        grad_ptr, rows_c, row_ok, cols, ok, gb, row_scale, n_cols, ROUND_BF16
                     )
                 else:
-                    a_sum += tl.sum(ab, axis=1)
-                    r_sum += tl.sum(tl.where(is_mb, 0.0, wb * pb / (1.0 - pb)), axis=1)
-        tl.store(loss_ptr + rows, loss * row_scale, mask=row_ok)
+                    a_sum += ab
+                    r_sum += rb
+        tl.store(loss_ptr + rows, _scaled(loss, row_scale), mask=row_ok)
 
-        if GRAD_MODE == 1:
-            # ---- gradient ---------------------------------------------------------------------
-            # L = -sum_k a_k log p_k - sum_j w_j log(1 - p_j), with d log p_k / dz_i = delta_ki - p_i
-            # and d p_j / dz_i = p_j (delta_ij - p_i):
-            #   FN part:  dL/dz_i = p_i A - a_i,                       A = sum_k a_k
-            #   FP part:  dL/dz_i = sum_j w_j p_j (delta_ij - p_i) / (1 - p_j) = r_i - p_i R,
-            #             r_j = w_j p_j / (1 - p_j),  R = sum_j r_j.
-            # r_m = w_m p_m / (1 - p_m) = w_m e^d overflows for a confident arg-max, so split it
-            # off: R = R' + r_m with R' = sum_{j != m} r_j (every 1 - p_j >= 1/2 there), and
-            #   i != m:  p_i r_m = w_m p_i e^d = w_m q_i sigmoid(-d) e^d = w_m sigmoid(d) q_i
-            #            dL/dz_i = p_i A - a_i + r_i - p_i R' - w_m sigmoid(d) q_i
-            #   i == m:  r_m - p_m r_m - p_m R' = r_m (1 - p_m) - p_m R' = sigmoid(d) (w_m - R')
-            #            dL/dz_m = p_m A - a_m + sigmoid(d) (w_m - R')
-            # With r_m := 0 and q_m := 0 both read  p (A - R') - a + r - w_m sigmoid(d) q
-            # plus w_m sigmoid(d) at i = m. Every factor is bounded; no 1 - p_m anywhere.
-            # Computed in float32, scaled by row_scale, stored in the logits' dtype.
-            wm_sd = w_m * sig_d
-            coef = a_sum - r_sum
+        # ---- sweep 3 (or registers): the gradient, scaled by row_scale ----------------------
+        if GRAD_MODE == _GRAD_AFTER_SUMS:
             if SINGLE_PASS:
-                g = (
-                    p * coef[:, None]
-                    - a
-                    + r
-                    - wm_sd[:, None] * q
-                    + tl.where(is_m, wm_sd[:, None], 0.0)
-                )
-                g = g * row_scale[:, None]
-                tl.store(
-                    grad_ptr + rows_c[:, None] * n_cols + cols0[None, :],
-                    _to_dtype(g, grad_ptr, ROUND_BF16),
-                    mask=col_ok & row_ok[:, None],
+                _store_grad(
+                    grad_ptr, rows_c, row_ok, cols0, col_ok, g, row_scale, n_cols, ROUND_BF16
                 )
             else:
+                coef = a_sum - r_sum
                 for k0 in range(0, n_cols, BLOCK_K):
                     cols = k0 + cols0
                     ok = (cols < n_cols)[None, :] & (rows_c[:, None] >= 0)
                     zb = tl.load(z_rows + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-                    ab, wb = _tile_coefficients(
-                        rows_c,
-                        cols,
-                        ok,
-                        t,
-                        fn_t,
-                        target_ptr,
-                        fn_ptr,
-                        fp_ptr,
-                        fp_colsum_ptr,
-                        soft_w_ptr,
-                        n_cols,
-                        smoothing,
-                        FP_MODE,
-                        SOFT,
-                        SMOOTH,
-                    )
-                    is_mb, pb, qb, log_pb, log_1mpb = _tile_terms(
-                        zb, cols, ok, mx, amax, d, c, base2, log_s2, sig_d
-                    )
-                    rb = tl.where(is_mb, 0.0, wb * pb / (1.0 - pb))
-                    g = (
-                        pb * coef[:, None]
-                        - ab
-                        + rb
-                        - wm_sd[:, None] * qb
-                        + tl.where(is_mb, wm_sd[:, None], 0.0)
-                    )
-                    g = g * row_scale[:, None]
-                    tl.store(
-                        grad_ptr + rows_c[:, None] * n_cols + cols[None, :],
-                        _to_dtype(g, grad_ptr, ROUND_BF16),
-                        mask=ok & row_ok[:, None],
+                    _, _, _, gb = _column_block(
+                        zb, cols, ok, row, stats, weights, coef, wm_sd, n_cols, smoothing,
+                        FP_MODE, SOFT, SMOOTH, LOSS=False, GRAD=True, WHOLE_ROW=False,
+                    )  # fmt: skip
+                    _store_grad(
+                        grad_ptr, rows_c, row_ok, cols, ok, gb, row_scale, n_cols, ROUND_BF16
                     )
 
     @triton.jit

@@ -1,0 +1,108 @@
+"""Argument and data checks (rwwce._validate) as users meet them through the public functions."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rwwce
+
+rce = rwwce.real_world_weight_cross_entropy
+brwce = rwwce.binary_real_world_weight_cross_entropy
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_label_smoothing_rejects_bools(value):
+    with pytest.raises(TypeError, match="label_smoothing must be a float in \\[0, 1\\]; got"):
+        rce(torch.randn(2, 3), torch.tensor([0, 1]), label_smoothing=value)
+    with pytest.raises(TypeError, match="label_smoothing"):
+        rwwce.RWWCELoss(label_smoothing=value)
+
+
+@pytest.mark.parametrize("name", ["fn_weight", "fp_weight", "sample_weight"])
+def test_a_weight_on_another_device_is_an_error_naming_both(name):
+    # The 'meta' device stands in for an accelerator: a CPU weight is never copied silently.
+    x = torch.randn(4, 3, device="meta")
+    target = torch.zeros(4, dtype=torch.long, device="meta")
+    weights = {
+        "fn_weight": torch.ones(3),
+        "fp_weight": torch.ones(3),
+        "sample_weight": torch.ones(4),
+    }
+    with pytest.raises(ValueError, match=f"{name} is on cpu but the input is on meta"):
+        rce(x, target, **{name: weights[name]}, validate=False)
+
+
+def test_binary_weight_on_another_device_is_an_error():
+    x = torch.randn(4, device="meta")
+    with pytest.raises(ValueError, match="fn_weight is on cpu but the input is on meta"):
+        brwce(x, torch.zeros(4, device="meta"), fn_weight=torch.ones(4), validate=False)
+
+
+def test_numbers_and_cpu_scalars_are_passed_as_scalars_not_copied():
+    # As in PyTorch, a 0-dim CPU tensor or a number works with an input on any device.
+    x = torch.randn(4, device="meta")
+    out = brwce(
+        x,
+        torch.zeros(4, device="meta"),
+        fn_weight=torch.tensor(2.0),
+        fp_weight=3.0,
+        validate=False,
+        reduction="none",
+    )
+    assert out.device.type == "meta" and out.shape == (4,)
+
+
+def test_numbers_and_lists_are_still_welcome_as_weights():
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    expected = F.cross_entropy(x, t, weight=torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(rce(x, t, [1.0, 2.0, 3.0], reduction="weighted_mean"), expected)
+
+
+def test_nan_logits_are_named_after_the_fact():
+    x = torch.randn(5, 3)
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or \+inf; got nan at index \(3, 1\)"):
+        rce(x, torch.tensor([0, 1, 2, 0, 1]))
+    x[3, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"got inf at index \(3, 1\)"):
+        rce(x, torch.tensor([0, 1, 2, 0, 1]), reduction="none")
+    with pytest.raises(ValueError, match="NaN or \\+inf"):
+        brwce(torch.tensor([0.0, float("nan")]), torch.tensor([1.0, 0.0]))
+
+
+def test_an_infinite_loss_from_a_masked_target_class_is_not_an_input_error():
+    # -inf at the target class: the loss is +inf, as F.cross_entropy says; nothing to diagnose.
+    x = torch.tensor([[float("-inf"), 0.0, 1.0]])
+    loss = rce(x, torch.tensor([0]))
+    assert loss == F.cross_entropy(x, torch.tensor([0])) == float("inf")
+
+
+def test_probabilities_outside_the_unit_interval_are_rejected():
+    with pytest.raises(ValueError, match=r"input_type='probs' needs values in \[0, 1\]; got 1.5"):
+        rce(torch.tensor([[1.5, -0.5]]), torch.tensor([0]), input_type="probs")
+    with pytest.raises(ValueError, match=r"\[0, 1\]; got nan"):
+        rce(torch.tensor([[float("nan"), 0.5]]), torch.tensor([0]), input_type="probs")
+
+
+def test_softmax_output_warning_looks_at_a_sample_of_rows():
+    probs = torch.softmax(torch.randn(1000, 5), dim=1)
+    with pytest.warns(UserWarning, match="looks like probabilities"):
+        rce(probs, torch.zeros(1000, dtype=torch.long))
+    segmentation = torch.softmax(torch.randn(2, 4, 30, 30), dim=1)
+    with pytest.warns(UserWarning, match="looks like probabilities"):
+        rce(segmentation, torch.zeros(2, 30, 30, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rce(torch.randn(1000, 5), torch.zeros(1000, dtype=torch.long))
+
+
+def test_target_range_with_and_without_ignored_targets():
+    x = torch.randn(4, 3)
+    rce(x, torch.tensor([0, -100, 2, 1]))  # ignored targets pass
+    for bad, shown in (([0, -100, 3, 1], "got 3 at index 2"), ([0, -1, 2, 1], "got -1 at index 1")):
+        with pytest.raises(IndexError, match=shown):
+            rce(x, torch.tensor(bad))
+    with pytest.raises(IndexError, match="got 5 at index 0"):
+        rce(x, torch.tensor([5, 0, 0, 0]), ignore_index=5 + 1)
