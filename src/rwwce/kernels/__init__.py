@@ -15,6 +15,9 @@ Every backend implements the same function (one dispatch point lives in ``rwwce.
 * ``row_scale``: (M,) compute dtype, detached: ignore mask x sample weight / reduction denominator.
   A row whose ``row_scale`` is 0 contributes exactly 0 to the result and to the gradient,
   whatever its logits (a row loss of inf or NaN included: masked, never computed as 0 * inf).
+  One limit: the torch backend keeps such a row's gradient at 0 only when its logits hold no NaN
+  or +inf (PyTorch's cross-entropy has the same limit; zeroing them would cost a pass over the
+  logits); the Triton kernel zeroes it for any logits.
 * ``label_smoothing``: applies to index targets only: y = (1 - e) onehot(t) + e / K.
 * ``reduce``: True returns the 0-dim sum over rows of ``row_scale * loss_row``; False returns the
   (M,) vector ``row_scale * loss_row``. Both in the compute dtype; differentiable w.r.t. ``logits``

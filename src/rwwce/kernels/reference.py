@@ -107,8 +107,8 @@ class _RWWCEFunction(torch.autograd.Function):
                 inactive=inactive[rows],
             )
         # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
-        # loss may be inf or NaN (a -inf logit at the placeholder class, NaN logits), and its
-        # gradient is kept finite by ``_rows_forward``, so the backward's scale zeroes it.
+        # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
+        # by ``_rows_forward``, so the backward's scale zeroes it.
         row_loss = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
         ctx.save_for_backward(logits, target, fn_weight, fp_weight, row_grad, row_scale)
         ctx.label_smoothing = options.label_smoothing
@@ -220,8 +220,9 @@ def _rows_forward(
     """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``.
 
     ``inactive`` (R, 1) marks rows whose loss will be discarded (row_scale 0): their exponentials
-    are masked to 0 in the first buffer built from z, so that their gradient is finite whatever
-    their logits (NaN and +inf included) and a zero scale zeroes it exactly.
+    are shifted to 0 (by an O(R) shift, not a pass over the chunk), so that their gradient stays
+    finite for any logits free of NaN and +inf (masked rows included) and a zero scale zeroes it
+    exactly.
     """
     num_classes = z.shape[1]
     soft = target.dim() == 2
@@ -229,7 +230,7 @@ def _rows_forward(
     if fp_weight is None:
         # Without an FP term only log p is needed: a plain, stable log-softmax.
         z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
-        p = (z - z_max).masked_fill_(inactive, float("-inf")).exp_()
+        p = (z - _discard(z_max, inactive)).exp_()
         total = p.sum(dim=1, keepdim=True)
         p.div_(total.clamp_min(torch.finfo(z.dtype).tiny))  # a fully masked row: p = 0, not NaN
         lse = z_max + total.log()
@@ -237,9 +238,9 @@ def _rows_forward(
         # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
         z_max, argmax = z.max(dim=1, keepdim=True)
         z_max = _finite_or_zero(z_max)
-        q = z.scatter(1, argmax, float("-inf")).masked_fill_(inactive, float("-inf"))
+        q = z.scatter(1, argmax, float("-inf"))
         second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
-        q.sub_(second_max).exp_()
+        q.sub_(_discard(second_max, inactive)).exp_()
         sum_others = q.sum(dim=1, keepdim=True)
         lse_others = second_max + sum_others.log()
         q.div_(sum_others.clamp_min(torch.finfo(z.dtype).tiny))  # softmax over j != m; q_m = 0
@@ -308,6 +309,11 @@ def _finite_or_zero(row_max: Tensor) -> Tensor:
     """A row maximum, or 0 where it is -inf (every logit masked), so that ``z - max`` never
     forms -inf - -inf."""
     return torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+
+
+def _discard(row_shift: Tensor, inactive: Tensor) -> Tensor:
+    """The shift subtracted before ``exp``: +inf for inactive rows, so their exponentials are 0."""
+    return torch.where(inactive, float("inf"), row_shift)
 
 
 def _subtract_fn_coefficients(
