@@ -60,7 +60,7 @@ def test_numbers_and_lists_are_still_welcome_as_weights():
     torch.testing.assert_close(rce(x, t, [1.0, 2.0, 3.0], reduction="weighted_mean"), expected)
 
 
-def test_nan_logits_are_named_after_the_fact():
+def test_nan_and_posinf_logits_are_named():
     x = torch.randn(5, 3)
     x[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or \+inf; got nan at index \(3, 1\)"):
@@ -70,6 +70,11 @@ def test_nan_logits_are_named_after_the_fact():
         rce(x, torch.tensor([0, 1, 2, 0, 1]), reduction="none")
     with pytest.raises(ValueError, match="NaN or \\+inf"):
         brwce(torch.tensor([0.0, float("nan")]), torch.tensor([1.0, 0.0]))
+    # In an ignored row too: its gradient would be NaN (as in PyTorch), so the CPU check says so.
+    x = torch.randn(3, 4)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"got nan at index \(1, 2\)"):
+        rce(x, torch.tensor([0, -100, 3]))
 
 
 def test_an_infinite_loss_from_a_masked_target_class_is_not_an_input_error():

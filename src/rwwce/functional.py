@@ -132,8 +132,7 @@ def real_world_weight_cross_entropy(
     weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
     weights = _sample_weight_per_element(weights, element_shape)
 
-    check_data = V.should_check_data(validate, input, target, fn_given, fp, weights)
-    if check_data:
+    if V.should_check_data(validate, input, target, fn_given, fp, weights):
         V.check_weight_values("fn_weight", fn_given)
         V.check_fn_matrix_diagonal(fn_given)
         V.check_weight_values("fp_weight", fp)
@@ -142,6 +141,7 @@ def real_world_weight_cross_entropy(
         if input_type == "probs":
             V.check_probabilities(input)
         else:
+            V.check_logits(input)
             V.warn_if_probabilities(input)
         if soft:
             V.check_soft_targets(_classes_last(target))
@@ -173,8 +173,6 @@ def real_world_weight_cross_entropy(
     loss = _pick_backend(backend, logits, target_2d, fp)(
         logits, target_2d, fn, fp, row_scale, smoothing, reduction != "none"
     )
-    if check_data:
-        V.check_finite_result(loss, input)
     if reduction != "none":
         return loss
     loss = loss.reshape(element_shape)
@@ -246,12 +244,13 @@ def binary_real_world_weight_cross_entropy(
     for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
         _check_broadcasts(name, value, input.shape)
 
-    check_data = V.should_check_data(validate, input, target, fn, fp, weights)
-    if check_data:
+    if V.should_check_data(validate, input, target, fn, fp, weights):
         for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
             V.check_weight_values(name, value)
         if input_type == "probs":
             V.check_probabilities(input)
+        else:
+            V.check_logits(input)
         V.check_binary_targets(target)
 
     x = input.to(dtype)
@@ -266,8 +265,6 @@ def binary_real_world_weight_cross_entropy(
     if weights is not None:
         loss = loss * weights
 
-    if check_data:
-        V.check_finite_result(loss, input)
     if reduction == "none":
         return loss.to(input.dtype)
     total = loss.sum()  # reduced in float32 at least, like the multi-class loss
