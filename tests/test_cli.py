@@ -547,3 +547,25 @@ def test_cost_plot_writes_a_png_and_a_bad_path_exits_2(tmp_path, costs_csv, caps
         argv = ["cost", str(probs), "--costs", str(costs_csv), "--plot", str(bad)]
         _assert_one_line_error(capsys, main(argv), needle)
     assert not (tmp_path / "missing").exists() and not (tmp_path / "x.nope").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("labels has dtype float64; expected integer class indices"),
+        ImportError("plotting needs matplotlib: pip install 'rwwce[experiments]'"),
+    ],
+)
+def test_type_and_import_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, error):
+    """A user's bad dtype or a missing extra: one line on stderr, exit 2, no traceback."""
+    import rwwce.cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(rwwce.cli, "_cmd_weights", fail)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("label\n0\n1\n")
+    assert main(["weights", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rwwce weights: error: {error}\n"

@@ -33,7 +33,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    except OSError as error:  # name the user's path, not the temporary file's
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from None
     os.close(fd)
     try:
         yield tmp
@@ -42,7 +45,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
