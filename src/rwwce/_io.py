@@ -36,7 +36,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
     except OSError as error:  # name the user's path, not the temporary file's
-        raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from None
+        raise _naming(error, path) from None
     os.close(fd)
     try:
         yield tmp
@@ -48,11 +48,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
         try:
             os.replace(tmp, path)
         except OSError as error:
-            raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from None
+            raise _naming(error, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _naming(error: OSError, path: str) -> OSError:
+    """The same error, saying the user's path instead of the temporary file's."""
+    reason = error.strerror or str(error) or type(error).__name__
+    message = f"cannot write {path}: {reason}"
+    return type(error)(message) if error.errno is None else type(error)(error.errno, message)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
