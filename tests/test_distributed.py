@@ -9,17 +9,15 @@ the world size.
 from __future__ import annotations
 
 import os
-import socket
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import rwwce
+from gloo_processes import run_processes
 from rwwce.metrics import real_world_cost
 
 pytestmark = pytest.mark.skipif(
@@ -139,42 +137,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(out_dir: Path) -> None:
-    ctx = mp.start_processes(
-        _worker,
-        args=(WORLD, _free_port(), str(out_dir)),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):  # raises with the child's traceback if one fails
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the {WORLD} gloo processes did not finish in {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Run the two processes once; return each rank's saved results."""
     out = tmp_path_factory.mktemp("ddp")
-    try:
-        _spawn(out)
-    except mp.ProcessRaisedException as err:
-        if "Address already in use" not in str(err):
-            raise
-        _spawn(out)  # the free port was taken in between: one retry with a new one
+    run_processes(_worker, WORLD, str(out), timeout_s=TIMEOUT_S)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

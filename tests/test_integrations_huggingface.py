@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 import rwwce  # noqa: E402
+from gloo_processes import run_processes  # noqa: E402
 from rwwce.integrations.huggingface import RWWCETrainer, make_compute_metrics  # noqa: E402
 from rwwce.metrics import real_world_cost  # noqa: E402
 
@@ -341,12 +340,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, reduction: str) 
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -354,25 +347,7 @@ def _free_port() -> int:
 )
 @pytest.mark.parametrize("reduction", ["weighted_mean"])
 def test_two_processes_step_equals_full_batch_step(tmp_path, reduction):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(
-        _ddp_worker,
-        args=(2, _free_port(), str(tmp_path), reduction),
-        nprocs=2,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the two Trainer processes did not finish in 120 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+    run_processes(_ddp_worker, 2, str(tmp_path), reduction, timeout_s=120)
     x, y = make_data()
     reference = make_model()
     reference_step(reference, rwwce.RWWCELoss(FN, FP, reduction=reduction), x, y)

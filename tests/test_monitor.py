@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import stat
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 
 import rwwce
+from gloo_processes import run_processes
 from oracles import fp_as_matrix, rwwce_float64, smoothed_onehot
 from rwwce.metrics import bayes_decision, real_world_cost
 
@@ -373,34 +371,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(),
     reason="needs torch.distributed with gloo",
 )
 def test_monitor_synchronises_across_processes(tmp_path):
-    ctx = mp.start_processes(
-        _worker,
-        args=(WORLD, _free_port(), str(tmp_path)),
-        nprocs=WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the gloo processes did not finish")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-                p.join(5)
+    run_processes(_worker, WORLD, str(tmp_path), timeout_s=TIMEOUT_S)
     ranks = [torch.load(tmp_path / f"r{r}.pt", weights_only=False) for r in range(WORLD)]
     single = rwwce.CostMonitor(COSTS, patience=1)
     y, epochs = scripted_epochs()
