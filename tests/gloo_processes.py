@@ -1,9 +1,13 @@
 """Run a test's worker in N gloo processes (spawned), with a deadline and one retry when the
 free port was taken in between. Shared by the tests of torch.distributed behaviour."""
 
+import contextlib
+import os
 import socket
 import time
+from datetime import timedelta
 
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -38,3 +42,17 @@ def _run(worker, world: int, args: tuple, timeout_s: float) -> None:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+
+
+@contextlib.contextmanager
+def gloo_group(rank: int, world: int, port: int, timeout_s: float = 90):
+    """Inside a worker: the default process group (gloo on 127.0.0.1:port), destroyed on exit."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

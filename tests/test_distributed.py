@@ -9,7 +9,6 @@ the world size.
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 import rwwce
-from gloo_processes import run_processes
+from gloo_processes import gloo_group, run_processes
 from rwwce.metrics import real_world_cost
 
 pytestmark = pytest.mark.skipif(
@@ -106,12 +105,7 @@ def run_case(name, rows, global_normalize):
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S)
-    )
-    try:
+    with gloo_group(rank, world, port, TIMEOUT_S):
         rows = slice(0, SPLIT) if rank == 0 else slice(SPLIT, N)
         results = {}
         for name in CASES:
@@ -133,8 +127,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         metric.update(preds[rows], target[rows])
         results["rwc"] = metric.compute()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

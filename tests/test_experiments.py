@@ -544,4 +544,6 @@ def test_plots_pick_the_configuration_where_arms_differ_most():
                     "metrics": {"targeted": t, "real_world_cost": 1.0},
                 }
             )
-    assert json.loads(plots.most_different_unit(recs, "targeted"))[1] == 1
+    chosen = plots.most_different_records(recs, "targeted")
+    assert [(r["seed"], r["arm"]) for r in chosen] == [(1, "ce"), (1, "rwwce")]
+    assert plots.most_different_records([], "targeted") == []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import stat
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rwwce
-from gloo_processes import run_processes
+from gloo_processes import gloo_group, run_processes
 from oracles import fp_as_matrix, rwwce_float64, smoothed_onehot
 from rwwce.metrics import bayes_decision, real_world_cost
 
@@ -351,12 +350,7 @@ TIMEOUT_S = 90
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S)
-    )
-    try:
+    with gloo_group(rank, world, port, TIMEOUT_S):
         y, epochs = scripted_epochs()
         rows = slice(0, 13) if rank == 0 else slice(13, 40)  # uneven shards
         monitor = rwwce.CostMonitor(COSTS, patience=1)
@@ -367,8 +361,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.save(
             {"history": monitor.history, "stop": monitor.should_stop}, Path(out_dir) / f"r{rank}.pt"
         )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(

@@ -15,7 +15,7 @@ import numpy as np
 
 from rwwce._io import save_figure
 
-__all__ = ["bar_chart", "confusion_panels", "most_different_unit", "threshold_curves", "unit_of"]
+__all__ = ["bar_chart", "confusion_panels", "most_different_records", "threshold_curves", "unit_of"]
 
 REFERENCE_COLOUR = "tab:red"
 OTHER_COLOUR = "tab:blue"
@@ -35,9 +35,9 @@ def unit_of(record: dict) -> str:
     return json.dumps([record["config"], record["seed"]], sort_keys=True)
 
 
-def most_different_unit(records: list[dict], metric: str) -> str | None:
-    """The (configuration, seed) whose arms differ most in ``metric`` (then in Real World Cost);
-    ties go to the first in sorted order. None without records."""
+def most_different_records(records: list[dict], metric: str) -> list[dict]:
+    """The records of the (configuration, seed) whose arms differ most in ``metric`` (then in Real
+    World Cost); ties go to the first in sorted order. Empty without records."""
     by_unit: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_unit[unit_of(r)].append(r["metrics"])
@@ -50,7 +50,7 @@ def most_different_unit(records: list[dict], metric: str) -> str | None:
         key = (spread, float(costs.max() - costs.min()))
         if best_key is None or key > best_key:
             best, best_key = unit, key
-    return best
+    return [r for r in records if unit_of(r) == best]
 
 
 def bar_chart(path: str, rows: list[dict], metric: str, *, ylabel: str, title: str) -> None:

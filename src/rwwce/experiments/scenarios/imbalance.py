@@ -105,10 +105,9 @@ class Imbalance(Scenario):
     ) -> list[str]:
         from .. import plots
 
-        unit = plots.most_different_unit(records, self.headline)
-        if unit is None:
+        recs = plots.most_different_records(records, self.headline)
+        if not recs:
             return []
-        recs = [r for r in records if plots.unit_of(r) == unit]
         r = classes.index(recs[0]["config"]["rare"])
         name = f"{self.name}-confusion.png"
         plots.confusion_panels(
