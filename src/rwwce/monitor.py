@@ -30,12 +30,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rwwce import _costmath
 from rwwce import _validate as V
-from rwwce._validate import to_tensor
-from rwwce.costs import _check_classes, as_cost_matrix
+from rwwce._validate import check_class_names, to_tensor
+from rwwce.costs import as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
-from rwwce.metrics import _expected, _masked_confusion
 
 __all__ = ["CostMonitor", "LossBreakdown", "loss_breakdown"]
 
@@ -218,7 +218,7 @@ def loss_breakdown(
         if sample_weight is not None:
             sample_weight = torch.as_tensor(sample_weight).reshape(1)
     k = input.shape[1]
-    names = _check_classes(classes, k)
+    names = check_class_names(classes, k)
     dtype = torch.float32 if input.device.type == "mps" else torch.float64
     device = input.device
     z = _classes_last(_as_logits(input.detach(), input_type)).to(dtype)
@@ -333,7 +333,7 @@ class CostMonitor:
         self.classes = (
             self.cost_matrix.classes
             if classes is None
-            else _check_classes(classes, self.num_classes)
+            else check_class_names(classes, self.num_classes)
         )
         self.patience = None if patience is None else int(patience)
         self.decision = decision
@@ -389,7 +389,7 @@ class CostMonitor:
         if self._counts is None:
             with torch.inference_mode(False):  # a normal tensor: updatable in and out of it
                 self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
-        counts = _masked_confusion(t, pred, k, valid).reshape(-1)
+        counts = _costmath.masked_confusion(t, pred, k, valid).reshape(-1)
         self._counts.add_(counts.to(self._counts.device))
 
     def _decide(self, scores: Tensor) -> Tensor:
@@ -400,7 +400,7 @@ class CostMonitor:
         probs = flat.float().softmax(dim=1) if self.input_type == "logits" else flat.float()
         costs = self._costs_on(probs.device)
         # argmin_j sum_i p_i C[i, j], without bayes_decision's data checks (they synchronise).
-        decision = _expected(probs, costs).argmin(dim=1)
+        decision = _costmath.expected(probs, costs).argmin(dim=1)
         return decision.reshape(scores.movedim(1, -1).shape[:-1])
 
     def _costs_on(self, device: torch.device) -> Tensor:
