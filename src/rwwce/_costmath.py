@@ -10,12 +10,12 @@ values, so they run on an accelerator without a host synchronisation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from rwwce._validate import check_costs, to_tensor
+from rwwce._validate import check_finite_nonnegative, to_tensor
 from rwwce.costs import CostMatrix, as_cost_matrix
 
 
@@ -113,7 +113,7 @@ def as_costs(costs: Any) -> torch.Tensor:
             "with K >= 2"
         )
     t = t.to(float_dtype(t))
-    check_costs(t, "costs")
+    check_finite_nonnegative(t, "costs")
     return t
 
 
@@ -159,6 +159,105 @@ def expected(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     if c.ndim == 2 or p.ndim == 3:
         return p @ c
     return (p.unsqueeze(1) @ c).squeeze(1)
+
+
+class ConfusionCosts(NamedTuple):
+    """What a confusion matrix costs (:func:`confusion_costs`): float tensors on its device.
+
+    ``counts[i, j]`` (rows: truth) and ``weighted[i, j] = C[i, j] * counts[i, j]``; the rest is
+    read from them. Ratios over a class without samples are NaN (0 / 0), never an error.
+    """
+
+    counts: torch.Tensor
+    weighted: torch.Tensor
+
+    @property
+    def total(self) -> torch.Tensor:
+        """0-dim: ``sum_ij C[i, j] count[i, j]``, the Real World Cost with ``reduction="sum"``."""
+        return self.weighted.sum()
+
+    @property
+    def samples(self) -> torch.Tensor:
+        """0-dim: ``n = sum_ij count[i, j]``."""
+        return self.counts.sum()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """0-dim: the Real World Cost ``total / n`` (NaN without samples)."""
+        return self.total / self.samples
+
+    @property
+    def support(self) -> torch.Tensor:
+        """(K,): ``n_i = sum_j count[i, j]``, the samples of each true class."""
+        return self.counts.sum(dim=1)
+
+    @property
+    def class_cost(self) -> torch.Tensor:
+        """(K,): ``sum_j C[i, j] count[i, j]``, what the samples of true class i cost."""
+        return self.weighted.sum(dim=1)
+
+    @property
+    def class_mean(self) -> torch.Tensor:
+        """(K,): ``class_cost / n_i``, the mean cost of a sample of true class i."""
+        return self.class_cost / self.support
+
+    @property
+    def recall(self) -> torch.Tensor:
+        """(K,): ``count[i, i] / n_i``."""
+        return self.counts.diagonal() / self.support
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        """0-dim: ``sum_i count[i, i] / n``."""
+        return self.counts.diagonal().sum() / self.samples
+
+
+def confusion_costs(counts: torch.Tensor, costs: torch.Tensor) -> ConfusionCosts:
+    """The cost, per-class cost and recall of (K, K) confusion ``counts`` under (K, K) ``costs``.
+
+    Counts may be integers or (weighted) floats; both go to :func:`float_dtype` on the counts'
+    device. No checks, no syncs.
+    """
+    dtype = float_dtype(counts)
+    n = counts.to(dtype)
+    return ConfusionCosts(n, n * costs.to(counts.device, dtype, non_blocking=True))
+
+
+# ---------------------------------------------------------------------- decisions
+DECISIONS = ("argmax", "bayes")
+
+
+def check_decision(decision: Any) -> None:
+    """``decision`` names a rule of :func:`decide`."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
+
+
+def decide(
+    scores: torch.Tensor,
+    decision: str,
+    costs: torch.Tensor | None = None,
+    *,
+    logits: bool = False,
+) -> torch.Tensor:
+    """Class indices (N, ...) from scores (N, K, ...) (classes in dim 1); no checks, no syncs.
+
+    ``"argmax"``: the arg-max of the scores (logits and probabilities alike). ``"bayes"``: the
+    cost-optimal class ``argmin_j sum_i p_i C[i, j]`` (ties to the lower index), with ``p`` the
+    scores (their softmax when ``logits``) in float32 at least and ``costs`` (K, K), or (N, K, K)
+    per sample (sample n's matrix for every element of ``scores[n]``).
+    """
+    if decision == "argmax":
+        return scores.argmax(dim=1)
+    rows = scores.detach().movedim(1, -1)
+    p = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    if logits:
+        p = p.softmax(dim=-1)
+    k = p.shape[-1]
+    c = costs.to(p.device, p.dtype)
+    if c.ndim == 2:
+        return expected(p.reshape(-1, k), c).argmin(dim=1).reshape(rows.shape[:-1])
+    return expected(p.reshape(p.shape[0], -1, k), c).argmin(dim=2).reshape(rows.shape[:-1])
 
 
 # ---------------------------------------------------------------------- labels of the scikit-learn scorer

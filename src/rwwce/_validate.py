@@ -298,14 +298,28 @@ def _first_bad(values: Tensor, bad: Tensor) -> str:
     return f"{values[index].item()!r} at index {shown}"
 
 
-def check_costs(values: torch.Tensor, name: str) -> None:
-    """Raise ValueError naming the first NaN, infinite or negative entry of ``values``."""
+def check_finite_nonnegative(
+    values: torch.Tensor, name: str, expected: str = "a finite cost >= 0"
+) -> None:
+    """Raise ValueError naming the first NaN, infinite or negative entry of ``values``:
+    ``"{name}[i, j] is {value}; expected {expected}"`` (a data check: it reads the values)."""
     bad = ~torch.isfinite(values) | (values < 0)
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0])
         v = float(values[idx])
         where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
-        raise ValueError(f"{where} is {v}; expected a finite cost >= 0")
+        raise ValueError(f"{where} is {v}; expected {expected}")
+
+
+def check_ignore_index(ignore_index: Any, *, optional: bool = False) -> int | None:
+    """An int label to skip (``None`` too when ``optional``); anything else is a TypeError, as in
+    PyTorch's losses."""
+    if optional and ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        expected = "an int or None" if optional else "an int"
+        raise TypeError(f"ignore_index is {ignore_index!r}; expected {expected}")
+    return int(ignore_index)
 
 
 def check_class_names(classes: Sequence[str] | None, k: int) -> tuple[str, ...]:

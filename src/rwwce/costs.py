@@ -29,7 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rwwce._validate import check_class_names, check_costs, check_fn_matrix_diagonal, to_tensor
+from rwwce._validate import (
+    check_class_names,
+    check_finite_nonnegative,
+    check_fn_matrix_diagonal,
+    to_tensor,
+)
 
 __all__ = ["CostMatrix", "as_cost_matrix"]
 
@@ -47,7 +52,7 @@ def _validate_matrix(matrix: Any, name: str) -> torch.Tensor:
     if m.shape[0] < 2:
         raise ValueError(f"{name} has shape {tuple(m.shape)}; expected at least 2 classes")
     m = m.to(device="cpu", dtype=torch.float64).clone()
-    check_costs(m, name)
+    check_finite_nonnegative(m, name)
     return m
 
 
@@ -119,16 +124,16 @@ class CostMatrix:
         k = f.shape[0]
         if k < 2:
             raise ValueError(f"fn has shape {tuple(f.shape)}; expected at least 2 classes")
-        check_costs(f, "fn")
+        check_finite_nonnegative(f, "fn")
         if fp is None:
             full = torch.zeros(k, k, dtype=torch.float64)
         else:
             p = to_tensor(fp, "fp").to(device="cpu", dtype=torch.float64)
             if p.shape == (k,):
-                check_costs(p, "fp")
+                check_finite_nonnegative(p, "fp")
                 full = p.expand(k, k).clone()
             elif p.shape == (k, k):
-                check_costs(p, "fp")
+                check_finite_nonnegative(p, "fp")
                 if bool((torch.diagonal(p) != 0).any()):
                     raise ValueError(
                         f"fp has diagonal {torch.diagonal(p).tolist()}; expected a (K, K) matrix "

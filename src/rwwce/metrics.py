@@ -160,8 +160,7 @@ def real_world_cost(
     check_choice("reduction", reduction, ("mean", "sum"))
     t, p, c = _decided_costs(y_true, y_pred, costs)
     if c.ndim == 2:
-        counts = confusion_matrix(t, p, c.shape[0])
-        total = (counts.to(c.dtype) * c).sum()
+        total = _costmath.confusion_costs(confusion_matrix(t, p, c.shape[0]), c).total
     else:
         total = _costmath.element_costs(t, p, c).sum()
     return total / t.numel() if reduction == "mean" else total
@@ -204,8 +203,8 @@ def real_world_benefit(
     ):
         raise ValueError(f"baseline is {baseline!r}; expected a class index in [0, {k})")
     if c.ndim == 2:
-        counts = confusion_matrix(t, p, k).to(c.dtype)
-        total = (counts.sum(dim=1) * c[:, baseline]).sum() - (counts * c).sum()
+        model = _costmath.confusion_costs(confusion_matrix(t, p, k), c)
+        total = (model.support * c[:, baseline]).sum() - model.total
     else:
         total = (
             _costmath.element_costs(t, torch.full_like(t, baseline), c)
@@ -528,9 +527,8 @@ def plot_prediction_costs(
     width = 0.8 / len(rules)
     x = np.arange(k)
     for r, (name, pred) in enumerate(rules.items()):
-        t2, p2 = _label_pair(t, pred, k)
-        per = _costmath.element_costs(t2, p2, cm.matrix)
-        share = torch.zeros(k, dtype=torch.float64).index_add_(0, t2.cpu(), per.cpu()) / t2.numel()
+        share = _costmath.confusion_costs(confusion_matrix(t, pred, k), cm.matrix).class_cost
+        share = share.cpu() / t.numel()
         total = float(share.sum())
         ax.bar(
             x + (r - (len(rules) - 1) / 2) * width,

@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -324,10 +323,9 @@ class CostMonitor:
             isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1
         ):
             raise ValueError(f"patience is {patience!r}; expected None or an int >= 1")
-        V.check_choice("decision", decision, ("argmax", "bayes"))
+        _costmath.check_decision(decision)
         V.check_choice("input_type", input_type, V.INPUT_TYPES)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
+        V.check_ignore_index(ignore_index)
         if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
             raise ValueError(f"min_delta is {min_delta!r}; expected a number >= 0")
         self.classes = (
@@ -393,15 +391,10 @@ class CostMonitor:
         self._counts.add_(counts.to(self._counts.device))
 
     def _decide(self, scores: Tensor) -> Tensor:
-        """(N, K, ...) scores -> (N, ...) decisions."""
-        if self.decision == "argmax":
-            return scores.argmax(dim=1)
-        flat = scores.detach().movedim(1, -1).reshape(-1, self.num_classes)
-        probs = flat.float().softmax(dim=1) if self.input_type == "logits" else flat.float()
-        costs = self._costs_on(probs.device)
-        # argmin_j sum_i p_i C[i, j], without bayes_decision's data checks (they synchronise).
-        decision = _costmath.expected(probs, costs).argmin(dim=1)
-        return decision.reshape(scores.movedim(1, -1).shape[:-1])
+        """(N, K, ...) scores -> (N, ...) decisions, without bayes_decision's data checks (they
+        synchronise)."""
+        costs = self._costs_on(scores.device) if self.decision == "bayes" else None
+        return _costmath.decide(scores, self.decision, costs, logits=self.input_type == "logits")
 
     def _costs_on(self, device: torch.device) -> Tensor:
         """The cost matrix on ``device`` (float32), copied once, not on every batch."""
@@ -433,13 +426,9 @@ class CostMonitor:
                 "end_epoch() found no validation elements since the last call; call "
                 "update(preds, target) for the validation batches first"
             )
-        c = self.cost_matrix.matrix
-        cost = float((counts.double() * c).sum() / n)
-        rows = counts.sum(dim=1)
-        recall = {
-            name: float(counts[i, i] / rows[i]) if rows[i] > 0 else math.nan
-            for i, name in enumerate(self.classes)
-        }
+        seen = _costmath.confusion_costs(counts, self.cost_matrix.matrix)
+        cost = float(seen.mean)
+        recall = dict(zip(self.classes, seen.recall.tolist(), strict=True))
         previous = self.best_cost
         is_best = previous is None or cost < previous - self.min_delta
         record = {
