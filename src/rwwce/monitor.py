@@ -31,6 +31,8 @@ from torch import Tensor
 
 from rwwce import _costmath
 from rwwce import _validate as V
+from rwwce._optional import require
+from rwwce._plotting import check_figure_path, new_figure
 from rwwce._validate import check_class_names, to_tensor
 from rwwce.costs import as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
@@ -519,13 +521,12 @@ class CostMonitor:
         """
         if not self.history:
             raise ValueError("plot() needs at least one end_epoch() record; the history is empty")
-        from matplotlib.figure import Figure
-
+        require("matplotlib", "CostMonitor.plot")
         from rwwce._io import save_figure
 
+        check_figure_path(path)
         epochs = [r["epoch"] for r in self.history]
-        fig = Figure(figsize=(13, 3.8))
-        ax_loss, ax_cost, ax_recall = fig.subplots(1, 3)
+        fig, (ax_loss, ax_cost, ax_recall) = new_figure(1, 3, (13, 3.8))
         for key, label in (("train_loss", "training"), ("val_loss", "validation")):
             pts = [(r["epoch"], r[key]) for r in self.history if r[key] is not None]
             if pts:
