@@ -1,4 +1,5 @@
-"""Argument checks shared by :mod:`rwwce.functional` and :mod:`rwwce.modules`.
+"""Argument checks shared by :mod:`rwwce.functional`, :mod:`rwwce.modules` and the rest of the
+package (cost values, class names, ``ignore_index``).
 
 Two kinds of check:
 

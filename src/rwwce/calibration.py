@@ -1,4 +1,5 @@
-"""Probability calibration: temperature scaling and the expected calibration error.
+"""Probability calibration: temperature scaling, the expected calibration error, and undoing the
+lean of a cost-weighted model (:func:`unweight_probabilities`, also in :mod:`rwwce.metrics`).
 
 A cost-optimal decision (:func:`rwwce.metrics.bayes_decision`) is only as good as the
 probabilities it is given. Modern networks are over-confident; temperature scaling (Guo et al.,

@@ -1,4 +1,4 @@
-"""The Real World Cost metric, cost-optimal decisions and probability calibration.
+"""The Real World Cost metric, cost-optimal decisions, the scikit-learn scorer and cost curves.
 
 With a cost matrix ``C`` (``C[i, j]``: the cost of predicting ``j`` when the truth is ``i``) and
 the confusion counts ``count[i, j]`` of ``n`` samples::
@@ -12,7 +12,8 @@ Every ``costs`` argument accepts a :class:`rwwce.CostMatrix` or anything array-l
 tensors on the device of the first tensor argument (the CPU for arrays and lists).
 
 ``RealWorldCost`` (a ``torchmetrics.Metric``) is loaded on first use, so ``import rwwce`` does not
-import torchmetrics.
+import torchmetrics. ``unweight_probabilities`` lives in :mod:`rwwce.calibration` and is
+re-exported here.
 
 Example::
 
@@ -248,7 +249,8 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
     Args:
         probs: (N, K) class probabilities, or (N,) probabilities of the positive class for 2 x 2
             costs. Feed calibrated probabilities (:mod:`rwwce.calibration`): a model trained with
-            RWWCE already leans towards the costly classes, see :func:`unweight_probabilities`.
+            RWWCE already leans towards the costly classes, see
+            :func:`rwwce.calibration.unweight_probabilities`.
         costs: a :class:`rwwce.CostMatrix`, a (K, K) array-like or (N, K, K) per-sample costs.
 
     Returns:
