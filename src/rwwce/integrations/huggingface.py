@@ -32,7 +32,7 @@ import transformers
 from torch import Tensor
 
 from rwwce import _costmath
-from rwwce._validate import check_ignore_index
+from rwwce._validate import check_class_names, check_ignore_index
 from rwwce.costs import as_cost_matrix
 from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
@@ -274,9 +274,7 @@ def make_compute_metrics(
     cm = as_cost_matrix(costs)
     _costmath.check_decision(decision)
     ignore_index = check_ignore_index(ignore_index)
-    names = cm.classes if classes is None else tuple(classes)
-    if len(names) != cm.num_classes:
-        raise ValueError(f"classes has {len(names)} names; expected {cm.num_classes}")
+    names = cm.classes if classes is None else check_class_names(classes, cm.num_classes)
     k = cm.num_classes
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
