@@ -23,3 +23,10 @@ bench: install
 
 lint:
 	ruff check src tests benchmarks examples
+
+# On a CUDA machine (installs nothing, needs no network): the CUDA tests, every kernel variant
+# under compute-sanitizer and the GPU benchmark, all written into $(OUT).
+.PHONY: gpu-check
+OUT ?= gpu-check-results
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out $(OUT)
