@@ -10,8 +10,8 @@ median in ms) of:
 * Liger-Kernel's cross-entropy (plain and weighted) when ``liger_kernel`` is importable,
 * the PyTorch backend of rwwce (``backend="torch"``, FP vector), eagerly,
 
-and, in a second pass over the shapes while the time budget lasts (compilation takes most of
-it), ``F.cross_entropy`` and rwwce's PyTorch backend under ``torch.compile``.
+and, in two more passes over the shapes while the time budget lasts (compilation takes most of
+it), ``F.cross_entropy`` and then rwwce's PyTorch backend under ``torch.compile``.
 
 Each time is also given as a ratio to a device copy of the logits measured in the same run (a
 memory-bound floor: one read and one write of the logits). ``peak_extra_bytes`` is the peak
@@ -58,6 +58,9 @@ QUICK_SHAPES = [
     (65536, 10, "float32"),
     (1024, 32768, "bfloat16"),
 ]
+# Three passes over the shapes, the most important first, so that a time budget cuts the
+# least: rwwce and the eager baselines; compiled PyTorch CE; compiled rwwce (PyTorch backend).
+PASSES = ("eager", "compiled CE", "compiled rwwce")
 # The FP matrix is K x K: measured up to this many classes.
 MATRIX_MAX_CLASSES = 1000
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -177,9 +180,9 @@ def _fresh_compile_cache() -> None:
 
 
 def _cases(
-    dtype: torch.dtype, fn: torch.Tensor, fp_vec: torch.Tensor, fp_mat, compiled: bool
+    dtype: torch.dtype, fn: torch.Tensor, fp_vec: torch.Tensor, fp_mat, group: str
 ) -> list[tuple[str, str, Callable]]:
-    """(library, variant, loss(z, target)) triples: the first pass's, or the compiled ones."""
+    """(library, variant, loss(z, target)) triples of one of ``PASSES``."""
     import rwwce
 
     rwce = rwwce.real_world_weight_cross_entropy
@@ -188,17 +191,13 @@ def _cases(
     def rwwce_torch(z, t):
         return rwce(z, t, fn, fp_vec, backend="torch")
 
-    if compiled:
+    if group != "eager":
         _fresh_compile_cache()
         # dynamic=False: static shapes, the compiler's best case (an option of every torch 2.x)
-        return [
-            (
-                "torch",
-                "compiled F.cross_entropy",
-                torch.compile(lambda z, t: F.cross_entropy(z, t), dynamic=False),
-            ),
-            ("rwwce-torch", "compiled, fp=vector", torch.compile(rwwce_torch, dynamic=False)),
-        ]
+        if group == "compiled CE":
+            ce = torch.compile(lambda z, t: F.cross_entropy(z, t), dynamic=False)
+            return [("torch", "compiled F.cross_entropy", ce)]
+        return [("rwwce-torch", "compiled, fp=vector", torch.compile(rwwce_torch, dynamic=False))]
     cases = []
     for name, fp in [("fp=None", None), ("fp=vector", fp_vec), ("fp=matrix", fp_mat)]:
         if fp is None and name == "fp=matrix":
@@ -229,11 +228,11 @@ def run_shape(
     dtype_name: str,
     meta: dict,
     *,
-    compiled: bool = False,
+    group: str = "eager",
     deadline: float | None = None,
     device: str = "cuda",
 ) -> list[dict]:
-    """Rows for one shape: the first pass (``compiled=False``) or the compiled baselines."""
+    """Rows for one shape and one of ``PASSES``."""
     dtype = getattr(torch, dtype_name)
     torch.manual_seed(0)
     logits = torch.randn(num_rows, num_classes, device=device, dtype=dtype) * 3
@@ -252,7 +251,7 @@ def run_shape(
 
     rows = []
     z = logits.clone().requires_grad_()
-    for library, variant, loss_fn in _cases(dtype, fn, fp_vec, fp_mat, compiled):
+    for library, variant, loss_fn in _cases(dtype, fn, fp_vec, fp_mat, group):
         if deadline is not None and time.monotonic() > deadline:
             spent = "time budget spent"
             rows.append(make_row(meta, library=library, variant=variant, error=spent, **shape))
@@ -339,19 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     path = output_path(args.output, meta["gpu"])
     path.parent.mkdir(parents=True, exist_ok=True)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
-    passes = [False] if args.no_compile else [False, True]
+    passes = PASSES[:1] if args.no_compile else PASSES
     rows: list[dict] = []
-    for compiled in passes:
+    for group in passes:
         for num_rows, num_classes, dtype_name in shapes:
-            label = "compiled baselines" if compiled else "rwwce and eager baselines"
             print(
-                f"# {num_rows} x {num_classes} {dtype_name}: {label} "
+                f"# {num_rows} x {num_classes} {dtype_name}, {group} "
                 f"({time.monotonic() - start:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
             rows += run_shape(
-                num_rows, num_classes, dtype_name, meta, compiled=compiled, deadline=deadline
+                num_rows, num_classes, dtype_name, meta, group=group, deadline=deadline
             )
             path.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"GPU: {meta['gpu']}, torch {meta['torch']}, triton {meta['triton']}")

@@ -372,6 +372,8 @@ def make_stages(args: argparse.Namespace, liger_site: Path | None) -> list[Stage
     python = sys.executable
     # a Triton interpreter flag left in the environment would interpret the CUDA launches too
     base_env = {"PYTHONPATH": pythonpath(), "PYTHONUNBUFFERED": "1", "TRITON_INTERPRET": None}
+    # CI=true: the same hypothesis examples on every run (tests/conftest.py)
+    tests_env = {**base_env, "RWWCE_REQUIRE_CUDA": "1", "CI": "true"}
     stages = []
     pytest_command = [
         python, "-m", "pytest", "-m", "cuda", "-q", "-rfEs", "-p", "no:cacheprovider",
@@ -387,7 +389,7 @@ def make_stages(args: argparse.Namespace, liger_site: Path | None) -> list[Stage
             pytest_command,
             args.timeouts["tests"],
             "tests.log",
-            env={**base_env, "RWWCE_REQUIRE_CUDA": "1"},
+            env=tests_env,
             judge=judge_tests("tests-junit.xml"),
         )
     )

@@ -411,3 +411,40 @@ def test_sanitizer_script_runs_the_kernels_in_the_interpreter():
     lines = result.stdout.splitlines()
     assert lines[-1] == "6 cases, 0 failed"
     assert sum(line.startswith("ok   ") for line in lines) == 6
+
+
+def test_bench_shape_plumbing_on_the_cpu(monkeypatch):
+    """run_shape with the GPU timers replaced: every case gives a row, a case that cannot run
+    (the Triton kernel on CPU tensors without the interpreter) an error row, and a spent time
+    budget rows that say so."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    calls = []
+
+    def fake_bench(fn, grad_to_none=None):
+        fn()
+        calls.append(fn)
+        return 2.0 if grad_to_none else 1.0
+
+    monkeypatch.setattr(bench_gpu, "_bench", fake_bench)
+    monkeypatch.setattr(bench_gpu, "_peak_extra_bytes", lambda step: step() or 4096)
+    meta = {"gpu": "cpu"}
+    rows = bench_gpu.run_shape(64, 10, "float32", meta, device="cpu")
+    by_case = {(r["library"], r["variant"]): r for r in rows}
+    assert ("torch", "F.cross_entropy") in by_case and (
+        "rwwce-torch",
+        "eager, fp=vector",
+    ) in by_case
+    assert {v for lib, v in by_case if lib == "rwwce-triton"} == {
+        "fp=None",
+        "fp=vector",
+        "fp=matrix",
+    }
+    for (library, _), row in by_case.items():
+        assert (row["rows"], row["classes"], row["dtype"], row["gpu"]) == (64, 10, "float32", "cpu")
+        if library == "rwwce-triton":
+            assert row["error"].startswith("ValueError: backend='triton' cannot run this call")
+        else:
+            assert "error" not in row, row
+            assert row["fwd_bwd_ratio_to_copy"] == 2.0 and row["peak_extra_bytes"] == 4096
+    spent = bench_gpu.run_shape(64, 10, "float32", meta, device="cpu", deadline=time.monotonic())
+    assert spent and all(r["error"] == "time budget spent" for r in spent)
