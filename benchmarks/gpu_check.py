@@ -20,10 +20,10 @@ prints its progress as it goes:
    logits, PyTorch's CE, weighted CE and compiled CE, and Liger-Kernel's CE), with a time budget;
    it fails when a row of the Triton kernel has no measurement.
 
-Writes into DIR (eight files): ``summary.json`` (each stage's status, time and detail, the
-machine), ``environment.txt`` (nvidia-smi, versions, pip list), ``tests.log``,
-``tests-junit.xml``, ``kernels.log``, ``sanitizer.log``, ``bench.log`` (with the markdown table)
-and ``bench_gpu_<gpu>.json`` (the rows ``benchmarks/results/`` keeps). Exit status: 0 when every
+Writes into DIR (seven files): ``summary.json`` (each stage's status, time and detail; the
+machine, with nvidia-smi, versions and pip list), ``tests.log``, ``tests-junit.xml``,
+``kernels.log``, ``sanitizer.log``, ``bench.log`` (with the markdown table) and
+``bench_gpu_<gpu>.json`` (the rows ``benchmarks/results/`` keeps). Exit status: 0 when every
 stage passed, 1 when one did not, 2 when there is no CUDA GPU (or the arguments are wrong).
 
 It installs nothing that is present. Liger-Kernel, when it cannot be imported, is installed from
@@ -210,12 +210,30 @@ def judge_tests(junit_name: str) -> Callable[[int, Path], tuple[bool, str]]:
     return judge
 
 
+def _cases_line(text: str) -> list[str]:
+    """sanitize_kernels.py's last line ('N cases, M failed'), if it got that far."""
+    return [line for line in text.splitlines() if line.endswith(" failed") and " cases, " in line][
+        -1:
+    ]
+
+
+def judge_kernels(log_name: str) -> Callable[[int, Path], tuple[bool, str]]:
+    def judge(returncode: int, out_dir: Path) -> tuple[bool, str]:
+        text = (out_dir / log_name).read_text(errors="replace")
+        failed = [line for line in text.splitlines() if line.startswith("FAIL ")]
+        detail = "; ".join(_cases_line(text)) or "no summary line"
+        detail += f" (exit status {returncode})" + "".join(f"\n  {line}" for line in failed[:10])
+        return returncode == 0 and bool(_cases_line(text)), detail
+
+    return judge
+
+
 def judge_sanitizer(log_name: str) -> Callable[[int, Path], tuple[bool, str]]:
     def judge(returncode: int, out_dir: Path) -> tuple[bool, str]:
         text = (out_dir / log_name).read_text(errors="replace")
         summaries = [line for line in text.splitlines() if "ERROR SUMMARY:" in line]
-        cases = [line for line in text.splitlines() if line.endswith(" failed") and "cases" in line]
-        detail = "; ".join(s.strip("= ") for s in summaries[-1:] + cases[-1:]) or "no summary"
+        cases = _cases_line(text)
+        detail = "; ".join(s.strip("= ") for s in summaries[-1:] + cases) or "no summary"
         clean = bool(summaries) and summaries[-1].split("ERROR SUMMARY:")[1].strip().startswith(
             "0 "
         )
@@ -400,6 +418,7 @@ def make_stages(args: argparse.Namespace, liger_site: Path | None) -> list[Stage
             args.timeouts["kernels"],
             "kernels.log",
             env=base_env,
+            judge=judge_kernels("kernels.log"),
         )
     )
     sanitizer = find_sanitizer()
@@ -508,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         return NO_GPU_EXIT
     say(f"gpu_check: {info['gpu']} (sm {info['capability']}), torch {info['torch']}, "
         f"triton {info['triton']}, CUDA {info['cuda']}, Python {info['python']}")  # fmt: skip
-    (args.out / "environment.txt").write_text(environment_report(find_sanitizer()))
+    summary["environment"] = environment_report(find_sanitizer())
 
     liger_site = None
     if "bench" in args.stages:

@@ -177,7 +177,7 @@ def test_stages_run_in_order_past_a_failure(tmp_path, monkeypatch, first_exit, e
     assert summary["result"] == ("passed" if expected == 0 else "failed")
     assert summary["notes"] == ["no Liger here"]
     assert summary["machine"]["gpu"] == "Fake GPU"
-    assert (tmp_path / "out" / "environment.txt").read_text() == "environment\n"
+    assert summary["environment"] == "environment\n"
 
 
 def test_the_tests_stage_fails_when_cuda_is_required_but_missing(tmp_path):
@@ -253,6 +253,21 @@ def test_sanitizer_judge(tmp_path, log, returncode, passed):
     ok, detail = gpu_check.judge_sanitizer("sanitizer.log")(returncode, tmp_path)
     assert ok == passed
     assert ("ERROR SUMMARY" in detail) == ("ERROR SUMMARY" in log)
+
+
+@pytest.mark.parametrize(
+    "log, returncode, passed",
+    [
+        ("ok   a  loss 1e-08\nok   b  loss 2e-08\n2 cases, 0 failed\n", 0, True),
+        ("ok   a  loss 1e-08\nFAIL b: RuntimeError: x\n2 cases, 1 failed\n", 1, False),
+        ("ok   a  loss 1e-08\n", 0, False),  # cut off before its summary line
+    ],
+)
+def test_kernels_judge(tmp_path, log, returncode, passed):
+    (tmp_path / "kernels.log").write_text(log)
+    ok, detail = gpu_check.judge_kernels("kernels.log")(returncode, tmp_path)
+    assert ok == passed
+    assert ("FAIL b" in detail) == ("FAIL b" in log)
 
 
 def _row(library, error=None):
