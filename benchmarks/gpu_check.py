@@ -132,6 +132,9 @@ def run_stage(stage: Stage, out_dir: Path) -> StageResult:
         reader.start()
         try:
             returncode = process.wait(timeout=stage.timeout_s)
+        except KeyboardInterrupt:  # the check itself is being stopped: take the stage with it
+            _stop_group(process)
+            raise
         except subprocess.TimeoutExpired:
             _stop_group(process)
             reader.join(timeout=10)
@@ -509,8 +512,23 @@ def write_summary(out_dir: Path, summary: dict) -> None:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():
+        return run_check(args)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped check stops its stage
+    try:
+        return run_check(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """The check itself: set-up, every stage, the summary; the exit status."""
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     say(f"gpu_check: writing into {args.out}")
@@ -529,18 +547,17 @@ def main(argv: list[str] | None = None) -> int:
         f"triton {info['triton']}, CUDA {info['cuda']}, Python {info['python']}")  # fmt: skip
     summary["environment"] = environment_report(find_sanitizer())
 
-    liger_site = None
-    if "bench" in args.stages:
-        site_dir = Path(tempfile.mkdtemp(prefix="rwwce-gpu-check-site-"))
-        liger_site, note = ensure_liger(args.wheels, site_dir)
-        summary["notes"].append(note)
-        say(f"gpu_check: {note}")
-
     results = []
-    for stage in make_stages(args, liger_site):
-        results.append(run_stage(stage, args.out))
-        summary["stages"] = [asdict(r) for r in results]
-        write_summary(args.out, summary)  # after each stage: a cut-off run keeps what it did
+    with tempfile.TemporaryDirectory(prefix="rwwce-gpu-check-") as scratch:
+        liger_site = None
+        if "bench" in args.stages:
+            liger_site, note = ensure_liger(args.wheels, Path(scratch) / "site")
+            summary["notes"].append(note)
+            say(f"gpu_check: {note}")
+        for stage in make_stages(args, liger_site):
+            results.append(run_stage(stage, args.out))
+            summary["stages"] = [asdict(r) for r in results]
+            write_summary(args.out, summary)  # after each stage: a cut-off run keeps what it did
     ok = all(r.status == "passed" for r in results)
     summary["result"] = "passed" if ok else "failed"
     summary["seconds"] = round(time.monotonic() - start, 1)

@@ -369,16 +369,8 @@ def test_bench_rows_hold_the_ratios_to_the_copy_and_the_machine():
     assert (row["gpu"], row["torch"], row["triton"]) == ("NVIDIA H200", "2.11.0", "3.6.0")
     json.dumps(row)  # plain JSON types
 
-    failed = bench_gpu.make_row(
-        meta,
-        library="torch",
-        variant="x",
-        rows=1,
-        classes=2,
-        dtype="float32",
-        copy_ms=1.0,
-        error="out of memory",
-    )
+    tiny = dict(rows=1, classes=2, dtype="float32", copy_ms=1.0)
+    failed = bench_gpu.make_row(meta, library="torch", variant="x", error="out of memory", **tiny)
     assert failed["error"] == "out of memory" and "fwd_bwd_ms" not in failed
     table = bench_gpu.markdown([row, failed])
     assert "| 8192 x 32768 | bfloat16 | rwwce-triton | fp=vector | 0.200 | 0.300 | 1.20 |" in table
