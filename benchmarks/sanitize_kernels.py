@@ -8,13 +8,13 @@ matrix; float32, bfloat16, float16; class-index and soft targets; label smoothin
 targets, sample weights; every reduction (``none`` takes the per-row backward); a retained graph
 (the out-of-place backward); a no-grad forward (no gradient buffer). Per-sample costs
 (``sample_costs``) and the fused linear loss (``linear_real_world_weight_cross_entropy``) are
-added when the public API has them. Every result is also compared with the PyTorch backend on
-the same inputs in float64, so a variant that reads the wrong memory without leaving its buffers
-still fails.
+added when the public API has them. Each result is compared with the PyTorch backend on the
+same inputs in float64 (so a variant that reads the wrong memory inside its buffers still fails),
+unless ``--no-reference`` (under the sanitizer, after a plain run has compared).
 
-    compute-sanitizer --tool memcheck python benchmarks/sanitize_kernels.py
-    python benchmarks/sanitize_kernels.py --list
+    python benchmarks/sanitize_kernels.py              # every variant against float64
     compute-sanitizer --tool memcheck python benchmarks/sanitize_kernels.py --no-reference
+    python benchmarks/sanitize_kernels.py --list
     TRITON_INTERPRET=1 python benchmarks/sanitize_kernels.py --device cpu --only 'tile'
 
 Exit status: 0 when every case ran and matched, 1 otherwise, 2 when the device cannot run the
@@ -230,9 +230,11 @@ def check(
     else:
         ref_loss, ref_grads = loss, grads
     names = ["grad input", "grad weight", "grad bias"] if case.linear else ["grad"]
-    out = [("loss", relative_error(loss, ref_loss), TOLERANCE[loss.dtype])]
+    # float32 matrix products may run in TF32 on the GPU (about 3e-4)
+    floor = 1e-3 if case.linear else 0.0
+    out = [("loss", relative_error(loss, ref_loss), max(floor, TOLERANCE[loss.dtype]))]
     for name, got, ref in zip(names, grads, ref_grads, strict=True):
-        out.append((name, relative_error(got, ref), TOLERANCE[got.dtype]))
+        out.append((name, relative_error(got, ref), max(floor, TOLERANCE[got.dtype])))
     return out
 
 
