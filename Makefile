@@ -25,8 +25,10 @@ lint:
 	ruff check src tests benchmarks examples
 
 # On a CUDA machine (installs nothing, needs no network): the CUDA tests, every kernel variant
-# under compute-sanitizer and the GPU benchmark, all written into $(OUT).
+# under compute-sanitizer and the GPU benchmark, all written into $(OUT). It runs with the
+# machine's own python3 (the one that has torch and triton) unless $(PYTHON) exists here.
 .PHONY: gpu-check
 OUT ?= gpu-check-results
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
 gpu-check:
-	$(PYTHON) benchmarks/gpu_check.py --out $(OUT)
+	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(OUT)

@@ -142,8 +142,9 @@ def test_auto_backend_takes_the_triton_kernel_on_cuda():
 
     triton_backend.is_available.cache_clear()
     assert triton_backend.is_available(), "triton is missing or cannot see the GPU"
-    z, target, _, fp = _problem((4, 7))
-    assert triton_backend.supports(z, target.clamp_min(0), fp) is None
+    z, target, fn, fp = _problem((4, 7))
+    kernel = rce(z, target, fn, fp, reduction="none", backend="triton")  # raises if it cannot
+    assert torch.equal(rce(z, target, fn, fp, reduction="none"), kernel)
 
 
 # --- shapes and layouts -----------------------------------------------------------------------
