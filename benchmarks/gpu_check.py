@@ -357,12 +357,14 @@ def environment_report(sanitizer: str | None) -> str:
     return "\n".join(parts)
 
 
-def gpu_info() -> dict | None:
-    """The GPU and library versions, or None without a CUDA device."""
-    import torch
-
+def gpu_info() -> dict | str:
+    """The GPU and library versions, or why there is no CUDA device to check."""
+    try:
+        import torch
+    except ImportError as error:
+        return f"torch cannot be imported by {sys.executable} ({error})"
     if not torch.cuda.is_available():
-        return None
+        return "no CUDA GPU is present (torch.cuda.is_available() is False)"
     info = {
         "gpu": torch.cuda.get_device_name(),
         "capability": ".".join(map(str, torch.cuda.get_device_capability())),
@@ -533,16 +535,15 @@ def run_check(args: argparse.Namespace) -> int:
     start = time.monotonic()
     say(f"gpu_check: writing into {args.out}")
     info = gpu_info()
-    summary: dict = {"machine": info, "stages": [], "notes": []}
-    if info is None:
+    if isinstance(info, str):
         message = (
-            "gpu_check: no CUDA GPU is present (torch.cuda.is_available() is False); this "
-            "check runs on a machine with an NVIDIA GPU, torch and triton. Nothing was run."
+            f"gpu_check: {info}; this check runs on a machine with an NVIDIA GPU, torch and "
+            "triton. Nothing was run."
         )
         print(message, file=sys.stderr, flush=True)
-        summary["result"] = "no GPU"
-        write_summary(args.out, summary)
+        write_summary(args.out, {"machine": None, "stages": [], "result": "no GPU", "why": info})
         return NO_GPU_EXIT
+    summary: dict = {"machine": info, "stages": [], "notes": []}
     say(f"gpu_check: {info['gpu']} (sm {info['capability']}), torch {info['torch']}, "
         f"triton {info['triton']}, CUDA {info['cuda']}, Python {info['python']}")  # fmt: skip
     summary["environment"] = environment_report(find_sanitizer())

@@ -62,7 +62,13 @@ def test_without_a_gpu_it_says_so_and_exits_non_zero(tmp_path):
 def test_make_target_runs_the_check_into_the_out_folder(tmp_path):
     out = tmp_path / "from-make"
     result = subprocess.run(
-        ["make", "--no-print-directory", "gpu-check", f"OUT={out}"],
+        [
+            "make",
+            "--no-print-directory",
+            "gpu-check",
+            f"OUT={out}",
+            f"GPU_CHECK_PYTHON={sys.executable}",
+        ],
         cwd=REPO,
         env=NO_GPU_ENV,
         capture_output=True,
@@ -72,6 +78,22 @@ def test_make_target_runs_the_check_into_the_out_folder(tmp_path):
     assert result.returncode != 0
     assert "no CUDA GPU is present" in result.stderr
     assert json.loads((out / "summary.json").read_text())["result"] == "no GPU"
+
+
+def test_without_torch_it_says_so_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch":
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 2
+    assert "torch cannot be imported" in capsys.readouterr().err
+    assert json.loads((tmp_path / "summary.json").read_text())["result"] == "no GPU"
 
 
 def test_bench_without_a_gpu_exits_non_zero(monkeypatch, capsys):
