@@ -489,7 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"time limit of the {name} stage in seconds (default {seconds})",
         )
     parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="pytest-xdist workers"
+        "--workers",
+        type=int,
+        # Triton compiles each kernel variant on one core: many workers shorten the first run
+        default=max(1, min(12, (os.cpu_count() or 1) - 2)),
+        help="pytest-xdist workers (default: the cores less two, at most 12)",
     )
     parser.add_argument(
         "--quick-bench", action="store_true", help="the benchmark's small shapes (a smoke run)"
