@@ -215,9 +215,8 @@ def judge_tests(junit_name: str) -> Callable[[int, Path], tuple[bool, str]]:
 
 def _cases_line(text: str) -> list[str]:
     """sanitize_kernels.py's last line ('N cases, M failed'), if it got that far."""
-    return [line for line in text.splitlines() if line.endswith(" failed") and " cases, " in line][
-        -1:
-    ]
+    lines = [line for line in text.splitlines() if " cases, " in line and line.endswith(" failed")]
+    return lines[-1:]
 
 
 def judge_kernels(log_name: str) -> Callable[[int, Path], tuple[bool, str]]:
@@ -237,9 +236,8 @@ def judge_sanitizer(log_name: str) -> Callable[[int, Path], tuple[bool, str]]:
         summaries = [line for line in text.splitlines() if "ERROR SUMMARY:" in line]
         cases = _cases_line(text)
         detail = "; ".join(s.strip("= ") for s in summaries[-1:] + cases) or "no summary"
-        clean = bool(summaries) and summaries[-1].split("ERROR SUMMARY:")[1].strip().startswith(
-            "0 "
-        )
+        errors = summaries[-1].split("ERROR SUMMARY:")[1].strip() if summaries else "?"
+        clean = errors.startswith("0 ")  # "0 errors"
         return returncode == 0 and clean, f"{detail} (exit status {returncode})"
 
     return judge

@@ -162,7 +162,7 @@ def test_spatial_input_matches_float64_truth(fp_kind, reduction):
 def test_spatial_input_without_fp_equals_cross_entropy():
     z, target, fn, _ = _problem((2, 5, 3, 6), fp_kind=None)
     for reduction, ours in [("none", "none"), ("sum", "sum"), ("mean", "weighted_mean")]:
-        got, grad, up = loss_and_grad(
+        got, grad, _ = loss_and_grad(
             lambda x, ours=ours: rce(x, target, fn, reduction=ours, label_smoothing=0.05), z
         )
         want, want_grad, _ = loss_and_grad(
