@@ -32,4 +32,3 @@ gpu-check:
 
 lint:
 	ruff check src tests benchmarks examples
-
