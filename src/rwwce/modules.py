@@ -21,7 +21,7 @@ def _weight_buffer(name: str, value: object) -> Tensor | None:
     given = value if isinstance(value, Tensor) else None
     dtype = torch.float64 if given is not None and given.dtype == torch.float64 else torch.float32
     device = given.device if given is not None else torch.device("cpu")
-    tensor = V.as_tensor(name, value, device=device, dtype=dtype).clone()
+    tensor = V.as_tensor(name, value, device=device, dtype=dtype).detach().clone()
     V.check_weight_values(name, tensor)
     return tensor
 
