@@ -124,21 +124,22 @@ def check_call(
         _check_sample_costs_call(costs, input, soft, fn_given, fp, label_smoothing)
 
     if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
-        V.check_weight_values("fn_weight", fn_given)
-        V.check_fn_matrix_diagonal(fn_given)
-        V.check_weight_values("fp_weight", fp)
-        V.check_fp_diagonal(fp)
-        V.check_weight_values("sample_weight", weights)
-        V.check_weight_values("sample_costs", costs)
-        if input_type == "probs":
-            V.check_probabilities(input)
-        else:
-            V.check_logits(input)
-            V.warn_if_probabilities(input)
-        if soft:
-            V.check_soft_targets(classes_last(target))
-        else:
-            V.check_class_targets(target, num_classes, ignore_index)
+        with torch.no_grad():  # values only: no autograd history on the check's results
+            V.check_weight_values("fn_weight", fn_given)
+            V.check_fn_matrix_diagonal(fn_given)
+            V.check_weight_values("fp_weight", fp)
+            V.check_fp_diagonal(fp)
+            V.check_weight_values("sample_weight", weights)
+            V.check_weight_values("sample_costs", costs)
+            if input_type == "probs":
+                V.check_probabilities(input)
+            else:
+                V.check_logits(input)
+                V.warn_if_probabilities(input, stacklevel=5)  # the loss function's caller
+            if soft:
+                V.check_soft_targets(classes_last(target))
+            else:
+                V.check_class_targets(target, num_classes, ignore_index)
 
     return CheckedCall(
         input=input,

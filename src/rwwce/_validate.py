@@ -158,7 +158,11 @@ def fn_weight_vector(fn_weight: Tensor | None, num_classes: int) -> Tensor | Non
 def check_fp_weight_shape(fp_weight: Tensor | None, num_classes: int) -> None:
     if fp_weight is None:
         return
-    if tuple(fp_weight.shape) not in ((num_classes,), (num_classes, num_classes)):
+    # Dimension by dimension (not a tuple lookup), so that symbolic sizes under torch.compile
+    # compare as numbers.
+    vector = fp_weight.dim() == 1 and fp_weight.shape[0] == num_classes
+    matrix = fp_weight.dim() == 2 and fp_weight.shape[0] == fp_weight.shape[1] == num_classes
+    if not (vector or matrix):
         raise ValueError(
             f"fp_weight must be None, shape ({num_classes},) or ({num_classes}, {num_classes}) "
             f"for {num_classes} classes; got shape {tuple(fp_weight.shape)}"
@@ -282,7 +286,7 @@ _WARN_SAMPLE_ROWS = 16
 _WARN_SAMPLE_POSITIONS = 64
 
 
-def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
+def warn_if_probabilities(input: Tensor, class_dim: int = 1, stacklevel: int = 3) -> None:
     """Warn when the sampled rows are in [0, 1] and sum to 1: softmax output passed as logits."""
     if input.numel() == 0 or input.dim() <= class_dim or input.shape[class_dim] < 2:
         return
@@ -299,7 +303,7 @@ def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
             "input_type='logits'; pass raw logits, or input_type='probs' if the model ends in "
             "softmax",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 

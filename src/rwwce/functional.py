@@ -199,13 +199,14 @@ def binary_real_world_weight_cross_entropy(
         _check_broadcasts(name, value, input.shape)
 
     if V.should_check_data(validate, input, target, fn, fp, weights):
-        for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
-            V.check_weight_values(name, value)
-        if input_type == "probs":
-            V.check_probabilities(input)
-        else:
-            V.check_logits(input)
-        V.check_binary_targets(target)
+        with torch.no_grad():  # values only: no autograd history on the check's results
+            for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
+                V.check_weight_values(name, value)
+            if input_type == "probs":
+                V.check_probabilities(input)
+            else:
+                V.check_logits(input)
+            V.check_binary_targets(target)
 
     x = input.to(dtype)
     y = target.to(dtype)

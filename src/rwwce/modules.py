@@ -120,7 +120,7 @@ class RWWCELoss(nn.Module):
             global_normalize=self.global_normalize,
             backend=self.backend,
         )
-        self._checked = True
+        _mark_checked(self)
         return loss
 
     def extra_repr(self) -> str:
@@ -201,7 +201,7 @@ class BinaryRWWCELoss(nn.Module):
             input_type=self.input_type,
             validate=_data_check_mode(self),
         )
-        self._checked = True
+        _mark_checked(self)
         return loss
 
     def extra_repr(self) -> str:
@@ -217,10 +217,19 @@ class BinaryRWWCELoss(nn.Module):
 
 def _data_check_mode(module: nn.Module) -> bool | None:
     """The function's rule (``None``: CPU every call, accelerator never), plus a check of the
-    first call on an accelerator, unless the module's ``validate`` says otherwise."""
-    if module.validate is not None:
+    first call on an accelerator, unless the module's ``validate`` says otherwise. Under
+    ``torch.compile`` the flag is not read (the function skips data checks there anyway), so
+    that the compiled graph does not depend on it."""
+    if module.validate is not None or torch.compiler.is_compiling():
         return module.validate
     return None if module._checked else True
+
+
+def _mark_checked(module: nn.Module) -> None:
+    """Remember the first call; not under ``torch.compile``, where flipping the flag would cost a
+    recompilation."""
+    if not torch.compiler.is_compiling():
+        module._checked = True
 
 
 def _describe(weight: Tensor) -> str:

@@ -249,7 +249,7 @@ def _differentiable_row_loss(
         fn_t = fn_weight[target] if fn_rows is None else fn_rows
         coef = (1.0 - smoothing) * fn_t
         log_p_t = log_p.gather(1, t).squeeze(1)
-        loss = -torch.where(coef != 0, coef * log_p_t, torch.zeros_like(log_p_t))
+        loss = -_times(coef, log_p_t)
         if smoothing:
             loss = loss - (smoothing / num_classes) * _weighted_sum(fn_weight, log_p)
     if fp_rows is not None:
@@ -293,7 +293,18 @@ def _shifted(z: Tensor) -> Tensor:
 
 def _weighted_sum(weight: Tensor, log_value: Tensor) -> Tensor:
     """sum_k weight_k * log_value_k over dim 1, with 0 where the weight is 0 (even if log is -inf)."""
-    return torch.where(weight != 0, weight * log_value, 0.0).sum(dim=1)
+    return _times(weight, log_value).sum(dim=1)
+
+
+def _times(weight: Tensor, log_value: Tensor) -> Tensor:
+    """weight * log_value, and 0 where the weight is 0 even if the log is -inf (a masked class).
+
+    Where the weight is 0 the product is formed with the log's finite part, so that the
+    derivative w.r.t. the weight there is still the log (exact for learned weights at 0) and no
+    0 * inf reaches any derivative.
+    """
+    finite = torch.where(torch.isfinite(log_value), log_value, torch.zeros_like(log_value))
+    return torch.where(weight != 0, weight * log_value, weight * finite)
 
 
 def _rows_forward(
