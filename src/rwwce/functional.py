@@ -51,6 +51,17 @@ def real_world_weight_cross_entropy(
     \sum_j (y\,FP)_j \log(1 - p_j)`. ``label_smoothing`` e turns t into
     y = (1 - e) onehot(t) + e / K. With ``fp_weight=None`` this is class-weighted cross-entropy.
 
+    With ``sample_costs`` c (class-index targets), each element carries its own cost row:
+    c_j is the cost of predicting class j for it (its entry at the true class t is ignored).
+    Like a :class:`rwwce.CostMatrix` row (``CostMatrix.loss_weights``), fn = min_{j != t} c_j
+    and FP_j = c_j - fn, so that
+
+    .. math::
+        \ell = -\,fn \log p_t \;-\; \sum_{j \ne t} (c_j - fn) \log(1 - p_j)
+
+    and a batch whose rows all equal the cost matrix's rows gives the loss of that matrix's
+    ``fn_weight, fp_weight``.
+
     :math:`\log(1 - p_j)` is computed in log space, never by clipping: a confidently wrong
     prediction with a logit gap of 1e4 costs about 1e4 (fn + FP) and keeps a non-zero gradient.
 
@@ -61,11 +72,25 @@ def real_world_weight_cross_entropy(
     * ``'mean'``: the sum divided by the number of non-ignored elements (the paper's per-sample
       mean: the loss keeps the units of the costs). Sample weights do not change this count.
     * ``'weighted_mean'``: the sum divided by :math:`\sum_i s_i\, fn_{t_i}` over non-ignored
-      elements (by :math:`\sum_i s_i` for probability targets): with ``fp_weight=None`` this is
-      exactly ``F.cross_entropy(weight=fn_weight, reduction='mean')``.
+      elements (each element's own fn with ``sample_costs``; :math:`\sum_i s_i` for probability
+      targets): with ``fp_weight=None`` this is exactly
+      ``F.cross_entropy(weight=fn_weight, reduction='mean')``.
 
     A batch whose denominator is 0 (every target ignored) gives a loss of 0 with a zero gradient
     under ``'mean'`` and ``'weighted_mean'``; PyTorch returns NaN there.
+
+    Gradients: the loss is differentiable w.r.t. ``input``, a probability ``target``,
+    ``fn_weight``, ``fp_weight``, ``sample_weight`` and ``sample_costs`` (the denominators
+    included), exactly and to any order on the ``'torch'`` backend; ``torch.func`` transforms
+    (``grad``, ``vmap``, ``jacrev``, ``jacfwd``, ``hessian``) work on it. With ``sample_costs`` the
+    minimum that defines fn picks a subgradient at ties (``amin`` shares it evenly). Only the
+    ``'torch'`` backend gives gradients to inputs other than ``input``.
+
+    ``torch.compile`` (``fullgraph=True``, ``dynamic=True``, any backend) traces the loss
+    without graph breaks or host reads: the static checks (types, shapes, options) run while
+    tracing; the data checks (target range, distributions, NaN, weight values) are skipped
+    under ``torch.compile`` and ``torch.func`` transforms whatever ``validate`` says; run the
+    call once eagerly (or use ``validate=True`` in eager tests) to check the data.
 
     Args:
         input: logits (or probabilities with ``input_type='probs'``), float16, bfloat16, float32
@@ -94,10 +119,15 @@ def real_world_weight_cross_entropy(
             ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported). Second
             derivatives (``create_graph=True``) need ``'torch'``: its double backward is exact,
             while the Triton kernel raises a RuntimeError rather than return a wrong one.
+        sample_costs: (N, K) or the input's shape (N, K, d1, ..., dk): the cost of predicting
+            each class for each element, for class-index targets. Replaces ``fn_weight`` and
+            ``fp_weight`` (an error to pass both) and cannot be combined with
+            ``label_smoothing``. Non-negative and finite.
 
     Shape:
         - input: (K,), (N, K) or (N, K, d1, ..., dk).
         - target: (), (N) or (N, d1, ..., dk) of class indices in [0, K); or the input's shape.
+        - sample_costs: the input's shape.
         - output: the target's index shape for ``reduction='none'``, in the input's dtype; else
           a scalar in float32 (float64 for float64 input), so a half-precision batch cannot
           overflow its sum.

@@ -105,13 +105,22 @@ class RWWCELoss(nn.Module):
         fn, fp = as_cost_matrix(costs).loss_weights()
         return cls(fn, fp, **options)
 
-    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        sample_weight: Tensor | None = None,
+        sample_costs: Tensor | None = None,
+    ) -> Tensor:
+        """The loss of a batch; ``sample_costs`` (the input's shape) replaces the module's
+        weights for this call (construct the module without ``fn_weight`` / ``fp_weight``)."""
         loss = real_world_weight_cross_entropy(
             input,
             target,
             self.fn_weight,
             self.fp_weight,
             sample_weight=sample_weight,
+            sample_costs=sample_costs,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
