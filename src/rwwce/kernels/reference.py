@@ -46,7 +46,7 @@ __all__ = ["rwwce_loss", "log_one_minus_softmax", "compute_dtype", "is_traced"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
-_CPU_CHUNK_ELEMENTS = 1 << 18
+_CPU_CHUNK_ELEMENTS = 1 << 20
 _CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
@@ -323,37 +323,53 @@ def _rows_forward(
     """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``.
 
     Logits enter only as z - max(z) (the shifted domain). ``inactive`` (R, 1) marks rows whose
-    loss will be discarded (row_scale 0): their exponentials are shifted to 0 (by an O(R) shift,
-    not a pass over the chunk), so that their gradient stays finite for any logits free of NaN
-    and +inf (masked rows included) and a zero scale zeroes it exactly.
+    loss will be discarded (row_scale 0): their probabilities are made 0 (with an FP term by an
+    O(R) shift before ``exp``), so that their gradient stays finite for any logits free of NaN
+    and +inf (fully masked rows included) and a zero scale zeroes it exactly.
     """
     num_classes = z.shape[1]
     soft = target.dim() == 2
     has_fp = fp_weight is not None or fp_rows is not None
     tiny = torch.finfo(z.dtype).tiny
-
-    # p = softmax(z) and log_total = log sum_k exp(z_k - z_max), so log p_k = z_k - z_max - log_total.
     if not has_fp:
-        z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
-        p = torch.sub(z, _discard(z_max, inactive)).exp_()
-        total = p.sum(dim=1, keepdim=True)
-        p.div_(total.clamp_min(tiny))  # a fully masked row: p = 0, not NaN
-        log_total = total.log()
-    else:
-        # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
-        z_max, argmax = z.max(dim=1, keepdim=True)
-        z_max = _finite_or_zero(z_max)
-        q = z.scatter(1, argmax, float("-inf"))
-        second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
-        q.sub_(_discard(second_max, inactive)).exp_()
-        sum_others = q.sum(dim=1, keepdim=True)
-        q.div_(sum_others.clamp_min(tiny))  # softmax over j != m; q_m = 0
-        # d = z_m - logsumexp_{j != m} z_j: +inf when every other logit is -inf.
-        d = (z_max - second_max) - sum_others.log()
-        log_total = F.softplus(-d)
-        p_max = torch.sigmoid(d)
-        p = q * torch.sigmoid(-d)
-        p.scatter_(1, argmax, p_max)
+        # Without an FP term only log p is needed: PyTorch's log-softmax (shifted domain).
+        log_p = torch.log_softmax(z, dim=1)
+        fn_coef = fn_t = None
+        if soft:
+            fn_coef = target * fn_weight  # a, (R, K)
+            fn_total = fn_coef.sum(dim=1, keepdim=True)
+            out_loss.copy_(-_weighted_sum(fn_coef, log_p))
+        else:
+            fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
+            loss = -(1.0 - smoothing) * fn_t * log_p.gather(1, target.unsqueeze(1))
+            if smoothing:
+                loss -= (smoothing / num_classes) * (log_p @ fn_weight).unsqueeze(1)
+            out_loss.copy_(loss.squeeze(1))
+            fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
+        if out_grad is not None:
+            # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i. Inactive rows get p = 0, so
+            # that a fully masked row (log p NaN) keeps a finite gradient for the zero scale.
+            p = torch.exp(log_p, out=out_grad).masked_fill_(inactive, 0.0)
+            p.mul_(fn_total)
+            _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
+        return
+
+    # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max:
+    # q_j = exp(z_j - z_second) for j != m (q_m = 0), S = sum_j q_j.
+    z_max, argmax = z.max(dim=1, keepdim=True)
+    z_max = _finite_or_zero(z_max)
+    q = z.scatter(1, argmax, float("-inf"))
+    second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
+    q.sub_(_discard(second_max, inactive)).exp_()
+    sum_others = q.sum(dim=1, keepdim=True)
+    # d = z_m - logsumexp_{j != m} z_j: +inf when every other logit is -inf. In the shifted
+    # domain log p_k = z_k - z_max - log_total with log_total = softplus(-d).
+    d = (z_max - second_max) - sum_others.log()
+    sum_others = sum_others.clamp_min(tiny)  # as a divisor: q = 0 there anyway
+    log_total = F.softplus(-d)
+    p_max = torch.sigmoid(d)
+    p = q * (torch.sigmoid(-d) / sum_others)  # p_j = (1 - p_m) q_j / S for j != m
+    p.scatter_(1, argmax, p_max)
 
     # FN term: -sum_k a_k log p_k with a = y * fn.
     fn_coef = fn_t = None
@@ -373,15 +389,6 @@ def _rows_forward(
         out_loss.copy_(loss.squeeze(1))
         fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
 
-    fp_grad = out_grad is not None and has_fp
-    if out_grad is not None and not fp_grad:
-        # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i.
-        torch.mul(p, fn_total, out=out_grad)
-        _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
-
-    if not has_fp:
-        return
-
     # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights).
     if fp_rows is not None:
         w = fp_rows.scatter(1, target.unsqueeze(1), 0.0)
@@ -391,16 +398,16 @@ def _rows_forward(
     # log(1 - p_m) = -softplus(d); capped so that a zero weight times it stays 0 when d = +inf.
     log_not_p_max = (-F.softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     log_not_p.scatter_(1, argmax, log_not_p_max)
-    out_loss.sub_((w * log_not_p).sum(dim=1))
-    if not fp_grad:
+    out_loss.sub_(torch.linalg.vecdot(w, log_not_p))
+    if out_grad is None:
         return
 
     # Gradient of L = -sum_j w_j log(1 - p_j). With dp_j/dz_i = p_j (delta_ij - p_i):
     #   dL/dz_i = sum_j w_j p_j (delta_ij - p_i) / (1 - p_j) = r_i - p_i R,
     #   r_j = w_j p_j / (1 - p_j),  R = sum_j r_j.
     # r_m = w_m p_m / (1 - p_m) overflows when p_m -> 1, so split it off. With R' = sum_{j!=m} r_j
-    # and p_i / (1 - p_m) = q_i (softmax over the classes != m):
-    #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i
+    # and p_i / (1 - p_m) = q_i / S (softmax over the classes != m):
+    #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i / S
     #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2.
     # r is built in the gradient buffer itself, which then receives the other terms in place.
@@ -411,7 +418,7 @@ def _rows_forward(
     w_max = w.gather(1, argmax)
     # FP gradient plus the FN gradient p_i * sum_k a_k - a_i, sharing the p_i factor.
     out_grad.addcmul_(p, fn_total - r_sum)
-    out_grad.addcmul_(q, w_max * p_max, value=-1.0)
+    out_grad.addcmul_(q, w_max * p_max / sum_others, value=-1.0)
     out_grad.scatter_add_(1, argmax, w_max * p_max)
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
 
