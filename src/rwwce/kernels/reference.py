@@ -394,11 +394,12 @@ def _rows_forward(
         w = fp_rows.scatter(1, target.unsqueeze(1), 0.0)
     else:
         w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
-    log_not_p = torch.log1p(-p)
+    one_minus_p = torch.neg(p)
+    log_not_p = torch.log1p(one_minus_p)
     # log(1 - p_m) = -softplus(d); capped so that a zero weight times it stays 0 when d = +inf.
     log_not_p_max = (-F.softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     log_not_p.scatter_(1, argmax, log_not_p_max)
-    out_loss.sub_(torch.linalg.vecdot(w, log_not_p))
+    out_loss.sub_(log_not_p.mul_(w).sum(dim=1))
     if out_grad is None:
         return
 
@@ -411,7 +412,7 @@ def _rows_forward(
     #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2.
     # r is built in the gradient buffer itself, which then receives the other terms in place.
-    r = torch.div(p, 1.0 - p, out=out_grad)
+    r = torch.div(p, one_minus_p.add_(1.0), out=out_grad)
     r.scatter_(1, argmax, 0.0)
     r.mul_(w)
     r_sum = r.sum(dim=1, keepdim=True)
