@@ -200,7 +200,7 @@ def time_shape(rows: int, num_classes: int, rounds: int) -> list[dict]:
             "fp": "vector" if num_classes >= FP_VECTOR_FROM else "matrix",
             "dtype": "float32",
             "forward_backward_ms": 1e3 * statistics.median(values),
-            "vs_ce_eager": statistics.median(v / b for v, b in zip(values, baseline)),
+            "vs_ce_eager": statistics.median(v / b for v, b in zip(values, baseline, strict=True)),
             "rounds": rounds,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,

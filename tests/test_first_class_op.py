@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, hessian, jacrev, vmap
 
 import rwwce
-from oracles import fp_as_matrix, rwwce_float64
+from oracles import rwwce_float64
 from rwwce import _validate as V
 
 RW = rwwce.real_world_weight_cross_entropy

@@ -197,6 +197,6 @@ def test_lightning_fit_of_a_compiled_module_equals_eager(tmp_path):
     counters.clear()
     fit(torch.compile(compiled, backend="aot_eager", dynamic=True))
     assert counters["stats"]["unique_graphs"] >= 1
-    for a, b in zip(compiled.parameters(), eager.parameters()):
+    for a, b in zip(compiled.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(a, b)
     assert not torch.equal(eager.net.weight, Classifier().net.weight)  # the steps did something

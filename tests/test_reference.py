@@ -9,7 +9,9 @@ from rwwce.kernels import Problem, reference
 
 def run(logits, target, fn, fp, row_scale, smoothing=0.0, reduce=False, upstream=None):
     logits = logits.detach().clone().requires_grad_()
-    loss = reference.rwwce_loss(Problem(logits, target, fn, fp, row_scale, None, None, smoothing, reduce))
+    loss = reference.rwwce_loss(
+        Problem(logits, target, fn, fp, row_scale, None, None, smoothing, reduce)
+    )
     upstream = torch.ones_like(loss) if upstream is None else upstream
     (grad,) = torch.autograd.grad(loss, logits, upstream)
     return loss.detach(), grad
@@ -81,7 +83,13 @@ def test_no_gradient_buffer_without_grad():
     logits = torch.randn(8, 5)
     with torch.no_grad():
         loss = reference.rwwce_loss(
-            Problem(logits.requires_grad_(), torch.randint(0, 5, (8,)), torch.ones(5), None, torch.ones(8))
+            Problem(
+                logits.requires_grad_(),
+                torch.randint(0, 5, (8,)),
+                torch.ones(5),
+                None,
+                torch.ones(8),
+            )
         )
     assert loss.grad_fn is None
 

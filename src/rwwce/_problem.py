@@ -8,7 +8,7 @@ reduction, label_smoothing, input_type, validate, global_normalize)`` becomes a
    always), data checks (values; see :func:`rwwce._validate.should_check_data`), and the weights
    normalised to tensors in the compute dtype: fn as (K,), FP as given, sample weights per
    element, per-sample costs as rows.
-2. :func:`prepare`: rows flattened with the classes last, the ignore mask, label smoothing,
+2. :func:`prepare` (of a checked call): rows flattened with the classes last, the ignore mask, label smoothing,
    per-row FN/FP weights from ``sample_costs``, and the reduction's denominator folded into the
    per-row scale.
 
@@ -38,7 +38,7 @@ class CheckedCall:
     ``unbatched`` says so). ``fn`` is (K,) or ``None`` (all ones); ``fp`` ``None``, (K,) or (K, K);
     ``sample_weight`` has the element shape (N, d1, ..., dk) or is ``None``; ``costs`` is the
     (M, K) per-element cost rows or ``None``. Weights are in ``dtype``, on the input's device
-    (0-dim CPU tensors excepted), and keep their autograd history.
+    (0-dim CPU tensors excepted), and keep their autograd history. The options are the call's.
     """
 
     input: Tensor
@@ -52,6 +52,10 @@ class CheckedCall:
     fp: Tensor | None
     sample_weight: Tensor | None
     costs: Tensor | None
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    input_type: str
 
 
 @dataclass(frozen=True)
@@ -153,43 +157,19 @@ def check_call(
         fp=fp,
         sample_weight=weights,
         costs=None if costs is None else classes_last(costs),
-    )
-
-
-def prepare(
-    input: Tensor,
-    target: Tensor,
-    fn_weight: object = None,
-    fp_weight: object = None,
-    *,
-    sample_weight: object = None,
-    sample_costs: object = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    input_type: str = "logits",
-    validate: bool | None = None,
-    global_normalize: bool = False,
-    dtype: torch.dtype | None = None,
-) -> Prepared:
-    """The flat :class:`~rwwce.kernels.Problem` of a multi-class loss call (checked by
-    :func:`check_call`), with ``reduce = reduction != 'none'``."""
-    call = check_call(
-        input,
-        target,
-        fn_weight,
-        fp_weight,
-        sample_weight=sample_weight,
-        sample_costs=sample_costs,
         ignore_index=ignore_index,
         reduction=reduction,
-        label_smoothing=label_smoothing,
+        label_smoothing=float(label_smoothing),
         input_type=input_type,
-        validate=validate,
-        dtype=dtype,
     )
+
+
+def prepare(call: CheckedCall, global_normalize: bool = False) -> Prepared:
+    """The flat :class:`~rwwce.kernels.Problem` of a checked multi-class loss call, with
+    ``reduce = reduction != 'none'``. ``global_normalize``: see :func:`row_scale`."""
     dtype, num_classes = call.dtype, call.num_classes
-    logits = classes_last(as_logits(call.input, input_type))
+    reduction, label_smoothing = call.reduction, call.label_smoothing
+    logits = classes_last(as_logits(call.input, call.input_type))
     fn = call.fn
     if fn is None:
         fn = torch.ones(num_classes, dtype=dtype, device=logits.device)
@@ -202,7 +182,7 @@ def prepare(
         smoothing, valid = 0.0, None
         row_weight = torch.ones(classes.shape[0], dtype=dtype, device=logits.device)
     else:
-        valid, classes = index_rows(call.target, ignore_index)
+        valid, classes = index_rows(call.target, call.ignore_index)
         target_rows = classes
         smoothing = float(label_smoothing)
         row_weight = valid.to(dtype)
@@ -396,7 +376,9 @@ def _check_sample_costs_call(
             "sample_costs needs class-index targets (an integer dtype); got class probabilities"
         )
     if fn_weight is not None or fp_weight is not None:
-        given = [n for n, w in (("fn_weight", fn_weight), ("fp_weight", fp_weight)) if w is not None]
+        given = [
+            n for n, w in (("fn_weight", fn_weight), ("fp_weight", fp_weight)) if w is not None
+        ]
         raise ValueError(
             f"sample_costs replaces fn_weight and fp_weight; got {' and '.join(given)} as well "
             "(pass either the per-element costs or the class weights)"

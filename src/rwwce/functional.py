@@ -8,15 +8,15 @@ Mislabeling", IEEE Access 8 (2020).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from collections.abc import Callable
-from functools import partial
-
 from rwwce import _validate as V
-from rwwce._problem import prepare
+from rwwce._problem import check_call, prepare
 from rwwce.kernels import Problem, reference
 from rwwce.kernels.reference import compute_dtype
 
@@ -142,7 +142,7 @@ def real_world_weight_cross_entropy(
         tensor(3.0519)
     """
     V.check_choice("backend", backend, V.BACKENDS)
-    prepared = prepare(
+    call = check_call(
         input,
         target,
         fn_weight,
@@ -154,8 +154,8 @@ def real_world_weight_cross_entropy(
         label_smoothing=label_smoothing,
         input_type=input_type,
         validate=validate,
-        global_normalize=global_normalize,
     )
+    prepared = prepare(call, global_normalize)
     loss = _pick_backend(backend, prepared.problem)(prepared.problem)
     if reduction != "none":
         return loss

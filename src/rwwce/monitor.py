@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from rwwce import _validate as V
+from rwwce._problem import check_call, classes_last, prepare
 from rwwce._validate import to_tensor
 from rwwce.costs import _check_classes, as_cost_matrix
-from rwwce._problem import classes_last, prepare
 from rwwce.functional import real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
 from rwwce.metrics import _expected, _masked_confusion
@@ -197,39 +197,33 @@ def loss_breakdown(
     """
     # Works under torch.no_grad() and torch.inference_mode() (Lightning's validation): the
     # gradient is taken on a normal copy of the input, outside inference mode.
+    options = dict(
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+        input_type=input_type,
+    )
     with torch.inference_mode(False), torch.enable_grad():
         x = input.detach().clone().requires_grad_(True) if isinstance(input, Tensor) else input
         total = real_world_weight_cross_entropy(
-            x,
-            target,
-            fn_weight,
-            fp_weight,
-            sample_weight=sample_weight,
-            ignore_index=ignore_index,
-            reduction="sum",
-            label_smoothing=label_smoothing,
-            input_type=input_type,
-            validate=validate,
-            backend=backend,
+            x, target, fn_weight, fp_weight, **options, validate=validate, backend=backend
         )
         (grad,) = torch.autograd.grad(total, x)
     # The call above validated every argument; the rest is float64 bookkeeping on the rows the
     # loss itself was given.
     dtype = torch.float32 if input.device.type == "mps" else torch.float64
     with torch.no_grad():
-        prepared = prepare(
+        call = check_call(
             input.detach(),
             target.detach(),
             fn_weight,
             fp_weight,
-            sample_weight=sample_weight,
-            ignore_index=ignore_index,
-            reduction="sum",
-            label_smoothing=label_smoothing,
-            input_type=input_type,
+            **options,
             validate=False,
             dtype=dtype,
         )
+        prepared = prepare(call)
     problem = prepared.problem
     k = problem.logits.shape[1]
     names = _check_classes(classes, k)

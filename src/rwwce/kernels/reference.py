@@ -36,6 +36,8 @@ Two paths compute the same function:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -98,9 +100,7 @@ class _RWWCEFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx, logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, options
-    ):
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, options):
         num_rows, num_classes = logits.shape
         dtype = compute_dtype(logits.dtype)
         needs_grad = ctx.needs_input_grad[0]
@@ -154,12 +154,12 @@ class _RWWCEFunction(torch.autograd.Function):
                 # A fresh leaf keeps a first-order backward local; under create_graph the saved
                 # input itself, so that the gradient links to its history.
                 leaves = [x if create_graph else x.detach().requires_grad_() for x in inputs]
-                problem = _replace(problem, dict(zip(composite, leaves)))
+                problem = _replace(problem, dict(zip(composite, leaves, strict=True)))
                 loss = _composite_loss(problem)
                 found = torch.autograd.grad(
                     loss, leaves, grad_output, create_graph=create_graph, allow_unused=True
                 )
-            for i, grad in zip(composite, found):
+            for i, grad in zip(composite, found, strict=True):
                 grads[i] = grad
         if needs[0] and not create_graph:
             # Out of place: the saved gradient must survive a second backward (retain_graph=True).
@@ -174,8 +174,7 @@ _FIELDS = ("logits", "target", "fn_weight", "fp_weight", "row_scale", "fn_rows",
 
 
 def _replace(problem: Problem, by_index: dict[int, Tensor]) -> Problem:
-    from dataclasses import replace
-
+    """The problem with some of its tensor fields (by position in ``_FIELDS``) replaced."""
     return replace(problem, **{_FIELDS[i]: value for i, value in by_index.items()})
 
 
@@ -469,4 +468,6 @@ def _fp_coefficients(
         return w
     # (y @ FP)_j = v_j * (1 - y_j) with y = (1 - e) onehot(t) + e / K.
     w = (fp_weight * (1.0 - uniform)).expand(num_rows, num_classes)
-    return w.scatter_add(1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1))
+    return w.scatter_add(
+        1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1)
+    )
