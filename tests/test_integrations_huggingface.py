@@ -84,7 +84,7 @@ def make_model(binary=False):
     return TinyModel(TinyConfig(num_outputs=1 if binary else K))
 
 
-def train_one_step(model, loss, x, y, tmp_path, accumulation=4, batch=8):
+def train_one_step(model, loss, x, y, tmp_path, accumulation=4, batch=8, **arguments):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=batch,
@@ -102,6 +102,7 @@ def train_one_step(model, loss, x, y, tmp_path, accumulation=4, batch=8):
         dataloader_num_workers=0,
         disable_tqdm=True,
         seed=0,
+        **arguments,
     )
     trainer = RWWCETrainer(model=model, args=args, train_dataset=ListDataset(x, y), loss=loss)
     result = trainer.train()
@@ -354,3 +355,33 @@ def test_two_processes_step_equals_full_batch_step(tmp_path, reduction):
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(got, params(reference), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_training_equals_eager(tmp_path):
+    """TrainingArguments(torch_compile=True): the compiled model's step with the RWWCE loss
+    equals the eager reference step."""
+    from torch._dynamo.utils import counters
+
+    x, y = make_data()
+    model = make_model()
+    reference = copy.deepcopy(model)
+    criterion = rwwce.RWWCELoss(FN, FP, reduction="weighted_mean")
+    expected_loss = reference_step(
+        reference, rwwce.RWWCELoss(FN, FP, reduction="weighted_mean"), x, y
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    _, result = train_one_step(
+        model,
+        criterion,
+        x,
+        y,
+        tmp_path,
+        accumulation=1,
+        batch=N,
+        torch_compile=True,
+        torch_compile_backend="aot_eager",
+    )
+    assert counters["stats"]["unique_graphs"] >= 1  # the model did run compiled
+    torch.testing.assert_close(params(model), params(reference), rtol=1e-5, atol=1e-6)
+    assert result.training_loss == pytest.approx(float(expected_loss), rel=1e-5)

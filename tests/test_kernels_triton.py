@@ -26,7 +26,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from oracles import fp_as_matrix, rwwce_float64, smoothed_onehot  # noqa: E402
-from rwwce.kernels import reference  # noqa: E402
+from rwwce.kernels import Problem, reference  # noqa: E402
 from rwwce.kernels import triton as tk  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -59,6 +59,11 @@ def device(request):
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def reference_loss(logits, target, fn, fp, row_scale, smoothing, reduce):
+    """The torch backend, called with the Triton module's positional arguments."""
+    return reference.rwwce_loss(Problem(logits, target, fn, fp, row_scale, None, None, smoothing, reduce))
 
 
 def make_problem(m, k, fp_kind, soft, device, dtype=torch.float32, scale=3.0, zero_rows=True):
@@ -224,7 +229,7 @@ def check_against_truth(logits, target, fnw, fp, row_scale, smoothing, reduce, *
         tk.rwwce_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream, **kw
     )
     ref_loss, ref_grad = run(
-        reference.rwwce_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream
+        reference_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream
     )
     t_loss, t_grad = truth64(logits, target, fnw, fp, row_scale, smoothing, reduce, upstream)
     assert loss.dtype == torch.float32 and loss.shape == ref_loss.shape
@@ -794,7 +799,7 @@ def test_unit_upstream_gradient_and_no_grad_path(device):
     problem = make_problem(8, 10, "vector", False, device)
     loss, grad = run(tk.rwwce_loss, *problem, 0.0, True, torch.tensor(1.0, device=device))
     ref_loss, ref_grad = run(
-        reference.rwwce_loss, *problem, 0.0, True, torch.tensor(1.0, device=device)
+        reference_loss, *problem, 0.0, True, torch.tensor(1.0, device=device)
     )
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)

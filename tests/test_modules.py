@@ -147,3 +147,56 @@ def test_from_costs_reproduces_every_mistake_cost():
     assert criterion.fp_weight.tolist() == [[0.0, 0.0, 4.0], [0.0, 0.0, 0.0], [0.0, 10.0, 0.0]]
     binary = rwwce.BinaryRWWCELoss.from_costs([[0.0, 100.0], [2000.0, 0.0]])
     assert binary.fn_weight.item() == 2000.0 and binary.fp_weight.item() == 100.0
+
+
+def test_lightning_fit_of_a_compiled_module_equals_eager(tmp_path):
+    """Lightning with ``torch.compile(model)``: the compiled forward computes RWWCELoss; three SGD
+    steps give the parameters of the same steps taken eagerly."""
+    L = pytest.importorskip("lightning")
+    from torch._dynamo.utils import counters
+
+    class Classifier(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Linear(6, 4)
+            self.criterion = rwwce.RWWCELoss.from_costs(
+                [[0, 1, 5, 1], [2, 0, 1, 1], [9, 1, 0, 3], [1, 1, 1, 0]]
+            )
+
+        def forward(self, x, y):
+            return self.criterion(self.net(x), y)
+
+        def training_step(self, batch, batch_idx):
+            return self(*batch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    gen = torch.Generator().manual_seed(3)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(24, 6, generator=gen), torch.randint(0, 4, (24,), generator=gen)
+    )
+
+    def fit(module):
+        trainer = L.Trainer(
+            max_steps=3,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+
+    eager = Classifier()
+    fit(eager)
+    compiled = Classifier()
+    torch._dynamo.reset()
+    counters.clear()
+    fit(torch.compile(compiled, backend="aot_eager", dynamic=True))
+    assert counters["stats"]["unique_graphs"] >= 1
+    for a, b in zip(compiled.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(eager.net.weight, Classifier().net.weight)  # the steps did something

@@ -4,12 +4,14 @@ import pytest
 import torch
 
 from oracles import fp_as_matrix, rwwce_float64, smoothed_onehot
-from rwwce.kernels import reference
+from rwwce.kernels import Problem, reference
 
 
 def run(logits, target, fn, fp, row_scale, smoothing=0.0, reduce=False, upstream=None):
     logits = logits.detach().clone().requires_grad_()
-    loss = reference.rwwce_loss(logits, target, fn, fp, row_scale, smoothing, reduce)
+    loss = reference.rwwce_loss(
+        Problem(logits, target, fn, fp, row_scale, None, None, smoothing, reduce)
+    )
     upstream = torch.ones_like(loss) if upstream is None else upstream
     (grad,) = torch.autograd.grad(loss, logits, upstream)
     return loss.detach(), grad
@@ -70,7 +72,7 @@ def test_second_backward_with_retained_graph_gives_the_same_gradient():
     logits = torch.randn(8, 5, requires_grad=True)
     fp = torch.rand(5)
     loss = reference.rwwce_loss(
-        logits, torch.randint(0, 5, (8,)), torch.ones(5), fp, torch.ones(8) / 8, 0.0, True
+        Problem(logits, torch.randint(0, 5, (8,)), torch.ones(5), fp, torch.ones(8) / 8)
     )
     (first,) = torch.autograd.grad(loss * 3.0, logits, retain_graph=True)
     (second,) = torch.autograd.grad(loss * 3.0, logits)
@@ -81,13 +83,13 @@ def test_no_gradient_buffer_without_grad():
     logits = torch.randn(8, 5)
     with torch.no_grad():
         loss = reference.rwwce_loss(
-            logits.requires_grad_(),
-            torch.randint(0, 5, (8,)),
-            torch.ones(5),
-            None,
-            torch.ones(8),
-            0.0,
-            True,
+            Problem(
+                logits.requires_grad_(),
+                torch.randint(0, 5, (8,)),
+                torch.ones(5),
+                None,
+                torch.ones(8),
+            )
         )
     assert loss.grad_fn is None
 

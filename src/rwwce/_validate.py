@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rwwce.kernels.reference import is_traced
+
 Reduction = Literal["none", "sum", "mean", "weighted_mean"]
 InputType = Literal["logits", "probs"]
 Backend = Literal["auto", "torch", "triton"]
@@ -83,7 +85,8 @@ def to_tensor(x: Any, name: str) -> Tensor:
         raise TypeError(f"{name} is complex ({arr.dtype}); expected real numbers")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    return torch.as_tensor(np.ascontiguousarray(arr))
+    # ascontiguousarray makes a 0-dim array 1-dim: a number stays 0-dim, as in PyTorch.
+    return torch.as_tensor(np.ascontiguousarray(arr).reshape(arr.shape))
 
 
 def check_num_classes(num_classes: Any, *, required: bool = True) -> int | None:
@@ -98,7 +101,14 @@ def check_num_classes(num_classes: Any, *, required: bool = True) -> int | None:
 
 
 def should_check_data(validate: bool | None, *tensors: Tensor | None) -> bool:
-    """``validate=None`` checks data only when nothing lives on an accelerator (no sync)."""
+    """``validate=None`` checks data only when nothing lives on an accelerator (no sync).
+
+    Never under ``torch.compile``, ``torch.func`` transforms or tracing, whatever ``validate``
+    says: a data check reads values on the host, which a traced graph cannot do (it would break
+    the graph, or fail under ``vmap``). Static checks (types, shapes, options) still run there.
+    """
+    if is_traced():
+        return False
     if validate is not None:
         return bool(validate)
     return all(t is None or t.device.type == "cpu" for t in tensors)
@@ -112,6 +122,8 @@ def as_tensor(
     A tensor on another device than the input is an error, as in PyTorch: moving it here would
     copy it on every call, a hidden host-to-device transfer and synchronisation per step. Numbers
     and 0-dim CPU tensors stay on the CPU: PyTorch passes them to kernels as scalars, with no copy.
+    A tensor keeps its autograd history (the losses differentiate w.r.t. their weights); numbers
+    become 0-dim tensors.
     """
     if value is None:
         return None
@@ -124,7 +136,7 @@ def as_tensor(
                 f"{name} is on {value.device} but the input is on {device}; move it once with "
                 f"{name}.to({str(device)!r}) (the modules keep weights as buffers that follow .to())"
             )
-        return value.detach().to(dtype=dtype)
+        return value.to(dtype=dtype)  # keeps its autograd history: weights can be learned
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or a tensor of weights; got {value!r}")
     tensor = to_tensor(value, name).to(dtype)
@@ -148,7 +160,11 @@ def fn_weight_vector(fn_weight: Tensor | None, num_classes: int) -> Tensor | Non
 def check_fp_weight_shape(fp_weight: Tensor | None, num_classes: int) -> None:
     if fp_weight is None:
         return
-    if tuple(fp_weight.shape) not in ((num_classes,), (num_classes, num_classes)):
+    # Dimension by dimension (not a tuple lookup), so that symbolic sizes under torch.compile
+    # compare as numbers.
+    vector = fp_weight.dim() == 1 and fp_weight.shape[0] == num_classes
+    matrix = fp_weight.dim() == 2 and fp_weight.shape[0] == fp_weight.shape[1] == num_classes
+    if not (vector or matrix):
         raise ValueError(
             f"fp_weight must be None, shape ({num_classes},) or ({num_classes}, {num_classes}) "
             f"for {num_classes} classes; got shape {tuple(fp_weight.shape)}"
@@ -272,7 +288,7 @@ _WARN_SAMPLE_ROWS = 16
 _WARN_SAMPLE_POSITIONS = 64
 
 
-def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
+def warn_if_probabilities(input: Tensor, class_dim: int = 1, stacklevel: int = 3) -> None:
     """Warn when the sampled rows are in [0, 1] and sum to 1: softmax output passed as logits."""
     if input.numel() == 0 or input.dim() <= class_dim or input.shape[class_dim] < 2:
         return
@@ -289,7 +305,7 @@ def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
             "input_type='logits'; pass raw logits, or input_type='probs' if the model ends in "
             "softmax",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 

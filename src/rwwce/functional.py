@@ -8,12 +8,16 @@ Mislabeling", IEEE Access 8 (2020).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rwwce import _validate as V
-from rwwce.kernels import reference
+from rwwce._problem import check_call, prepare
+from rwwce.kernels import Problem, reference
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["real_world_weight_cross_entropy", "binary_real_world_weight_cross_entropy"]
@@ -33,6 +37,7 @@ def real_world_weight_cross_entropy(
     validate: bool | None = None,
     global_normalize: bool = False,
     backend: V.Backend = "auto",
+    sample_costs: Tensor | None = None,
 ) -> Tensor:
     r"""Real-World-Weight Cross-Entropy: cross-entropy with a false-negative weight per class and a
     false-positive cost matrix.
@@ -46,6 +51,17 @@ def real_world_weight_cross_entropy(
     \sum_j (y\,FP)_j \log(1 - p_j)`. ``label_smoothing`` e turns t into
     y = (1 - e) onehot(t) + e / K. With ``fp_weight=None`` this is class-weighted cross-entropy.
 
+    With ``sample_costs`` c (class-index targets), each element carries its own cost row:
+    c_j is the cost of predicting class j for it (its entry at the true class t is ignored).
+    Like a :class:`rwwce.CostMatrix` row (``CostMatrix.loss_weights``), fn = min_{j != t} c_j
+    and FP_j = c_j - fn, so that
+
+    .. math::
+        \ell = -\,fn \log p_t \;-\; \sum_{j \ne t} (c_j - fn) \log(1 - p_j)
+
+    and a batch whose rows all equal the cost matrix's rows gives the loss of that matrix's
+    ``fn_weight, fp_weight``.
+
     :math:`\log(1 - p_j)` is computed in log space, never by clipping: a confidently wrong
     prediction with a logit gap of 1e4 costs about 1e4 (fn + FP) and keeps a non-zero gradient.
 
@@ -56,11 +72,25 @@ def real_world_weight_cross_entropy(
     * ``'mean'``: the sum divided by the number of non-ignored elements (the paper's per-sample
       mean: the loss keeps the units of the costs). Sample weights do not change this count.
     * ``'weighted_mean'``: the sum divided by :math:`\sum_i s_i\, fn_{t_i}` over non-ignored
-      elements (by :math:`\sum_i s_i` for probability targets): with ``fp_weight=None`` this is
-      exactly ``F.cross_entropy(weight=fn_weight, reduction='mean')``.
+      elements (each element's own fn with ``sample_costs``; :math:`\sum_i s_i` for probability
+      targets): with ``fp_weight=None`` this is exactly
+      ``F.cross_entropy(weight=fn_weight, reduction='mean')``.
 
     A batch whose denominator is 0 (every target ignored) gives a loss of 0 with a zero gradient
     under ``'mean'`` and ``'weighted_mean'``; PyTorch returns NaN there.
+
+    Gradients: the loss is differentiable w.r.t. ``input``, a probability ``target``,
+    ``fn_weight``, ``fp_weight``, ``sample_weight`` and ``sample_costs`` (the denominators
+    included), exactly and to any order on the ``'torch'`` backend; ``torch.func`` transforms
+    (``grad``, ``vmap``, ``jacrev``, ``jacfwd``, ``hessian``) work on it. With ``sample_costs`` the
+    minimum that defines fn picks a subgradient at ties (``amin`` shares it evenly). Only the
+    ``'torch'`` backend gives gradients to inputs other than ``input``.
+
+    ``torch.compile`` (``fullgraph=True``, ``dynamic=True``, any backend) traces the loss
+    without graph breaks or host reads: the static checks (types, shapes, options) run while
+    tracing; the data checks (target range, distributions, NaN, weight values) are skipped
+    under ``torch.compile`` and ``torch.func`` transforms whatever ``validate`` says; run the
+    call once eagerly (or use ``validate=True`` in eager tests) to check the data.
 
     Args:
         input: logits (or probabilities with ``input_type='probs'``), float16, bfloat16, float32
@@ -89,10 +119,15 @@ def real_world_weight_cross_entropy(
             ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported). Second
             derivatives (``create_graph=True``) need ``'torch'``: its double backward is exact,
             while the Triton kernel raises a RuntimeError rather than return a wrong one.
+        sample_costs: (N, K) or the input's shape (N, K, d1, ..., dk): the cost of predicting
+            each class for each element, for class-index targets. Replaces ``fn_weight`` and
+            ``fp_weight`` (an error to pass both) and cannot be combined with
+            ``label_smoothing``. Non-negative and finite.
 
     Shape:
         - input: (K,), (N, K) or (N, K, d1, ..., dk).
         - target: (), (N) or (N, d1, ..., dk) of class indices in [0, K); or the input's shape.
+        - sample_costs: the input's shape.
         - output: the target's index shape for ``reduction='none'``, in the input's dtype; else
           a scalar in float32 (float64 for float64 input), so a half-precision batch cannot
           overflow its sum.
@@ -106,77 +141,26 @@ def real_world_weight_cross_entropy(
         >>> rwwce.real_world_weight_cross_entropy(logits, target, fp_weight=fp)
         tensor(3.0519)
     """
-    V.check_loss_arguments(input, target, reduction, input_type)
     V.check_choice("backend", backend, V.BACKENDS)
-    V.check_label_smoothing(label_smoothing)
-    if not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
-
-    unbatched = input.dim() == 1
-    if unbatched:
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
-        if sample_weight is not None and torch.as_tensor(sample_weight).dim() == 0:
-            sample_weight = torch.as_tensor(sample_weight).reshape(1)
-    if input.dim() == 0:
-        raise ValueError("input must have a class dimension: shape (K,), (N, K) or (N, K, ...)")
-    num_classes = input.shape[1]
-    element_shape = (input.shape[0], *input.shape[2:])
-    soft = _is_soft_target(input, target, element_shape)
-
-    dtype = compute_dtype(input.dtype)
-    device = input.device
-    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
-    fn = V.fn_weight_vector(fn_given, num_classes)
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
-    V.check_fp_weight_shape(fp, num_classes)
-    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    weights = _sample_weight_per_element(weights, element_shape)
-
-    if V.should_check_data(validate, input, target, fn_given, fp, weights):
-        V.check_weight_values("fn_weight", fn_given)
-        V.check_fn_matrix_diagonal(fn_given)
-        V.check_weight_values("fp_weight", fp)
-        V.check_fp_diagonal(fp)
-        V.check_weight_values("sample_weight", weights)
-        if input_type == "probs":
-            V.check_probabilities(input)
-        else:
-            V.check_logits(input)
-            V.warn_if_probabilities(input)
-        if soft:
-            V.check_soft_targets(_classes_last(target))
-        else:
-            V.check_class_targets(target, num_classes, ignore_index)
-
-    logits = _classes_last(_as_logits(input, input_type))
-    if fn is None:
-        fn = torch.ones(num_classes, dtype=dtype, device=device)
-
-    if soft:
-        target_2d = _classes_last(target).to(dtype)
-        if label_smoothing:
-            target_2d = target_2d * (1.0 - label_smoothing) + label_smoothing / num_classes
-        smoothing = 0.0
-        valid = None
-        row_weight = torch.ones(target_2d.shape[0], dtype=dtype, device=device)
-    else:
-        flat = target.reshape(-1).long()
-        valid = flat != ignore_index
-        target_2d = torch.where(valid, flat, torch.zeros_like(flat))
-        smoothing = float(label_smoothing)
-        row_weight = valid.to(dtype)
-    if weights is not None:
-        row_weight = row_weight * weights.reshape(-1)
-
-    denominator = _denominator(reduction, row_weight, fn, target_2d, valid)
-    row_scale = _row_scale(row_weight, denominator, global_normalize)
-    loss = _pick_backend(backend, logits, target_2d, fp)(
-        logits, target_2d, fn, fp, row_scale, smoothing, reduction != "none"
+    call = check_call(
+        input,
+        target,
+        fn_weight,
+        fp_weight,
+        sample_weight=sample_weight,
+        sample_costs=sample_costs,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        input_type=input_type,
+        validate=validate,
     )
+    prepared = prepare(call, global_normalize)
+    loss = _pick_backend(backend, prepared.problem)(prepared.problem)
     if reduction != "none":
         return loss
-    loss = loss.reshape(element_shape)
-    return (loss.squeeze(0) if unbatched else loss).to(input.dtype)
+    loss = loss.reshape(prepared.element_shape)
+    return (loss.squeeze(0) if prepared.unbatched else loss).to(input.dtype)
 
 
 def binary_real_world_weight_cross_entropy(
@@ -245,13 +229,14 @@ def binary_real_world_weight_cross_entropy(
         _check_broadcasts(name, value, input.shape)
 
     if V.should_check_data(validate, input, target, fn, fp, weights):
-        for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
-            V.check_weight_values(name, value)
-        if input_type == "probs":
-            V.check_probabilities(input)
-        else:
-            V.check_logits(input)
-        V.check_binary_targets(target)
+        with torch.no_grad():  # values only: no autograd history on the check's results
+            for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
+                V.check_weight_values(name, value)
+            if input_type == "probs":
+                V.check_probabilities(input)
+            else:
+                V.check_logits(input)
+            V.check_binary_targets(target)
 
     x = input.to(dtype)
     y = target.to(dtype)
@@ -274,51 +259,8 @@ def binary_real_world_weight_cross_entropy(
         weight_total = fn * y + fp * (1.0 - y)
         if weights is not None:
             weight_total = weight_total * weights
-        total = _safe_divide(total, weight_total.expand(loss.shape).sum().detach())
+        total = _safe_divide(total, weight_total.expand(loss.shape).sum())
     return total
-
-
-def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
-    """Class probabilities (the input's shape, floating) or class indices (integer)."""
-    if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(
-            f"target must hold class indices or probabilities; got dtype {target.dtype}"
-        )
-    if target.is_floating_point():
-        if target.shape == input.shape:
-            return True
-        if tuple(target.shape) == element_shape:
-            raise TypeError(
-                f"target has the class-index shape {tuple(target.shape)} but dtype {target.dtype}; "
-                "class indices must be an integer dtype (use target.long())"
-            )
-        raise ValueError(
-            f"target given as class probabilities must have the input's shape "
-            f"{tuple(input.shape)}; got {tuple(target.shape)}"
-        )
-    if tuple(target.shape) != element_shape:
-        raise ValueError(
-            f"target of class indices must have shape {element_shape} for input of shape "
-            f"{tuple(input.shape)}; got {tuple(target.shape)} (for one-hot or probability "
-            "targets use a floating dtype)"
-        )
-    return False
-
-
-def _sample_weight_per_element(
-    weights: Tensor | None, element_shape: tuple[int, ...]
-) -> Tensor | None:
-    """(N,) or the element shape (N, d1, ..., dk), expanded to the element shape."""
-    if weights is None:
-        return None
-    if tuple(weights.shape) == element_shape:
-        return weights
-    if weights.dim() == 1 and weights.shape[0] == element_shape[0]:
-        return weights.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
-    raise ValueError(
-        f"sample_weight must have shape ({element_shape[0]},) or {element_shape}; "
-        f"got {tuple(weights.shape)}"
-    )
 
 
 def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> None:
@@ -335,87 +277,63 @@ def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> Non
         )
 
 
-def _as_logits(input: Tensor, input_type: str) -> Tensor:
-    """Logits as given, or log-probabilities (softmax(log p) = p for rows that sum to 1)."""
-    if input_type == "logits":
-        return input
-    probs = input.to(compute_dtype(input.dtype))
-    return torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
-
-
-def _classes_last(tensor: Tensor) -> Tensor:
-    """(N, K, d1, ..., dk) -> (N * d1 * ... * dk, K); (N, K) unchanged."""
-    if tensor.dim() == 2:
-        return tensor
-    return tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
-
-
-def _denominator(
-    reduction: str, row_weight: Tensor, fn: Tensor, target: Tensor, valid: Tensor | None
-) -> Tensor | None:
-    """What 'mean' / 'weighted_mean' divide by; ``valid`` is None for probability targets."""
-    if reduction == "mean":
-        if valid is None:
-            return row_weight.new_full((), float(row_weight.numel()))  # no host-to-device copy
-        return valid.sum()
-    if reduction == "weighted_mean":
-        if valid is None:
-            return row_weight.sum()
-        # Unchecked targets (validate=False, or CUDA by default) must not index past fn: an
-        # out-of-range class gives a NaN denominator (visible), as the Triton kernel's NaN row.
-        num_classes = fn.shape[0]
-        in_range = (target >= 0) & (target < num_classes)
-        fn_target = torch.where(in_range, fn[target.clamp(0, num_classes - 1)], float("nan"))
-        return (row_weight * fn_target).sum()
-    return None
-
-
-def _row_scale(row_weight: Tensor, denominator: Tensor | None, global_normalize: bool) -> Tensor:
-    """Per-row factor: ignore mask x sample weight / denominator (0 when the denominator is 0)."""
-    if denominator is None:
-        return row_weight
-    denominator = denominator.to(row_weight.dtype).detach()
-    scale = 1.0
-    if global_normalize:
-        denominator, scale = _all_reduce_sum(denominator)
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.where(denominator > 0, row_weight * (scale / safe), torch.zeros_like(row_weight))
-
-
-def _all_reduce_sum(value: Tensor) -> tuple[Tensor, int]:
-    """Sum over the default process group, and the world size (1 outside torch.distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value, 1
-    total = value.clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total, dist.get_world_size()
-
-
 def _safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
     """total / denominator, and 0 (with a zero gradient) when the denominator is 0."""
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return torch.where(denominator > 0, total / safe, total * 0)
 
 
-def _pick_backend(backend: str, logits: Tensor, target: Tensor, fp_weight: Tensor | None):
-    """The one dispatch point. 'auto' takes Triton only for CUDA inputs it supports."""
-    if backend == "torch" or (backend == "auto" and not logits.is_cuda):
+def _pick_backend(backend: str, problem: Problem) -> Callable[[Problem], Tensor]:
+    """The one dispatch point: a backend's ``rwwce_loss(problem)``. ``'auto'`` takes Triton only
+    for CUDA inputs it supports, outside ``torch.compile`` and ``torch.func`` transforms."""
+    if backend == "torch" or (backend == "auto" and not problem.logits.is_cuda):
         return reference.rwwce_loss
-    try:
-        from rwwce.kernels import triton as triton_backend
-    except ImportError as error:  # pragma: no cover - the module guards its own triton import
-        reason = f"the Triton backend failed to import ({error})"
+    if reference.is_traced():
+        reason = (
+            "the Triton kernel does not run under torch.compile or torch.func transforms "
+            "(grad, vmap, jacrev, hessian)"
+        )
     else:
-        if triton_backend.is_available():
-            reason = triton_backend.supports(logits, target, fp_weight)
-            if reason is None:
-                return triton_backend.rwwce_loss
+        try:
+            from rwwce.kernels import triton as triton_backend
+        except ImportError as error:  # pragma: no cover - the module guards its own triton import
+            reason = f"the Triton backend failed to import ({error})"
         else:
-            reason = "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 is not set"
+            if triton_backend.is_available():
+                reason = _triton_supports(triton_backend, problem)
+                if reason is None:
+                    return partial(_triton_loss, triton_backend)
+            else:
+                reason = (
+                    "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 "
+                    "is not set"
+                )
     if backend == "triton":
         raise ValueError(
             f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
         )
     return reference.rwwce_loss
+
+
+def _triton_supports(triton_backend, problem: Problem) -> str | None:
+    """Adapter to the Triton module's positional API: what it cannot run, as a reason."""
+    if problem.fn_rows is not None or problem.fp_rows is not None:
+        return "per-sample costs (sample_costs) need backend='torch'"
+    for name in ("target", "fn_weight", "fp_weight", "row_scale"):
+        value = getattr(problem, name)
+        if value is not None and value.requires_grad:
+            return f"only backend='torch' gives {name} a gradient"
+    return triton_backend.supports(problem.logits, problem.target, problem.fp_weight)
+
+
+def _triton_loss(triton_backend, problem: Problem) -> Tensor:
+    """Adapter to the Triton module's positional API."""
+    return triton_backend.rwwce_loss(
+        problem.logits,
+        problem.target,
+        problem.fn_weight,
+        problem.fp_weight,
+        problem.row_scale,
+        problem.label_smoothing,
+        problem.reduce,
+    )

@@ -21,7 +21,7 @@ def _weight_buffer(name: str, value: object) -> Tensor | None:
     given = value if isinstance(value, Tensor) else None
     dtype = torch.float64 if given is not None and given.dtype == torch.float64 else torch.float32
     device = given.device if given is not None else torch.device("cpu")
-    tensor = V.as_tensor(name, value, device=device, dtype=dtype).clone()
+    tensor = V.as_tensor(name, value, device=device, dtype=dtype).detach().clone()
     V.check_weight_values(name, tensor)
     return tensor
 
@@ -105,13 +105,22 @@ class RWWCELoss(nn.Module):
         fn, fp = as_cost_matrix(costs).loss_weights()
         return cls(fn, fp, **options)
 
-    def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        sample_weight: Tensor | None = None,
+        sample_costs: Tensor | None = None,
+    ) -> Tensor:
+        """The loss of a batch; ``sample_costs`` (the input's shape) replaces the module's
+        weights for this call (construct the module without ``fn_weight`` / ``fp_weight``)."""
         loss = real_world_weight_cross_entropy(
             input,
             target,
             self.fn_weight,
             self.fp_weight,
             sample_weight=sample_weight,
+            sample_costs=sample_costs,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
@@ -120,7 +129,7 @@ class RWWCELoss(nn.Module):
             global_normalize=self.global_normalize,
             backend=self.backend,
         )
-        self._checked = True
+        _mark_checked(self)
         return loss
 
     def extra_repr(self) -> str:
@@ -201,7 +210,7 @@ class BinaryRWWCELoss(nn.Module):
             input_type=self.input_type,
             validate=_data_check_mode(self),
         )
-        self._checked = True
+        _mark_checked(self)
         return loss
 
     def extra_repr(self) -> str:
@@ -217,10 +226,19 @@ class BinaryRWWCELoss(nn.Module):
 
 def _data_check_mode(module: nn.Module) -> bool | None:
     """The function's rule (``None``: CPU every call, accelerator never), plus a check of the
-    first call on an accelerator, unless the module's ``validate`` says otherwise."""
-    if module.validate is not None:
+    first call on an accelerator, unless the module's ``validate`` says otherwise. Under
+    ``torch.compile`` the flag is not read (the function skips data checks there anyway), so
+    that the compiled graph does not depend on it."""
+    if module.validate is not None or torch.compiler.is_compiling():
         return module.validate
     return None if module._checked else True
+
+
+def _mark_checked(module: nn.Module) -> None:
+    """Remember the first call; not under ``torch.compile``, where flipping the flag would cost a
+    recompilation."""
+    if not torch.compiler.is_compiling():
+        module._checked = True
 
 
 def _describe(weight: Tensor) -> str:

@@ -33,9 +33,10 @@ from rwwce import _costmath
 from rwwce import _validate as V
 from rwwce._optional import require
 from rwwce._plotting import check_figure_path, new_figure
+from rwwce._problem import check_call, classes_last, prepare
 from rwwce._validate import check_class_names, to_tensor
 from rwwce.costs import as_cost_matrix
-from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
+from rwwce.functional import real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
 
 __all__ = ["CostMonitor", "LossBreakdown", "loss_breakdown"]
@@ -197,66 +198,57 @@ def loss_breakdown(
     """
     # Works under torch.no_grad() and torch.inference_mode() (Lightning's validation): the
     # gradient is taken on a normal copy of the input, outside inference mode.
+    options = dict(
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+        input_type=input_type,
+    )
     with torch.inference_mode(False), torch.enable_grad():
         x = input.detach().clone().requires_grad_(True) if isinstance(input, Tensor) else input
         total = real_world_weight_cross_entropy(
-            x,
-            target,
-            fn_weight,
-            fp_weight,
-            sample_weight=sample_weight,
-            ignore_index=ignore_index,
-            reduction="sum",
-            label_smoothing=label_smoothing,
-            input_type=input_type,
-            validate=validate,
-            backend=backend,
+            x, target, fn_weight, fp_weight, **options, validate=validate, backend=backend
         )
         (grad,) = torch.autograd.grad(total, x)
-    # The call above validated every argument; the rest is float64 bookkeeping.
-    if input.dim() == 1:
-        input, target, grad = input.unsqueeze(0), target.unsqueeze(0), grad.unsqueeze(0)
-        if sample_weight is not None:
-            sample_weight = torch.as_tensor(sample_weight).reshape(1)
-    k = input.shape[1]
-    names = check_class_names(classes, k)
+    # The call above validated every argument; the rest is float64 bookkeeping on the rows the
+    # loss itself was given.
     dtype = torch.float32 if input.device.type == "mps" else torch.float64
-    device = input.device
-    z = _classes_last(_as_logits(input.detach(), input_type)).to(dtype)
-    g = _classes_last(grad).to(dtype)
-    fn = V.fn_weight_vector(V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype), k)
-    fn = torch.ones(k, dtype=dtype, device=device) if fn is None else fn
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    with torch.no_grad():
+        call = check_call(
+            input.detach(),
+            target.detach(),
+            fn_weight,
+            fp_weight,
+            **options,
+            validate=False,
+            dtype=dtype,
+        )
+        prepared = prepare(call)
+    problem = prepared.problem
+    k = problem.logits.shape[1]
+    names = check_class_names(classes, k)
+    z = problem.logits.detach().to(dtype)
+    g = classes_last(grad.unsqueeze(0) if prepared.unbatched else grad).to(dtype)
+    fn = problem.fn_weight.detach()
+    fp = None if problem.fp_weight is None else problem.fp_weight.detach()
     if fp is not None and fp.dim() == 1:  # FP[t, j] = v[j] for t != j
-        fp = fp.expand(k, k) * (1 - torch.eye(k, dtype=dtype, device=device))
-
-    if target.is_floating_point():  # class probabilities
-        owner = _classes_last(target.detach()).to(dtype)
-        row_weight = torch.ones(owner.shape[0], dtype=dtype, device=device)
-        y = owner
+        fp = fp.expand(k, k) * (1 - torch.eye(k, dtype=dtype, device=z.device))
+    row_weight = prepared.row_weight.detach()
+    if prepared.valid is None:  # class probabilities; the problem's target is smoothed
+        owner, y = prepared.classes.detach(), problem.target.detach()
     else:
-        flat = target.reshape(-1).long()
-        valid = flat != ignore_index
-        owner = torch.nn.functional.one_hot(torch.where(valid, flat, 0), k).to(dtype)
-        owner = owner * valid.unsqueeze(1)
-        row_weight = valid.to(dtype)
-        y = owner
-    if label_smoothing:
-        y = y * (1.0 - label_smoothing) + label_smoothing / k
-    if sample_weight is not None:
-        sw = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-        element_shape = (input.shape[0], *input.shape[2:])
-        if sw.dim() == 1 and len(element_shape) > 1:
-            sw = sw.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
-        row_weight = row_weight * sw.reshape(-1)
+        owner = torch.nn.functional.one_hot(prepared.classes, k).to(dtype)
+        y = owner * (1.0 - label_smoothing) + label_smoothing / k
+        owner = owner * prepared.valid.unsqueeze(1)
     sy = y * row_weight.unsqueeze(1)
 
-    lse = torch.logsumexp(z, dim=1, keepdim=True)
+    neg_log_p = -torch.log_softmax(z, dim=1)
     fn_coef = sy * fn
     # 0 * inf would be NaN where a class is masked (p = 0) and not a target: those terms are 0.
-    fn_terms = torch.where(fn_coef > 0, fn_coef * (lse - z), 0.0).sum(dim=0)
+    fn_terms = torch.where(fn_coef > 0, fn_coef * neg_log_p, 0.0).sum(dim=0)
     if fp is None:
-        fp_terms = torch.zeros(k, k, dtype=dtype, device=device)
+        fp_terms = torch.zeros(k, k, dtype=dtype, device=z.device)
     else:
         big = torch.finfo(dtype).max  # -log(1 - p) = +inf only where p = 1 exactly
         neg_log_not_p = (-log_one_minus_softmax(z)).clamp_max(big)

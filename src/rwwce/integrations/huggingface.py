@@ -32,6 +32,7 @@ import transformers
 from torch import Tensor
 
 from rwwce import _costmath
+from rwwce._problem import denominator, index_rows
 from rwwce._validate import check_class_names, check_ignore_index
 from rwwce.costs import as_cost_matrix
 from rwwce.functional import (
@@ -142,14 +143,14 @@ class RWWCETrainer(transformers.Trainer):
             fn = loss.fn_weight.to(labels.device, torch.float64)
             fp = loss.fp_weight.to(labels.device, torch.float64)
             return (fn * y + fp * (1 - y)).expand(y.shape).sum()
-        if labels.is_floating_point():  # class probabilities: one row per element
-            rows = labels.numel() // labels.shape[-1]
-            return labels.new_full((), float(rows), dtype=torch.float64)
-        valid = labels != loss.ignore_index
-        if loss.reduction == "mean" or loss.fn_weight is None:
-            return valid.sum()
-        fn = loss.fn_weight.to(labels.device, torch.float64)
-        return (fn[torch.where(valid, labels, 0).long()] * valid).sum()
+        if labels.is_floating_point():  # class probabilities, classes last: one row per element
+            valid, classes = None, labels.reshape(-1, labels.shape[-1])
+            row_weight = torch.ones(classes.shape[0], dtype=torch.float64, device=labels.device)
+        else:
+            valid, classes = index_rows(labels, loss.ignore_index)
+            row_weight = valid.to(torch.float64)
+        fn = None if loss.fn_weight is None else loss.fn_weight.to(labels.device, torch.float64)
+        return denominator(loss.reduction, row_weight, classes, valid, fn)
 
     # ---------------------------------------------------------------- loss
     def compute_loss(

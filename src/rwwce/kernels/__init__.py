@@ -1,34 +1,77 @@
 """Backends that compute the RWWCE loss on a flattened (M, K) problem.
 
-Every backend implements the same function (one dispatch point lives in ``rwwce.functional``)::
+Every backend module exposes one function (the one dispatch point lives in
+``rwwce.functional``)::
 
-    loss(logits, target, fn_weight, fp_weight, row_scale, label_smoothing, reduce) -> Tensor
+    rwwce_loss(problem: Problem) -> Tensor
 
-* ``logits``: (M, K) float16 / bfloat16 / float32 / float64, class dimension last.
-* ``target``: (M,) int64 class indices, in [0, K) unless the caller skipped the data checks
-  (ignored rows already carry a valid placeholder class and a zero ``row_scale``), or (M, K)
-  class probabilities (soft targets, label smoothing already applied) in the compute dtype.
-  A backend never reads outside its weights for a target outside [0, K): the Triton kernel
+The front end (:mod:`rwwce._problem`) turns a user's call into a :class:`Problem`: rows
+flattened with the class dimension last, the ignore mask, sample weights and reduction
+denominator folded into ``row_scale``, label smoothing kept as a number for index targets.
+
+* A row whose ``row_scale`` is 0 contributes exactly 0 to the result and to the logits'
+  gradient, whatever its logits (a row loss of inf or NaN included: masked, never computed as
+  0 * inf). One limit: the torch backend keeps such a row's logits gradient at 0 only when its
+  logits hold no NaN or +inf (PyTorch's cross-entropy has the same limit).
+* A backend never reads outside its weights for a target outside [0, K): the Triton kernel
   makes that row's loss and gradient NaN; the torch backend raises PyTorch's index error.
-* ``fn_weight``: (K,) in the compute dtype (float32, or float64 for float64 logits).
-* ``fp_weight``: ``None``, (K,) (FP[t, j] = v[j] for j != t) or (K, K) with a zero diagonal.
-* ``row_scale``: (M,) compute dtype, detached: ignore mask x sample weight / reduction denominator.
-  A row whose ``row_scale`` is 0 contributes exactly 0 to the result and to the gradient,
-  whatever its logits (a row loss of inf or NaN included: masked, never computed as 0 * inf).
-  One limit: the torch backend keeps such a row's gradient at 0 only when its logits hold no NaN
-  or +inf (PyTorch's cross-entropy has the same limit; zeroing them would cost a pass over the
-  logits); the Triton kernel zeroes it for any logits.
-* ``label_smoothing``: applies to index targets only: y = (1 - e) onehot(t) + e / K.
-* ``reduce``: True returns the 0-dim sum over rows of ``row_scale * loss_row``; False returns the
-  (M,) vector ``row_scale * loss_row``. Both in the compute dtype; differentiable w.r.t. ``logits``
-  only (the gradient comes back in the logits' dtype).
+* ``reduce=True`` returns the 0-dim sum over rows of ``row_scale * loss_row``; ``False``
+  returns the (M,) vector ``row_scale * loss_row``. Both in the compute dtype (float32, or
+  float64 for float64 logits); the logits' gradient comes back in the logits' dtype.
+* Only the torch backend gives gradients to the soft target, ``fn_weight``, ``fp_weight``,
+  ``row_scale``, ``fn_rows`` and ``fp_rows``; another backend's ``supports`` names the reason
+  when any of them requires grad.
 
 The unreduced row loss, with p = softmax(z), a = y * fn and w = y @ FP::
 
     loss_row = - sum_k a_k log p_k  -  sum_j w_j log(1 - p_j)
+
+and with per-row costs (``fn_rows``, ``fp_rows``; index targets only)::
+
+    loss_row = - fn_rows[i] log p_t  -  sum_{j != t} fp_rows[i, j] log(1 - p_j)
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+
+from torch import Tensor
+
+__all__ = ["Problem", "BackendOptions"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The flat problem every backend solves (all rows flattened, classes last).
+
+    Attributes:
+        logits: (M, K) float16 / bfloat16 / float32 / float64.
+        target: (M,) int64 class indices (ignored rows hold a valid placeholder class and a
+            ``row_scale`` of 0), or (M, K) class probabilities in the compute dtype (smoothing
+            already applied).
+        fn_weight: (K,) false-negative weights, compute dtype.
+        fp_weight: ``None``, (K,) (FP[t, j] = v[j] for j != t) or (K, K) with a zero diagonal.
+        row_scale: (M,) compute dtype: ignore mask x sample weight / denominator.
+        fn_rows: (M,) per-row FN weight (from ``sample_costs``), replacing ``fn_weight[target]``;
+            index targets only.
+        fp_rows: (M, K) per-row FP weights (from ``sample_costs``), replacing
+            ``fp_weight[target]``; index targets only, exclusive with ``fp_weight``; the entry at
+            the row's target is ignored.
+        label_smoothing: e in [0, 1], index targets only: y = (1 - e) onehot(t) + e / K.
+        reduce: sum the scaled row losses to a 0-dim tensor, or return them as (M,).
+        block_k: the Triton kernel's column block override (tests); the torch backend ignores it.
+    """
+
+    logits: Tensor
+    target: Tensor
+    fn_weight: Tensor
+    fp_weight: Tensor | None
+    row_scale: Tensor
+    fn_rows: Tensor | None = None
+    fp_rows: Tensor | None = None
+    label_smoothing: float = 0.0
+    reduce: bool = True
+    block_k: int | None = None
 
 
 @dataclass(frozen=True)

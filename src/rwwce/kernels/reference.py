@@ -1,70 +1,76 @@
 """Pure-PyTorch RWWCE backend: the executable form of the math in DESIGN.md.
 
 This is the specification every other backend (the Triton kernel) is tested against. It follows
-the backend contract of :mod:`rwwce.kernels`: a flattened (M, K) problem whose ignore mask, sample
-weights and reduction denominator are already folded into ``row_scale``.
+the backend contract of :mod:`rwwce.kernels`: ``rwwce_loss(problem)`` on a flattened (M, K)
+:class:`~rwwce.kernels.Problem` whose ignore mask, sample weights and reduction denominator are
+already folded into ``row_scale``.
 
 Per row, with logits z, p = softmax(z), FN weights a = y * fn and FP weights w = y @ FP::
 
     loss = - sum_k a_k log p_k  -  sum_j w_j log(1 - p_j)
 
-Numerics. Let m be the row's arg-max and d = z_m - logsumexp_{j != m} z_j (the log-odds of the
-arg-max class). Then, exactly,
+Numerics. Everything is computed in the shifted domain: logits enter only as differences
+z_j - max(z), so a common offset (1e6, or -1e30) changes nothing, as in PyTorch's log-softmax.
+Let m be the row's arg-max and d = z_m - logsumexp_{j != m} z_j (the log-odds of the arg-max
+class), itself taken relative to the second-largest logit. Then, exactly,
 
     log p_m       = -softplus(-d)        log(1 - p_m) = -softplus(d)
     p_j           = q_j * sigmoid(-d)    for j != m, with q = softmax over the classes j != m
 
 so log(1 - p_m) never goes through ``1 - p_m`` (which is 0 in float32 once the logit gap exceeds
-about 17), and for j != m, p_j <= 1/2 so ``log1p(-p_j)`` is accurate. The log-sum-exp over the other
-classes is taken relative to the second-largest logit, so it cannot underflow either: a logit gap of
-1e4 gives log(1 - p_m) = -1e4 exactly, not -inf. Nothing is clipped.
+about 17), and for j != m, p_j <= 1/2 so ``log1p(-p_j)`` is accurate: a logit gap of 1e4 gives
+log(1 - p_m) = -1e4 exactly, not -inf. Nothing is clipped.
 
-Memory. Rows are processed in chunks whose temporaries fit in cache; the only (M, K) buffers are
-the gradient computed during the forward (when a gradient is needed) and the scaled gradient that
-``backward`` returns. No (M, K, K) tensor is ever built.
+Two paths compute the same function:
+
+* eager, an ``autograd.Function`` (:class:`_RWWCEFunction`) whose forward computes the loss and
+  the analytic logits gradient in one sweep over row chunks that fit in cache; the only (M, K)
+  buffers are that gradient and the scaled one ``backward`` returns. No (M, K, K) tensor is
+  ever built. When another input needs a gradient (soft targets, weights, ``row_scale``), or
+  under ``create_graph=True``, backward recomputes the row losses with composite operations and
+  differentiates them with autograd: exact, and differentiable again.
+* under ``torch.compile`` and ``torch.func`` transforms, the composite operations themselves
+  (:func:`_composite_loss`): the compiler fuses them and derives their backward, and every
+  transform (grad, vmap, jacrev, jacfwd, hessian) composes with them.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rwwce.kernels import BackendOptions
+from rwwce.kernels import BackendOptions, Problem
 
-__all__ = ["rwwce_loss", "log_one_minus_softmax"]
+__all__ = ["rwwce_loss", "log_one_minus_softmax", "compute_dtype", "is_traced"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
-_CPU_CHUNK_ELEMENTS = 1 << 18
+_CPU_CHUNK_ELEMENTS = 1 << 20
 _CUDA_CHUNK_ELEMENTS = 1 << 26
 
 
-def rwwce_loss(
-    logits: Tensor,
-    target: Tensor,
-    fn_weight: Tensor,
-    fp_weight: Tensor | None,
-    row_scale: Tensor,
-    label_smoothing: float = 0.0,
-    reduce: bool = True,
-) -> Tensor:
+def rwwce_loss(problem: Problem) -> Tensor:
     """RWWCE on a flattened problem (see :mod:`rwwce.kernels` for the contract).
 
-    Args:
-        logits: (M, K) float16, bfloat16, float32 or float64.
-        target: (M,) int64 class indices in [0, K), or (M, K) class probabilities.
-        fn_weight: (K,) false-negative weights.
-        fp_weight: ``None``, (K,) or (K, K) false-positive weights (zero diagonal).
-        row_scale: (M,) per-row factor (ignore mask x sample weight / denominator).
-        label_smoothing: e in [0, 1]; index targets become (1 - e) onehot(t) + e / K.
-        reduce: sum the scaled row losses to a 0-dim tensor, or return them as (M,).
-
     Returns:
-        0-dim or (M,) tensor in float32 (float64 for float64 logits).
+        0-dim (``problem.reduce``) or (M,) tensor in float32 (float64 for float64 logits).
     """
-    options = BackendOptions(float(label_smoothing), bool(reduce))
-    return _RWWCEFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
+    if is_traced():
+        return _composite_loss(problem)
+    options = BackendOptions(float(problem.label_smoothing), bool(problem.reduce))
+    return _RWWCEFunction.apply(
+        problem.logits,
+        problem.target,
+        problem.fn_weight,
+        problem.fp_weight,
+        problem.row_scale,
+        problem.fn_rows,
+        problem.fp_rows,
+        options,
+    )
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -72,16 +78,29 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def is_traced() -> bool:
+    """True under ``torch.compile`` (and export), ``torch.jit`` / FX tracing or a ``torch.func``
+    transform: there, code must not read tensor values on the host nor write into buffers
+    made outside the transform."""
+    if torch.compiler.is_compiling():
+        return True
+    return (
+        torch._C._are_functorch_transforms_active()
+        or torch.jit.is_tracing()
+        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    )
+
+
 class _RWWCEFunction(torch.autograd.Function):
     """Forward computes the loss and, when needed, d loss_row / d logits; backward scales it.
 
-    Under ``create_graph=True`` the backward is recomputed from the saved logits with
-    differentiable operations (:func:`_differentiable_row_loss`), so second derivatives are exact;
-    the first-order path never pays for that.
+    Other inputs that need a gradient, and ``create_graph=True``, take the composite path in
+    backward (:func:`_composite_loss` differentiated by autograd); the first-order logits
+    gradient never pays for it.
     """
 
     @staticmethod
-    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, options):
         num_rows, num_classes = logits.shape
         dtype = compute_dtype(logits.dtype)
         needs_grad = ctx.needs_input_grad[0]
@@ -102,6 +121,8 @@ class _RWWCEFunction(torch.autograd.Function):
                 fn_weight,
                 fp_weight,
                 options.label_smoothing,
+                fn_rows=None if fn_rows is None else fn_rows[rows],
+                fp_rows=None if fp_rows is None else fp_rows[rows],
                 out_loss=row_loss[rows],
                 out_grad=row_grad[rows] if needs_grad else None,
                 inactive=inactive[rows],
@@ -110,100 +131,179 @@ class _RWWCEFunction(torch.autograd.Function):
         # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
         # by ``_rows_forward``, so the backward's scale zeroes it.
         row_loss = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
-        ctx.save_for_backward(logits, target, fn_weight, fp_weight, row_grad, row_scale)
-        ctx.label_smoothing = options.label_smoothing
+        ctx.save_for_backward(
+            logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, row_grad
+        )
+        ctx.options = options
         return row_loss.sum() if options.reduce else row_loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        logits, target, fn_weight, fp_weight, row_grad, row_scale = ctx.saved_tensors
-        if row_grad is None:
-            return None, None, None, None, None, None
-        scale = (row_scale * grad_output.to(row_scale.dtype)).unsqueeze(1)
-        if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
-            grad_logits = _differentiable_grad(
-                logits, target, fn_weight, fp_weight, row_scale, ctx.label_smoothing, scale
-            )
-        else:
+        *saved, row_grad = ctx.saved_tensors
+        logits, row_scale = saved[0], saved[4]
+        needs = ctx.needs_input_grad[:7]
+        grads: list[Tensor | None] = [None] * 8
+        create_graph = torch.is_grad_enabled()
+        composite = [i for i in range(7) if needs[i] and (i > 0 or create_graph)]
+        if composite:
+            # Autograd differentiates the composite loss w.r.t. the inputs that need it; under
+            # create_graph the result is itself differentiable (exact second derivatives).
+            with torch.enable_grad():
+                problem = Problem(*saved, ctx.options.label_smoothing, ctx.options.reduce)
+                inputs = [saved[i] for i in composite]
+                # A fresh leaf keeps a first-order backward local; under create_graph the saved
+                # input itself, so that the gradient links to its history.
+                leaves = [x if create_graph else x.detach().requires_grad_() for x in inputs]
+                problem = _replace(problem, dict(zip(composite, leaves, strict=True)))
+                loss = _composite_loss(problem)
+                found = torch.autograd.grad(
+                    loss, leaves, grad_output, create_graph=create_graph, allow_unused=True
+                )
+            for i, grad in zip(composite, found, strict=True):
+                grads[i] = grad
+        if needs[0] and not create_graph:
             # Out of place: the saved gradient must survive a second backward (retain_graph=True).
-            grad_logits = row_grad * scale
-        return grad_logits.to(logits.dtype), None, None, None, None, None
+            scale = (row_scale.detach() * grad_output.to(row_scale.dtype)).unsqueeze(1)
+            grads[0] = row_grad * scale
+        if grads[0] is not None:
+            grads[0] = grads[0].to(logits.dtype)
+        return tuple(grads)
 
 
-def _differentiable_grad(
-    logits: Tensor,
-    target: Tensor,
-    fn_weight: Tensor,
-    fp_weight: Tensor | None,
-    row_scale: Tensor,
-    smoothing: float,
-    scale: Tensor,
-) -> Tensor:
-    """d(sum_r scale_r * loss_r)/d logits as a graph of differentiable operations on ``logits``
-    (and ``scale``, which carries the upstream gradient), for double backward."""
-    with torch.enable_grad():
-        active = (row_scale != 0).unsqueeze(1)
-        z = logits.to(compute_dtype(logits.dtype))
-        # Inactive rows are zeroed before the math, so their (possibly infinite) terms never
-        # meet a zero factor in the backward: their gradient is exactly 0.
-        z = torch.where(active, z, torch.zeros_like(z))
-        row_loss = _differentiable_row_loss(z, target, fn_weight, fp_weight, smoothing)
-        weighted = torch.where(active.squeeze(1), row_loss * scale.squeeze(1), 0.0)
-        (grad,) = torch.autograd.grad(weighted.sum(), z, create_graph=True)
-    return grad
+_FIELDS = ("logits", "target", "fn_weight", "fp_weight", "row_scale", "fn_rows", "fp_rows")
+
+
+def _replace(problem: Problem, by_index: dict[int, Tensor]) -> Problem:
+    """The problem with some of its tensor fields (by position in ``_FIELDS``) replaced."""
+    return replace(problem, **{_FIELDS[i]: value for i, value in by_index.items()})
+
+
+def _composite_loss(problem: Problem) -> Tensor:
+    """The problem's result by composite, differentiable operations: the same math as the fused
+    forward, for ``torch.compile``, ``torch.func`` and every backward beyond the first-order
+    logits gradient.
+
+    A row with ``row_scale`` 0 contributes exactly 0 and still gets its true derivative w.r.t.
+    ``row_scale`` (its loss: what learning sample weights from 0 needs). Only when such a row's
+    loss may be infinite (a NaN or +inf logit, its target's logit at -inf, fewer than two finite
+    logits with an FP term) are its logits replaced by zeros first, so that no 0 * inf reaches
+    the derivatives; its derivative w.r.t. ``row_scale`` is then 0.
+    """
+    z = problem.logits.to(compute_dtype(problem.logits.dtype))
+    row_scale = problem.row_scale
+    unsafe = (row_scale == 0) & _may_be_infinite(z, problem)
+    z = torch.where(unsafe.unsqueeze(1), torch.zeros_like(z), z)
+    row_loss = _differentiable_row_loss(
+        z,
+        problem.target,
+        problem.fn_weight,
+        problem.fp_weight,
+        float(problem.label_smoothing),
+        problem.fn_rows,
+        problem.fp_rows,
+    )
+    scaled = torch.where(unsafe, torch.zeros_like(row_loss), row_loss * row_scale)
+    return scaled.sum() if problem.reduce else scaled
+
+
+def _may_be_infinite(z: Tensor, problem: Problem) -> Tensor:
+    """(R,) bool: rows whose loss may be inf or NaN (see :func:`_composite_loss`)."""
+    z = z.detach()
+    masked = torch.isneginf(z)
+    bad = (torch.isnan(z) | torch.isposinf(z)).any(dim=1)
+    target = problem.target.detach()
+    if target.dim() == 2:
+        bad = bad | (masked & (target != 0)).any(dim=1)
+    elif problem.label_smoothing:
+        bad = bad | masked.any(dim=1)
+    else:
+        bad = bad | masked.gather(1, target.unsqueeze(1)).squeeze(1)
+    if problem.fp_weight is not None or problem.fp_rows is not None:
+        bad = bad | ((~masked).sum(dim=1) < 2)
+    return bad
 
 
 def _differentiable_row_loss(
-    z: Tensor, target: Tensor, fn_weight: Tensor, fp_weight: Tensor | None, smoothing: float
+    z: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    smoothing: float,
+    fn_rows: Tensor | None = None,
+    fp_rows: Tensor | None = None,
 ) -> Tensor:
-    """The row losses (R,) by composite, twice-differentiable operations (the same log-space math
-    as :func:`_rows_forward`). Slower and hungrier than the fused path: used for double backward.
+    """The row losses (R,) by composite operations, differentiable any number of times and by
+    every ``torch.func`` transform, in the shifted domain.
 
     Zero-weight terms are masked with ``torch.where`` rather than multiplied, so that a masked
     class (-inf logit, log p = -inf) contributes 0, not 0 * inf, to the loss and its derivatives.
     """
+    z = _shifted(z)
     num_classes = z.shape[1]
     log_p = torch.log_softmax(z, dim=1)
     if target.dim() == 2:
-        fn_coef = target * fn_weight
+        loss = -_weighted_sum(target * fn_weight, log_p)
     else:
-        y = F.one_hot(target, num_classes).to(z.dtype) * (1.0 - smoothing) + smoothing / num_classes
-        fn_coef = y * fn_weight
-    loss = -_weighted_sum(fn_coef, log_p)
-    if fp_weight is None:
+        t = target.unsqueeze(1)
+        fn_t = fn_weight[target] if fn_rows is None else fn_rows
+        coef = (1.0 - smoothing) * fn_t
+        log_p_t = log_p.gather(1, t).squeeze(1)
+        loss = -_times(coef, log_p_t)
+        if smoothing:
+            loss = loss - (smoothing / num_classes) * _weighted_sum(fn_weight, log_p)
+    if fp_rows is not None:
+        w = fp_rows.scatter(1, target.unsqueeze(1), 0.0)
+    elif fp_weight is not None:
+        w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
+    else:
         return loss
-    w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
-    log_not_p = log_one_minus_softmax(z)
-    return loss - _weighted_sum(w, log_not_p)
+    return loss - _weighted_sum(w, log_one_minus_softmax(z, log_p))
 
 
-def log_one_minus_softmax(z: Tensor) -> Tensor:
-    """log(1 - softmax(z)) for logits z (R, K), in log space, by composite operations that are
-    differentiable twice and safe for masked (-inf) classes.
+def log_one_minus_softmax(z: Tensor, log_p: Tensor | None = None) -> Tensor:
+    """log(1 - softmax(z)) for logits z (R, K), in log space and in the shifted domain, by
+    composite operations that are differentiable twice and safe for masked (-inf) classes.
 
     For j != m (the row's arg-max), p_j <= 1/2 and log1p(-p_j) is accurate; for m,
-    log(1 - p_m) = logsumexp_{j != m} z_j - logsumexp z, never through 1 - p_m (which rounds to 0
-    once the logit gap passes ~17 in float32). The arg-max entry of log p is masked to -inf before
-    log1p(-exp(.)), so the infinite derivative of log1p at p_m -> 1 is never formed; a row whose
-    other classes are all masked gives log(1 - p_m) = -inf without a NaN derivative.
+    log(1 - p_m) = -softplus(d) with d = z_m - logsumexp_{j != m} z_j, never through 1 - p_m
+    (which rounds to 0 once the logit gap passes ~17 in float32). The arg-max entry of log p is
+    masked to -inf before log1p(-exp(.)), so the infinite derivative of log1p at p_m -> 1 is never
+    formed; a row whose other classes are all masked gives log(1 - p_m) = -inf without a NaN
+    derivative. ``log_p``: ``log_softmax(z)`` when the caller has it.
     """
-    log_p = torch.log_softmax(z, dim=1)
+    z = _shifted(z)
+    if log_p is None:
+        log_p = torch.log_softmax(z, dim=1)
     argmax = z.detach().argmax(dim=1, keepdim=True)
-    is_max = torch.zeros_like(z, dtype=torch.bool).scatter_(1, argmax, True)
+    is_max = torch.arange(z.shape[1], device=z.device) == argmax
     log_not_p = torch.log1p(-torch.where(is_max, float("-inf"), log_p).exp())
     others = torch.where(is_max, float("-inf"), z)
     has_others = torch.isfinite(others).any(dim=1, keepdim=True)
     others = torch.where(has_others, others, torch.zeros_like(others))  # no all -inf logsumexp
-    log_not_p_max = torch.logsumexp(others, dim=1, keepdim=True) - torch.logsumexp(
-        z, dim=1, keepdim=True
-    )
-    log_not_p_max = torch.where(has_others, log_not_p_max, float("-inf"))
+    d = z.gather(1, argmax) - torch.logsumexp(others, dim=1, keepdim=True)
+    log_not_p_max = torch.where(has_others, -F.softplus(d), float("-inf"))
     return torch.where(is_max, log_not_p_max, log_not_p)
+
+
+def _shifted(z: Tensor) -> Tensor:
+    """z minus its row maximum (a constant for autograd: the loss does not depend on it)."""
+    return z - _finite_or_zero(z.detach().amax(dim=1, keepdim=True))
 
 
 def _weighted_sum(weight: Tensor, log_value: Tensor) -> Tensor:
     """sum_k weight_k * log_value_k over dim 1, with 0 where the weight is 0 (even if log is -inf)."""
-    return torch.where(weight != 0, weight * log_value, 0.0).sum(dim=1)
+    return _times(weight, log_value).sum(dim=1)
+
+
+def _times(weight: Tensor, log_value: Tensor) -> Tensor:
+    """weight * log_value, and 0 where the weight is 0 even if the log is -inf (a masked class).
+
+    Where the weight is 0 the product is formed with the log's finite part, so that the
+    derivative w.r.t. the weight there is still the log (exact for learned weights at 0) and no
+    0 * inf reaches any derivative.
+    """
+    finite = torch.where(torch.isfinite(log_value), log_value, torch.zeros_like(log_value))
+    return torch.where(weight != 0, weight * log_value, weight * finite)
 
 
 def _rows_forward(
@@ -213,96 +313,114 @@ def _rows_forward(
     fp_weight: Tensor | None,
     smoothing: float,
     *,
+    fn_rows: Tensor | None,
+    fp_rows: Tensor | None,
     out_loss: Tensor,
     out_grad: Tensor | None,
     inactive: Tensor,
 ) -> None:
     """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``.
 
-    ``inactive`` (R, 1) marks rows whose loss will be discarded (row_scale 0): their exponentials
-    are shifted to 0 (by an O(R) shift, not a pass over the chunk), so that their gradient stays
-    finite for any logits free of NaN and +inf (masked rows included) and a zero scale zeroes it
-    exactly.
+    Logits enter only as z - max(z) (the shifted domain). ``inactive`` (R, 1) marks rows whose
+    loss will be discarded (row_scale 0): their probabilities are made 0 (with an FP term by an
+    O(R) shift before ``exp``), so that their gradient stays finite for any logits free of NaN
+    and +inf (fully masked rows included) and a zero scale zeroes it exactly.
     """
     num_classes = z.shape[1]
     soft = target.dim() == 2
+    has_fp = fp_weight is not None or fp_rows is not None
+    tiny = torch.finfo(z.dtype).tiny
+    if not has_fp:
+        # Without an FP term only log p is needed: PyTorch's log-softmax (shifted domain).
+        log_p = torch.log_softmax(z, dim=1)
+        fn_coef = fn_t = None
+        if soft:
+            fn_coef = target * fn_weight  # a, (R, K)
+            fn_total = fn_coef.sum(dim=1, keepdim=True)
+            out_loss.copy_(-_weighted_sum(fn_coef, log_p))
+        else:
+            fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
+            loss = -(1.0 - smoothing) * fn_t * log_p.gather(1, target.unsqueeze(1))
+            if smoothing:
+                loss -= (smoothing / num_classes) * (log_p @ fn_weight).unsqueeze(1)
+            out_loss.copy_(loss.squeeze(1))
+            fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
+        if out_grad is not None:
+            # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i. Inactive rows get p = 0, so
+            # that a fully masked row (log p NaN) keeps a finite gradient for the zero scale.
+            p = torch.exp(log_p, out=out_grad).masked_fill_(inactive, 0.0)
+            p.mul_(fn_total)
+            _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
+        return
 
-    if fp_weight is None:
-        # Without an FP term only log p is needed: a plain, stable log-softmax.
-        z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
-        p = (z - _discard(z_max, inactive)).exp_()
-        total = p.sum(dim=1, keepdim=True)
-        p.div_(total.clamp_min(torch.finfo(z.dtype).tiny))  # a fully masked row: p = 0, not NaN
-        lse = z_max + total.log()
-    else:
-        # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max.
-        z_max, argmax = z.max(dim=1, keepdim=True)
-        z_max = _finite_or_zero(z_max)
-        q = z.scatter(1, argmax, float("-inf"))
-        second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
-        q.sub_(_discard(second_max, inactive)).exp_()
-        sum_others = q.sum(dim=1, keepdim=True)
-        lse_others = second_max + sum_others.log()
-        q.div_(sum_others.clamp_min(torch.finfo(z.dtype).tiny))  # softmax over j != m; q_m = 0
-        d = z_max - lse_others  # log-odds of the arg-max class; +inf when every other logit is -inf
-        lse = z_max + F.softplus(-d)
-        p_max = torch.sigmoid(d)
-        p = q * torch.sigmoid(-d)
-        p.scatter_(1, argmax, p_max)
+    # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max:
+    # q_j = exp(z_j - z_second) for j != m (q_m = 0), S = sum_j q_j.
+    z_max, argmax = z.max(dim=1, keepdim=True)
+    z_max = _finite_or_zero(z_max)
+    q = z.scatter(1, argmax, float("-inf"))
+    second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
+    q.sub_(_discard(second_max, inactive)).exp_()
+    sum_others = q.sum(dim=1, keepdim=True)
+    # d = z_m - logsumexp_{j != m} z_j: +inf when every other logit is -inf. In the shifted
+    # domain log p_k = z_k - z_max - log_total with log_total = softplus(-d).
+    d = (z_max - second_max) - sum_others.log()
+    sum_others = sum_others.clamp_min(tiny)  # as a divisor: q = 0 there anyway
+    log_total = F.softplus(-d)
+    p_max = torch.sigmoid(d)
+    p = q * (torch.sigmoid(-d) / sum_others)  # p_j = (1 - p_m) q_j / S for j != m
+    p.scatter_(1, argmax, p_max)
 
     # FN term: -sum_k a_k log p_k with a = y * fn.
+    fn_coef = fn_t = None
     if soft:
         fn_coef = target * fn_weight  # a, (R, K)
-        out_loss.copy_(-(fn_coef * (z - lse)).sum(dim=1))
         fn_total = fn_coef.sum(dim=1, keepdim=True)
+        out_loss.copy_(fn_total.squeeze(1) * log_total.squeeze(1))
+        out_loss.sub_(_weighted_sum(fn_coef, z - z_max))
     else:
         t = target.unsqueeze(1)
-        fn_t = fn_weight[target].unsqueeze(1)
-        log_p_t = z.gather(1, t) - lse
+        fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
+        log_p_t = (z.gather(1, t) - z_max) - log_total
         loss = -(1.0 - smoothing) * fn_t * log_p_t
         if smoothing:
-            loss -= (smoothing / num_classes) * ((z - lse) @ fn_weight).unsqueeze(1)
+            sum_log_p = ((z - z_max) @ fn_weight).unsqueeze(1) - log_total * fn_weight.sum()
+            loss -= (smoothing / num_classes) * sum_log_p
         out_loss.copy_(loss.squeeze(1))
         fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
 
-    fp_grad = out_grad is not None and fp_weight is not None
-    if out_grad is not None and not fp_grad:
-        # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i.
-        torch.mul(p, fn_total, out=out_grad)
-        _subtract_fn_coefficients(out_grad, fn_coef if soft else None, target, fn_weight, smoothing)
-
-    if fp_weight is None:
-        return
-
-    # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP.
-    w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
-    log_not_p = torch.log1p(-p)
+    # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights).
+    if fp_rows is not None:
+        w = fp_rows.scatter(1, target.unsqueeze(1), 0.0)
+    else:
+        w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
+    one_minus_p = torch.neg(p)
+    log_not_p = torch.log1p(one_minus_p)
     # log(1 - p_m) = -softplus(d); capped so that a zero weight times it stays 0 when d = +inf.
     log_not_p_max = (-F.softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     log_not_p.scatter_(1, argmax, log_not_p_max)
-    out_loss.sub_((w * log_not_p).sum(dim=1))
-    if not fp_grad:
+    out_loss.sub_(log_not_p.mul_(w).sum(dim=1))
+    if out_grad is None:
         return
 
     # Gradient of L = -sum_j w_j log(1 - p_j). With dp_j/dz_i = p_j (delta_ij - p_i):
     #   dL/dz_i = sum_j w_j p_j (delta_ij - p_i) / (1 - p_j) = r_i - p_i R,
     #   r_j = w_j p_j / (1 - p_j),  R = sum_j r_j.
     # r_m = w_m p_m / (1 - p_m) overflows when p_m -> 1, so split it off. With R' = sum_{j!=m} r_j
-    # and p_i / (1 - p_m) = q_i (softmax over the classes != m):
-    #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i
+    # and p_i / (1 - p_m) = q_i / S (softmax over the classes != m):
+    #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i / S
     #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2.
     # r is built in the gradient buffer itself, which then receives the other terms in place.
-    r = torch.div(p, 1.0 - p, out=out_grad)
+    r = torch.div(p, one_minus_p.add_(1.0), out=out_grad)
     r.scatter_(1, argmax, 0.0)
     r.mul_(w)
     r_sum = r.sum(dim=1, keepdim=True)
     w_max = w.gather(1, argmax)
     # FP gradient plus the FN gradient p_i * sum_k a_k - a_i, sharing the p_i factor.
     out_grad.addcmul_(p, fn_total - r_sum)
-    out_grad.addcmul_(q, w_max * p_max, value=-1.0)
+    out_grad.addcmul_(q, w_max * p_max / sum_others, value=-1.0)
     out_grad.scatter_add_(1, argmax, w_max * p_max)
-    _subtract_fn_coefficients(out_grad, fn_coef if soft else None, target, fn_weight, smoothing)
+    _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
 
 
 def _finite_or_zero(row_max: Tensor) -> Tensor:
@@ -317,14 +435,19 @@ def _discard(row_shift: Tensor, inactive: Tensor) -> Tensor:
 
 
 def _subtract_fn_coefficients(
-    grad: Tensor, fn_coef: Tensor | None, target: Tensor, fn_weight: Tensor, smoothing: float
+    grad: Tensor,
+    fn_coef: Tensor | None,
+    target: Tensor,
+    fn_t: Tensor | None,
+    fn_weight: Tensor,
+    smoothing: float,
 ) -> None:
-    """grad -= a, with a = y * fn: given (soft targets) or (1 - e) fn_t onehot(t) + e fn / K."""
+    """grad -= a, with a = y * fn: given (soft targets) or (1 - e) fn_t onehot(t) + e fn / K,
+    where fn_t (R, 1) is each row's FN weight of its target."""
     if fn_coef is not None:
         grad.sub_(fn_coef)
         return
-    t = target.unsqueeze(1)
-    grad.scatter_add_(1, t, -(1.0 - smoothing) * fn_weight[target].unsqueeze(1))
+    grad.scatter_add_(1, target.unsqueeze(1), -(1.0 - smoothing) * fn_t)
     if smoothing:
         grad.sub_((smoothing / grad.shape[1]) * fn_weight)
 
@@ -341,9 +464,10 @@ def _fp_coefficients(
     if fp_weight.dim() == 2:
         w = fp_weight.index_select(0, target)
         if smoothing:
-            w.mul_(1.0 - smoothing).add_(uniform * fp_weight.sum(dim=0))
+            w = w * (1.0 - smoothing) + uniform * fp_weight.sum(dim=0)
         return w
     # (y @ FP)_j = v_j * (1 - y_j) with y = (1 - e) onehot(t) + e / K.
-    w = (fp_weight * (1.0 - uniform)).expand(num_rows, num_classes).clone()
-    w.scatter_add_(1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1))
-    return w
+    w = (fp_weight * (1.0 - uniform)).expand(num_rows, num_classes)
+    return w.scatter_add(
+        1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1)
+    )
