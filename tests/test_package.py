@@ -169,8 +169,6 @@ def _hf():
 def test_a_bad_ignore_index_is_a_type_error_everywhere(entry, value):
     if entry == "count_classes" and value is None:
         pytest.skip("count_classes takes ignore_index=None: nothing is skipped")
-    if entry == "loss" and value is True:
-        pytest.xfail("the loss's own ignore_index check takes bool for an int (PyTorch refuses it)")
     call = dict(_ignore_index_entries())[entry]
     with pytest.raises(TypeError, match="ignore_index"):
         call(value)

@@ -99,8 +99,7 @@ def check_call(
     """
     V.check_loss_arguments(input, target, reduction, input_type)
     V.check_label_smoothing(label_smoothing)
-    if not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
+    ignore_index = V.check_ignore_index(ignore_index)
 
     unbatched = input.dim() == 1
     if unbatched:
