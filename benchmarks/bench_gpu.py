@@ -74,7 +74,7 @@ def _peak_extra_mib(step: Callable[[], object]) -> float:
 
 def _cases(num_classes: int, fn: torch.Tensor, fp_vec, fp_mat, row_scale, compile_ref: bool):
     """(library, variant, loss(z, target)) triples."""
-    from rwwce.kernels import reference
+    from rwwce.kernels import Problem, reference
     from rwwce.kernels import triton as triton_backend
 
     cases = []
@@ -85,7 +85,7 @@ def _cases(num_classes: int, fn: torch.Tensor, fp_vec, fp_mat, row_scale, compil
             (
                 "rwwce-triton",
                 name,
-                lambda z, t, fp=fp: triton_backend.rwwce_loss(z, t, fn, fp, row_scale, 0.0, True),
+                lambda z, t, fp=fp: triton_backend.rwwce_loss(Problem(z, t, fn, fp, row_scale)),
             )
         )
     cases.append(("torch", "F.cross_entropy", lambda z, t: F.cross_entropy(z, t)))

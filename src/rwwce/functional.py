@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rwwce import _validate as V
-from rwwce.kernels import reference
+from rwwce.kernels import Problem, reference
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["real_world_weight_cross_entropy", "binary_real_world_weight_cross_entropy"]
@@ -170,9 +170,10 @@ def real_world_weight_cross_entropy(
 
     denominator = _denominator(reduction, row_weight, fn, target_2d, valid)
     row_scale = _row_scale(row_weight, denominator, global_normalize)
-    loss = _pick_backend(backend, logits, target_2d, fp)(
-        logits, target_2d, fn, fp, row_scale, smoothing, reduction != "none"
+    problem = Problem(
+        logits, target_2d, fn, fp, row_scale, label_smoothing=smoothing, reduce=reduction != "none"
     )
+    loss = _pick_backend(backend, problem)(problem)
     if reduction != "none":
         return loss
     loss = loss.reshape(element_shape)
@@ -399,17 +400,25 @@ def _safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
     return torch.where(denominator > 0, total / safe, total * 0)
 
 
-def _pick_backend(backend: str, logits: Tensor, target: Tensor, fp_weight: Tensor | None):
+def _reference_loss(problem: Problem) -> Tensor:
+    # TEMPORARY adapter until reference.rwwce_loss takes a Problem (the backend contract)
+    p = problem
+    return reference.rwwce_loss(
+        p.logits, p.target, p.fn_weight, p.fp_weight, p.row_scale, p.label_smoothing, p.reduce
+    )
+
+
+def _pick_backend(backend: str, problem: Problem):
     """The one dispatch point. 'auto' takes Triton only for CUDA inputs it supports."""
-    if backend == "torch" or (backend == "auto" and not logits.is_cuda):
-        return reference.rwwce_loss
+    if backend == "torch" or (backend == "auto" and not problem.logits.is_cuda):
+        return _reference_loss
     try:
         from rwwce.kernels import triton as triton_backend
     except ImportError as error:  # pragma: no cover - the module guards its own triton import
         reason = f"the Triton backend failed to import ({error})"
     else:
         if triton_backend.is_available():
-            reason = triton_backend.supports(logits, target, fp_weight)
+            reason = triton_backend.supports(problem)
             if reason is None:
                 return triton_backend.rwwce_loss
         else:
@@ -418,4 +427,4 @@ def _pick_backend(backend: str, logits: Tensor, target: Tensor, fp_weight: Tenso
         raise ValueError(
             f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
         )
-    return reference.rwwce_loss
+    return _reference_loss

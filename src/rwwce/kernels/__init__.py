@@ -30,6 +30,24 @@ The unreduced row loss, with p = softmax(z), a = y * fn and w = y @ FP::
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The flat problem every backend solves (all rows flattened, classes last)."""
+    logits: Tensor                 # (M, K) float16/bfloat16/float32/float64
+    target: Tensor                 # (M,) int64 class indices (ignored rows hold a valid placeholder class, row_scale 0)
+                                   # or (M, K) class probabilities in the compute dtype (smoothing already applied)
+    fn_weight: Tensor              # (K,) compute dtype
+    fp_weight: Tensor | None       # None, (K,) or (K, K)
+    row_scale: Tensor              # (M,) compute dtype: ignore mask x sample weight / denominator
+    fn_rows: Tensor | None = None  # (M,) per-row FN weight (from sample_costs): replaces fn_weight[target]; index targets only
+    fp_rows: Tensor | None = None  # (M, K) per-row FP weights (from sample_costs): replaces fp_weight[target]; index targets only, exclusive with fp_weight
+    label_smoothing: float = 0.0   # index targets only; not combined with fn_rows/fp_rows (the front end refuses that)
+    reduce: bool = True            # True: 0-dim sum of row_scale * loss_row; False: (M,) vector
+    block_k: int | None = None     # Triton column-block override for tests; torch backend ignores it
+
 
 @dataclass(frozen=True)
 class BackendOptions:
