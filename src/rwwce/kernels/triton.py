@@ -12,17 +12,22 @@ for the executable spec). Three layers:
    loss sweep (which also collects the row sums the gradient needs) and a gradient sweep; without
    an FP term the gradient is written in the loss sweep (two reads of the logits). Every sweep
    runs the same column-block body, ``_column_block``; ``FP_MODE`` and ``GRAD_MODE`` take the
-   named constants ``_FP_*`` and ``_GRAD_*``.
+   named constants ``_FP_*`` and ``_GRAD_*``. Per-row costs (``Problem.fn_rows`` /
+   ``fp_rows``, from per-sample cost matrices) replace fn[t] (flag ``FN_ROWS``) and the row
+   FP[t, :] (``_FP_ROWS``: row i of an (M, K) matrix, its entry at t taken as 0).
    Exact on every path: a masked class (-inf logit) gets exactly zero gradient (its terms are
    masked, never computed as exp(-inf + inf)); a row with ``row_scale == 0`` stores exactly 0
    loss and gradient whatever its logits; a target outside [0, K) reads no weight and makes its
    row's loss and gradient NaN (targets reach the kernel unchecked on CUDA).
 2. ``_launch_forward`` / ``_launch_scale``: contiguity, allocation, block sizes, grid.
-3. ``_RWWCETritonFunction``: the forward computes the loss and the gradient into a new buffer in the
-   logits' dtype; the backward only multiplies it by the incoming gradient, on the device, without
-   a host synchronisation (a tiny kernel that skips elements whose upstream factor is exactly 1).
-   That gradient is not differentiable: a backward with ``create_graph=True`` raises a
-   RuntimeError that points to ``backend="torch"``.
+3. Registered operators (``torch.ops.rwwce.triton_loss`` / ``triton_scale``, at the end of
+   this file): ``torch.library.triton_op`` with ``wrap_triton`` launches on a GPU (a plain
+   ``custom_op`` under the interpreter), a fake implementation from shapes, and
+   ``register_autograd``. The forward computes the loss and the gradient into a new buffer in
+   the logits' dtype; the backward only multiplies it by the incoming gradient, on the device,
+   without a host synchronisation (a tiny kernel that skips elements whose upstream factor is
+   exactly 1). That gradient is not differentiable: a backward with ``create_graph=True``
+   raises a RuntimeError that points to ``backend="torch"``.
 
 Triton is optional: its import here is guarded, so importing this module never fails when triton
 is missing (``is_available()`` then returns False), and ``import rwwce`` never imports this module
