@@ -767,9 +767,9 @@ def rows_truth64(logits, target, fn_rows, fp_rows, row_scale, upstream):
 
 
 def rows_problem(m, k, dtype, device, masked=True):
-    """Logits with masked classes (never the target), one ignored row whose costs are inf and
-    NaN, and per-row costs whose entry at the target class is garbage (NaN, inf, 1e30): the
-    kernel must not read it into the result."""
+    """Logits with masked classes (never the target), rows whose target is the arg-max, one
+    ignored row whose costs are inf and NaN, and per-row costs whose entry at the target class
+    is garbage (NaN, inf, 1e30): the kernel must not read it into the result."""
     gen = torch.Generator().manual_seed(m * 100 + k)
     logits = torch.randn(m, k, generator=gen) * 3
     target = torch.randint(0, k, (m,), generator=gen)
@@ -778,6 +778,8 @@ def rows_problem(m, k, dtype, device, masked=True):
             cols = torch.randperm(k, generator=gen)[: k // 3]
             logits[i, cols[cols != target[i]]] = -INF
         logits[m - 1, 0] = 1e4  # a confident row
+    for i in (2, 3):  # the target is the arg-max (its garbage cost would meet the arg-max terms)
+        target[i] = logits[i].argmax()
     fn_rows = torch.rand(m, generator=gen) * 3 + 0.1
     fp_rows = torch.rand(m, k, generator=gen) * 4
     garbage = torch.tensor([float("nan"), INF, 1e30])
