@@ -61,9 +61,20 @@ def device(request):
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def reference_loss(logits, target, fn, fp, row_scale, smoothing, reduce):
-    """The torch backend, called with the Triton module's positional arguments."""
-    return reference.rwwce_loss(Problem(logits, target, fn, fp, row_scale, None, None, smoothing, reduce))
+def problem_of(logits, target, fn, fp, row_scale, smoothing=0.0, reduce=True, **fields):
+    """A backend Problem from the positional form the tests use (extra fields by keyword)."""
+    return Problem(
+        logits, target, fn, fp, row_scale, label_smoothing=smoothing, reduce=reduce, **fields
+    )
+
+
+def tk_loss(*args, **fields):
+    return tk.rwwce_loss(problem_of(*args, **fields))
+
+
+def torch_loss(*args, **fields):
+    """The torch backend on the same problem."""
+    return reference.rwwce_loss(problem_of(*args, **fields))
 
 
 def make_problem(m, k, fp_kind, soft, device, dtype=torch.float32, scale=3.0, zero_rows=True):
@@ -225,11 +236,9 @@ def check_against_truth(logits, target, fnw, fp, row_scale, smoothing, reduce, *
     m = logits.shape[0]
     upstream = (torch.rand(()) + 0.5) if reduce else (torch.rand(m) + 0.5)
     upstream = upstream.to(logits.device)
-    loss, grad = run(
-        tk.rwwce_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream, **kw
-    )
+    loss, grad = run(tk_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream, **kw)
     ref_loss, ref_grad = run(
-        reference_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream
+        torch_loss, logits, target, fnw, fp, row_scale, smoothing, reduce, upstream
     )
     t_loss, t_grad = truth64(logits, target, fnw, fp, row_scale, smoothing, reduce, upstream)
     assert loss.dtype == torch.float32 and loss.shape == ref_loss.shape
@@ -353,7 +362,7 @@ def test_single_class_rows_give_zero_loss(device):
     target = torch.zeros(3, dtype=torch.long, device=device)
     ones = torch.ones(1, device=device)
     loss, grad = run(
-        tk.rwwce_loss,
+        tk_loss,
         logits,
         target,
         ones,
@@ -373,7 +382,7 @@ def test_zero_row_scale_rows_have_zero_loss_and_gradient(device):
     )
     row_scale[::2] = 0.0
     loss, grad = run(
-        tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.1, False, torch.ones(6, device=device)
+        tk_loss, logits, target, fn, fp, row_scale, 0.1, False, torch.ones(6, device=device)
     )
     assert torch.equal(loss[::2].cpu(), torch.zeros(3))
     assert torch.equal(grad[::2].cpu(), torch.zeros(3, 11))
@@ -451,7 +460,7 @@ def test_masked_classes_get_exactly_zero_gradient(device, bounds_checked, fp_kin
     _, _, fn, fp, row_scale = make_problem(m, k, fp_kind, False, device, zero_rows=False)
     upstream = (torch.rand(m) + 0.5).to(device)
     loss, grad = run(
-        tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
+        tk_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
     )
     masked = torch.isinf(logits)
     assert torch.isfinite(loss).all(), loss
@@ -466,7 +475,7 @@ def test_masked_classes_get_exactly_zero_gradient(device, bounds_checked, fp_kin
         # soft targets (zero on the masked classes): same rule
         soft = torch.softmax(torch.randn(m, k, device=device) + logits.float(), dim=1)
         loss, grad = run(
-            tk.rwwce_loss, logits, soft, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
+            tk_loss, logits, soft, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
         )
         assert torch.equal(grad[masked], torch.zeros_like(grad[masked]))
         t_loss, t_grad = masked_truth64(logits, soft, fn, fp, row_scale, upstream)
@@ -484,9 +493,7 @@ def test_masked_classes_match_cross_entropy(device):
     fn = torch.rand(k, device=device) + 0.5
     ones = torch.ones(m, device=device)
     for smoothing in [0.0, 0.1]:
-        loss, grad = run(
-            tk.rwwce_loss, logits, target, fn, None, ones, smoothing, False, ones, block_k=4
-        )
+        loss, grad = run(tk_loss, logits, target, fn, None, ones, smoothing, False, ones, block_k=4)
         z = logits.double().requires_grad_()
         expected = torch.nn.functional.cross_entropy(
             z, target, fn.double(), reduction="none", label_smoothing=smoothing
@@ -521,7 +528,7 @@ def test_zero_row_scale_rows_give_exactly_zero_whatever_their_logits(
         row_scale[i] = 0.0
     upstream = ((torch.rand(()) if reduce else torch.rand(m)) + 0.5).to(device)
     loss, grad = run(
-        tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.1, reduce, upstream, block_k=block_k
+        tk_loss, logits, target, fn, fp, row_scale, 0.1, reduce, upstream, block_k=block_k
     )
     zeroed = torch.tensor(sorted(bad), device=device)
     kept = torch.tensor([i for i in range(m) if i not in bad], device=device)
@@ -560,7 +567,7 @@ def test_out_of_range_targets_read_nothing_and_give_nan(
     row_scale[6] = 0.0  # a zero weight does not hide a wrong target
     upstream = (torch.rand(m) + 0.5).to(device)
     loss, grad = run(
-        tk.rwwce_loss,
+        tk_loss,
         logits,
         target,
         fn,
@@ -580,7 +587,7 @@ def test_out_of_range_targets_read_nothing_and_give_nan(
     )
     assert_within_budget("loss", loss[good], None, t_loss, torch.float32)
     assert_within_budget("grad", grad[good], None, t_grad, torch.float32)
-    total = tk.rwwce_loss(logits, target, fn, fp, row_scale, smoothing, True, block_k=block_k)
+    total = tk_loss(logits, target, fn, fp, row_scale, smoothing, True, block_k=block_k)
     assert torch.isnan(total)
 
 
@@ -651,7 +658,7 @@ def test_fuzz_masked_logits_and_ignored_targets(
     target = target.to(device)
     upstream = (torch.rand(m, generator=gen) + 0.5).to(device)
     loss, grad = run(
-        tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
+        tk_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k
     )
     ignored, masked = ignored.to(device), masked.to(device)
     assert torch.equal(loss[ignored], torch.zeros_like(loss[ignored]))
@@ -714,10 +721,229 @@ def test_rows_shifted_by_100_give_the_same_loss_and_gradient(device, m, k):
         logits, target, fn, fp, row_scale = make_problem(m, k, fp_kind, False, device)
         logits = (logits * 1024).round() / 1024
         upstream = (torch.rand(m) + 0.5).to(device)
-        base = run(tk.rwwce_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream)
-        shifted = run(tk.rwwce_loss, logits + 100, target, fn, fp, row_scale, 0.0, False, upstream)
+        base = run(tk_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream)
+        shifted = run(tk_loss, logits + 100, target, fn, fp, row_scale, 0.0, False, upstream)
         assert torch.equal(shifted[0], base[0]), (shifted[0], base[0])
         assert torch.equal(shifted[1], base[1])
+
+
+# --- per-row costs (fn_rows, fp_rows: per-sample cost matrices) ------------------------------
+
+
+def rows_truth64(logits, target, fn_rows, fp_rows, row_scale, upstream):
+    """float64 loss and logits gradient of the per-row formula, row by row through autograd:
+
+        loss_i = -fn_i log p_{t_i} - sum_{j != t_i} FP_i[j] log(1 - p_j)
+
+    with log(1 - p_j) = logsumexp(z without j) - logsumexp(z) (exact for any gap). A masked
+    class (-inf) is absent (p = 0); a row with ``row_scale`` 0 is exactly 0. ``fn_rows`` /
+    ``fp_rows`` are (M,) / (M, K) tensors; their entry at the target class is never read."""
+    z = logits.detach().cpu().double()
+    m, k = z.shape
+    fn_rows, fp_rows = fn_rows.cpu().double(), fp_rows.cpu().double()
+    scale, up = row_scale.cpu().double(), upstream.cpu().double().expand(m)
+    losses, grad = torch.zeros(m, dtype=torch.float64), torch.zeros(m, k, dtype=torch.float64)
+    for i in range(m):
+        if scale[i] == 0:
+            continue
+        t = int(target[i])
+        keep = [j for j in range(k) if torch.isfinite(z[i, j])]
+        zi = z[i, keep].clone().requires_grad_()
+        lse = torch.logsumexp(zi, dim=0)
+        loss = -fn_rows[i] * (zi[keep.index(t)] - lse)
+        for n, j in enumerate(keep):
+            if j != t:
+                others = torch.cat([zi[:n], zi[n + 1 :]])
+                loss = loss - fp_rows[i, j] * (torch.logsumexp(others, dim=0) - lse)
+        loss = loss * scale[i]
+        (gi,) = torch.autograd.grad(loss, zi, up[i])
+        losses[i], grad[i, keep] = loss.detach(), gi
+    return losses, grad
+
+
+def rows_problem(m, k, dtype, device, masked=True):
+    """Logits with masked classes (never the target), rows whose target is the arg-max, one
+    ignored row whose costs are inf and NaN, and per-row costs whose entry at the target class
+    is garbage (NaN, inf, 1e30): the kernel must not read it into the result."""
+    gen = torch.Generator().manual_seed(m * 100 + k)
+    logits = torch.randn(m, k, generator=gen) * 3
+    target = torch.randint(0, k, (m,), generator=gen)
+    if masked:
+        for i in range(0, m, 2):
+            cols = torch.randperm(k, generator=gen)[: k // 3]
+            logits[i, cols[cols != target[i]]] = -INF
+        logits[m - 1, 0] = 1e4  # a confident row
+    for i in (2, 3):  # the target is the arg-max (its garbage cost would meet the arg-max terms)
+        target[i] = logits[i].argmax()
+    fn_rows = torch.rand(m, generator=gen) * 3 + 0.1
+    fp_rows = torch.rand(m, k, generator=gen) * 4
+    garbage = torch.tensor([float("nan"), INF, 1e30])
+    fp_rows[torch.arange(m), target] = garbage[torch.arange(m) % 3]
+    row_scale = torch.rand(m, generator=gen) + 0.5
+    row_scale[1] = 0.0  # ignored: placeholder class 0, costs that would poison the sum
+    target[1] = 0
+    fn_rows[1] = INF
+    fp_rows[1] = float("nan")
+    logits = logits.to(dtype)
+    return [x.to(device) for x in (logits, target, fn_rows, fp_rows, row_scale)]
+
+
+ROWS_CASES = [
+    pytest.param(block_k, dtype, id=f"{'multi' if block_k else 'single'}-{str(dtype)[6:]}")
+    for block_k, dtype in [
+        (None, torch.float32),
+        (None, torch.bfloat16),
+        (None, torch.float16),
+        (4, torch.float32),
+        (4, torch.bfloat16),
+    ]
+]
+
+
+@pytest.mark.parametrize("block_k, dtype", ROWS_CASES)
+@pytest.mark.parametrize("which", ["fn_rows", "fp_rows", "both"])
+def test_per_row_costs_match_float64_truth(device, bounds_checked, which, block_k, dtype):
+    """fn_rows replaces fn[t] and fp_rows replaces FP[t] (index targets), on the single-block
+    and multi-block paths; the cost at the target class is ignored; ignored rows give exactly
+    0; masked classes exactly 0 gradient; no read outside any tensor (bounds_checked)."""
+    m, k = 7, 11
+    logits, target, fn_rows, fp_rows, row_scale = rows_problem(m, k, dtype, device)
+    fn = (torch.rand(k) + 0.5).to(device)
+    fields = {}
+    if which in ("fn_rows", "both"):
+        fields["fn_rows"] = fn_rows
+    if which in ("fp_rows", "both"):
+        fields["fp_rows"] = fp_rows
+    # the oracle's per-row costs: those given, else the class weights indexed by the target
+    fn_truth = fn_rows if "fn_rows" in fields else fn[target]
+    fp_truth = fp_rows if "fp_rows" in fields else torch.zeros(m, k, device=device)
+    for reduce in [False, True]:
+        upstream = ((torch.rand(()) if reduce else torch.rand(m)) + 0.5).to(device)
+        loss, grad = run(
+            tk_loss, logits, target, fn, None, row_scale, 0.0, reduce, upstream,
+            block_k=block_k, **fields,
+        )  # fmt: skip
+        t_rows, t_grad = rows_truth64(logits, target, fn_truth, fp_truth, row_scale, upstream)
+        masked = torch.isinf(logits)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad.float()).all()
+        assert torch.equal(grad[masked].float(), torch.zeros_like(grad[masked].float()))
+        assert torch.equal(grad[1].float(), torch.zeros(k, device=device))  # the ignored row
+        if not reduce:
+            assert loss[1] == 0
+        truth = t_rows.sum() if reduce else t_rows
+        assert_within_budget("loss", loss, None, truth, torch.float32)
+        assert_within_budget("grad", grad, None, t_grad, dtype)
+
+
+@pytest.mark.parametrize("block_k", [None, 4])
+def test_per_row_costs_equal_to_the_class_matrix_give_the_same_bits(device, block_k):
+    """Rows whose costs are the class weights of their target (fn_rows = fn[t], fp_rows =
+    FP[t]) run the same arithmetic as the (K, K) matrix mode: identical loss and gradient."""
+    logits, target, fn, fp, row_scale = make_problem(9, 13, "matrix", False, device)
+    upstream = (torch.rand(9) + 0.5).to(device)
+    base = run(tk_loss, logits, target, fn, fp, row_scale, 0.0, False, upstream, block_k=block_k)
+    rows = run(
+        tk_loss, logits, target, torch.zeros_like(fn), None, row_scale, 0.0, False, upstream,
+        block_k=block_k, fn_rows=fn[target], fp_rows=fp[target],
+    )  # fmt: skip
+    assert torch.equal(rows[0], base[0])
+    assert torch.equal(rows[1], base[1])
+
+
+# --- compiler visibility: a registered operator -----------------------------------------------
+
+
+def test_registered_operators_pass_opcheck(device):
+    """torch.library.opcheck: schema, fake (meta) implementation, autograd registration and
+    dispatch of rwwce::triton_loss and rwwce::triton_scale (CPU: through the interpreter)."""
+    logits, target, fn, fp, row_scale = make_problem(6, 9, "matrix", False, device)
+    z = logits.clone().requires_grad_()
+    fn_rows, fp_rows = fn[target], fp[target]
+    for args in [
+        (z, target, fn, fp, row_scale, None, None, 0.1, None, True),
+        (z, target, fn, None, row_scale, fn_rows, fp_rows, 0.0, 4, True),
+        (logits, target, fn, fp, row_scale, None, None, 0.0, None, False),
+        (z.detach().half(), torch.softmax(z.detach(), 1), fn, None, row_scale, None, None, 0.0,
+         None, False),
+    ]:  # fmt: skip
+        torch.library.opcheck(torch.ops.rwwce.triton_loss.default, args)
+    grad = torch.randn(6, 9, device=device)
+    torch.library.opcheck(
+        torch.ops.rwwce.triton_scale.default, (grad, torch.rand(6, device=device))
+    )
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compiled_loss_has_no_graph_break_or_recompile_and_matches_eager(device, compiler):
+    """torch.compile(fullgraph=True, dynamic=True) around the backend call: no graph break
+    (torch._dynamo.explain), one compilation for three batch sizes, values and logits
+    gradients equal to eager, and the backward free of host synchronisations (it is traced)."""
+    import torch._dynamo
+
+    k = 9
+    fn = (torch.rand(k) + 0.5).to(device)
+    fp = (torch.rand(k) * 2).to(device)
+
+    def loss_fn(z, target, row_scale, fn_rows, fp_rows):
+        # per-row costs (reduced inside) plus an FP vector (rows summed here)
+        per_row = tk_loss(
+            z, target, fn, None, row_scale, 0.0, True, fn_rows=fn_rows, fp_rows=fp_rows
+        )
+        return per_row + tk_loss(z, target, fn, fp, row_scale, 0.0, False).sum()
+
+    def batch(m):
+        logits, target, _, _, row_scale = make_problem(m, k, None, False, device)
+        costs = (torch.rand(m) + 0.5).to(device), (torch.rand(m, k) * 3).to(device)
+        return logits.requires_grad_(), target, row_scale, *costs
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(loss_fn)(*batch(6))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, backend=compiler, fullgraph=True, dynamic=True)
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        first = batch(6)
+        compiled(*first).backward()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for m in [6, 11, 17]:
+            z, *rest = batch(m)
+            expected = loss_fn(z, *rest)
+            (expected_grad,) = torch.autograd.grad(expected, z)
+            got = compiled(z, *rest)
+            (got_grad,) = torch.autograd.grad(got, z)
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got_grad, expected_grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_captures_forward_and_backward():
+    """No host synchronisation anywhere: forward and backward replay from a CUDA graph."""
+    if INTERPRET or not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device without the interpreter")
+    device = torch.device("cuda")
+    logits, target, fn, fp, row_scale = make_problem(64, 37, "matrix", False, device)
+    z = logits.clone().requires_grad_()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):  # warm-up (autotuning, allocations) outside the capture
+            z.grad = None
+            tk_loss(z, target, fn, fp, row_scale, 0.1, True).backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    z.grad = None
+    with torch.cuda.graph(graph):
+        loss = tk_loss(z, target, fn, fp, row_scale, 0.1, True)
+        loss.backward()
+    new_logits = torch.randn_like(logits)
+    with torch.no_grad():
+        z.copy_(new_logits)
+    graph.replay()
+    expected, expected_grad = run(
+        tk_loss, new_logits, target, fn, fp, row_scale, 0.1, True, torch.tensor(1.0, device=device)
+    )
+    torch.testing.assert_close(loss.detach(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(z.grad, expected_grad, rtol=0, atol=0)
 
 
 # --- autograd behaviour -----------------------------------------------------------------------
@@ -727,8 +953,8 @@ def test_rows_shifted_by_100_give_the_same_loss_and_gradient(device, m, k):
 def test_deterministic(device, block_k):
     problem = make_problem(9, 29, "matrix", False, device, dtype=torch.bfloat16)
     up = torch.tensor(0.7, device=device)
-    first = run(tk.rwwce_loss, *problem, 0.1, True, up, block_k=block_k)
-    second = run(tk.rwwce_loss, *problem, 0.1, True, up, block_k=block_k)
+    first = run(tk_loss, *problem, 0.1, True, up, block_k=block_k)
+    second = run(tk_loss, *problem, 0.1, True, up, block_k=block_k)
     assert torch.equal(first[0], second[0])
     assert torch.equal(first[1], second[1])
 
@@ -737,7 +963,7 @@ def test_input_logits_are_not_modified(device):
     logits, target, fn, fp, row_scale = make_problem(5, 9, "vector", False, device)
     z = logits.clone().requires_grad_()
     before = z.detach().clone()
-    loss = tk.rwwce_loss(z, target, fn, fp, row_scale, 0.0, True)
+    loss = tk_loss(z, target, fn, fp, row_scale, 0.0, True)
     loss.backward(torch.tensor(2.5, device=device))
     assert torch.equal(z.detach(), before)
     assert z.grad.data_ptr() != z.data_ptr()
@@ -747,7 +973,7 @@ def test_input_logits_are_not_modified(device):
 def test_retain_graph_second_backward_gives_the_same_gradient(device, reduce):
     logits, target, fn, fp, row_scale = make_problem(5, 13, "matrix", False, device)
     z = logits.clone().requires_grad_()
-    loss = tk.rwwce_loss(z, target, fn, fp, row_scale, 0.0, reduce)
+    loss = tk_loss(z, target, fn, fp, row_scale, 0.0, reduce)
     up = torch.full_like(loss, 1.7)
     (g1,) = torch.autograd.grad(loss, z, up, retain_graph=True)
     g1 = g1.clone()
@@ -757,12 +983,12 @@ def test_retain_graph_second_backward_gives_the_same_gradient(device, reduce):
     assert torch.allclose(g3 * 1.7, g1, rtol=1e-6, atol=1e-7)
     # accumulation into .grad over two backwards of one retained graph
     z.grad = None
-    loss = tk.rwwce_loss(z, target, fn, fp, row_scale, 0.0, reduce)
+    loss = tk_loss(z, target, fn, fp, row_scale, 0.0, reduce)
     loss.backward(up, retain_graph=True)
     loss.backward(up)
     assert torch.allclose(z.grad, 2 * g1, rtol=1e-6, atol=1e-7)
     # without retain_graph the buffer is consumed, and a second backward is the usual error
-    loss = tk.rwwce_loss(z, target, fn, fp, row_scale, 0.0, reduce)
+    loss = tk_loss(z, target, fn, fp, row_scale, 0.0, reduce)
     loss.backward(up)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         loss.backward(up)
@@ -773,7 +999,7 @@ def test_double_backward_raises_and_names_the_torch_backend(device):
     backward with create_graph=True must refuse instead of returning a wrong second derivative."""
     logits, target, fn, fp, row_scale = make_problem(4, 6, "matrix", False, device)
     z = logits.clone().requires_grad_()
-    loss = tk.rwwce_loss(z, target, fn, fp, row_scale, 0.0, True)
+    loss = tk_loss(z, target, fn, fp, row_scale, 0.0, True)
     with pytest.raises(RuntimeError, match="create_graph=True.*backend='torch'"):
         torch.autograd.grad(loss, z, create_graph=True)
     (g,) = torch.autograd.grad(loss, z)  # first order on the same (retained) graph still works
@@ -797,19 +1023,17 @@ def test_gradient_penalty_through_the_public_api_raises(device):
 
 def test_unit_upstream_gradient_and_no_grad_path(device):
     problem = make_problem(8, 10, "vector", False, device)
-    loss, grad = run(tk.rwwce_loss, *problem, 0.0, True, torch.tensor(1.0, device=device))
-    ref_loss, ref_grad = run(
-        reference_loss, *problem, 0.0, True, torch.tensor(1.0, device=device)
-    )
+    loss, grad = run(tk_loss, *problem, 0.0, True, torch.tensor(1.0, device=device))
+    ref_loss, ref_grad = run(torch_loss, *problem, 0.0, True, torch.tensor(1.0, device=device))
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         z = problem[0].clone().requires_grad_()
-        no_grad_loss = tk.rwwce_loss(z, *problem[1:], 0.0, True)
+        no_grad_loss = tk_loss(z, *problem[1:], 0.0, True)
     assert not no_grad_loss.requires_grad
     assert torch.equal(no_grad_loss, loss)
     # logits that do not require grad take the forward-only path
-    assert torch.equal(tk.rwwce_loss(problem[0], *problem[1:], 0.0, True), loss)
+    assert torch.equal(tk_loss(problem[0], *problem[1:], 0.0, True), loss)
 
 
 def test_strided_logits(device):
@@ -817,15 +1041,15 @@ def test_strided_logits(device):
     wide = torch.randn(6, 20, device=device)
     wide[:, 3:12] = logits
     view = wide[:, 3:12]  # row stride 20
-    expected = tk.rwwce_loss(logits, target, fn, fp, row_scale, 0.0, False)
+    expected = tk_loss(logits, target, fn, fp, row_scale, 0.0, False)
     torch.testing.assert_close(
-        tk.rwwce_loss(view, target, fn, fp, row_scale, 0.0, False), expected, rtol=0, atol=0
+        tk_loss(view, target, fn, fp, row_scale, 0.0, False), expected, rtol=0, atol=0
     )
 
 
 def test_empty_batch(device):
     logits = torch.randn(0, 5, device=device, requires_grad=True)
-    loss = tk.rwwce_loss(
+    loss = tk_loss(
         logits,
         torch.zeros(0, dtype=torch.long, device=device),
         torch.ones(5, device=device),
@@ -844,21 +1068,75 @@ def test_empty_batch(device):
 def test_supports_reasons(device):
     z = torch.randn(4, 5, device=device)
     t = torch.zeros(4, dtype=torch.long, device=device)
-    assert tk.supports(z, t, None) is None
-    assert tk.supports(z.half(), t, torch.ones(5, device=device)) is None
-    assert tk.supports(z, torch.softmax(z, 1), torch.ones(5, 5, device=device)) is None
-    assert "float64" in tk.supports(z.double(), t, None)
-    assert "2-D" in tk.supports(z[None], t, None)
-    assert tk.supports(z, t.float(), None) is not None
+    ones4, ones5 = torch.ones(4, device=device), torch.ones(5, device=device)
+
+    def reason(logits=z, target=t, fp=None, **fields):
+        return tk.supports(problem_of(logits, target, ones5, fp, ones4, **fields))
+
+    assert reason() is None
+    assert reason(z.half(), fp=ones5) is None
+    assert reason(target=torch.softmax(z, 1), fp=torch.ones(5, 5, device=device)) is None
+    assert "float64" in reason(z.double())
+    assert "2-D" in reason(z[None])
+    assert reason(target=t.float()) is not None
     with pytest.raises(ValueError, match="float64"):
-        tk.rwwce_loss(
-            z.double(), t, torch.ones(5, device=device), None, torch.ones(4, device=device)
-        )
+        tk_loss(z.double(), t, ones5, None, ones4)
+    # per-row costs
+    fp_rows = torch.ones(4, 5, device=device)
+    assert reason(fn_rows=ones4, fp_rows=fp_rows) is None
+    assert "exclusive" in reason(fp=ones5, fp_rows=fp_rows)
+    assert "(4, 5)" in reason(fp_rows=fp_rows[:, :3])
+    assert "(4,)" in reason(fn_rows=ones5)
+    assert "class-index targets" in reason(target=torch.softmax(z, 1), fn_rows=ones4)
+    assert "label smoothing" in reason(fp_rows=fp_rows, smoothing=0.1)
+
+
+@pytest.mark.parametrize(
+    "field", ["fn_weight", "fp_weight", "fn_rows", "fp_rows", "row_scale", "target"]
+)
+def test_supports_refuses_inputs_that_require_grad_except_the_logits(device, field):
+    """Only the torch backend differentiates weights, row scales, per-row costs and soft
+    targets: the kernel says so (auto falls back, backend='triton' raises naming 'torch')."""
+    import rwwce
+
+    m, k = 4, 5
+    fields = dict(
+        logits=torch.randn(m, k, device=device, requires_grad=True),
+        target=torch.zeros(m, dtype=torch.long, device=device),
+        fn_weight=torch.ones(k, device=device),
+        fp_weight=torch.ones(k, device=device),
+        row_scale=torch.ones(m, device=device),
+    )
+    if field in ("fn_rows", "fp_rows"):
+        fields["fp_weight"] = None
+        fields["fn_rows"] = torch.ones(m, device=device)
+        fields["fp_rows"] = torch.ones(m, k, device=device)
+    if field == "target":
+        fields["target"] = torch.softmax(torch.randn(m, k, device=device), dim=1)
+    assert tk.supports(Problem(**fields)) is None
+    fields[field] = fields[field].clone().requires_grad_()
+    reason = tk.supports(Problem(**fields))
+    named = "the soft target" if field == "target" else field
+    assert reason is not None and named in reason and "backend='torch'" in reason
+    with torch.no_grad():  # no gradient wanted: nothing to refuse
+        assert tk.supports(Problem(**fields)) is None
+    with pytest.raises(ValueError, match="requires grad"):
+        tk.rwwce_loss(Problem(**fields))
+    if field == "target":  # a trainable teacher's soft targets through the public API
+        tk.is_available.cache_clear()
+        with pytest.raises(ValueError, match="requires grad.*backend='torch'"):
+            rwwce.real_world_weight_cross_entropy(
+                fields["logits"], fields["target"], backend="triton"
+            )
 
 
 def test_cpu_without_interpreter_is_unsupported(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    reason = tk.supports(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), None)
+    reason = tk.supports(
+        problem_of(
+            torch.randn(2, 3), torch.zeros(2, dtype=torch.long), torch.ones(3), None, torch.ones(2)
+        )
+    )
     assert reason is not None and "TRITON_INTERPRET" in reason
 
 
@@ -877,7 +1155,9 @@ def test_module_imports_without_triton_and_rwwce_does_not_import_triton():
         "from rwwce.kernels import triton as tk\n"
         "assert not tk.is_available()\n"
         "import torch\n"
-        "assert 'not installed' in tk.supports(torch.zeros(2, 3), torch.zeros(2).long(), None)\n"
+        "from rwwce.kernels import Problem\n"
+        "p = Problem(torch.zeros(2, 3), torch.zeros(2).long(), torch.ones(3), None, torch.ones(2))\n"
+        "assert 'not installed' in tk.supports(p)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     code = "import sys, rwwce; assert 'triton' not in sys.modules, 'import rwwce imported triton'"
@@ -921,27 +1201,32 @@ from rwwce.kernels import triton as tk
 
 target = GPUTarget("cuda", 90, 32)
 NONE, VECTOR, MATRIX = tk._FP_NONE.value, tk._FP_VECTOR.value, tk._FP_MATRIX.value
+ROWS = tk._FP_ROWS.value
 NO_GRAD, AFTER_SUMS = tk._GRAD_NONE.value, tk._GRAD_AFTER_SUMS.value
 IN_LOSS_SWEEP = tk._GRAD_IN_LOSS_SWEEP.value
-for dtype, fp_mode, soft, smooth, num_classes, grad_mode, index in [
-    ("bf16", VECTOR, False, False, 1000, AFTER_SUMS, "i64"),
-    ("fp32", MATRIX, False, True, 10, AFTER_SUMS, "i32"),
-    ("fp16", NONE, True, False, 8192, AFTER_SUMS, None),
-    ("fp32", VECTOR, False, False, 100, NO_GRAD, "i64"),
-    ("bf16", VECTOR, False, True, 131072, AFTER_SUMS, "i64"),
-    ("bf16", NONE, False, True, 131072, IN_LOSS_SWEEP, "i64"),
-    ("fp32", MATRIX, True, False, 32768, NO_GRAD, None),
-    ("fp16", MATRIX, False, False, 20000, AFTER_SUMS, "i32"),
+for dtype, fp_mode, fn_rows, soft, smooth, num_classes, grad_mode, index in [
+    ("bf16", VECTOR, False, False, False, 1000, AFTER_SUMS, "i64"),
+    ("fp32", MATRIX, False, False, True, 10, AFTER_SUMS, "i32"),
+    ("fp16", NONE, False, True, False, 8192, AFTER_SUMS, None),
+    ("fp32", VECTOR, False, False, False, 100, NO_GRAD, "i64"),
+    ("bf16", VECTOR, False, False, True, 131072, AFTER_SUMS, "i64"),
+    ("bf16", NONE, False, False, True, 131072, IN_LOSS_SWEEP, "i64"),
+    ("fp32", MATRIX, False, True, False, 32768, NO_GRAD, None),
+    ("fp16", MATRIX, False, False, False, 20000, AFTER_SUMS, "i32"),
+    ("bf16", ROWS, True, False, False, 1000, AFTER_SUMS, "i64"),
+    ("fp32", ROWS, True, False, False, 32768, AFTER_SUMS, "i64"),
+    ("fp16", NONE, True, False, False, 50257, IN_LOSS_SWEEP, "i64"),
 ]:
-    block_m, block_k, num_warps = tk._block_sizes(8192, num_classes, None)
+    block_m, block_k, num_warps = tk._block_sizes(num_classes, None)
     signature = {
         "logits_ptr": "*" + dtype, "stride_row": "i32",
-        "target_ptr": "*fp32" if soft else "*" + index, "fn_ptr": "*fp32", "fp_ptr": "*fp32",
+        "target_ptr": "*fp32" if soft else "*" + index, "fn_ptr": "*fp32",
+        "fn_rows_ptr": "*fp32", "fp_ptr": "*fp32",
         "fp_colsum_ptr": "*fp32", "soft_w_ptr": "*fp32", "row_scale_ptr": "*fp32",
         "loss_ptr": "*fp32", "grad_ptr": "*" + dtype, "n_rows": "i32", "n_cols": "i32",
         "smoothing": "fp32",
     }
-    constants = dict(FP_MODE=fp_mode, SOFT=soft, SMOOTH=smooth, GRAD_MODE=grad_mode,
+    constants = dict(FP_MODE=fp_mode, FN_ROWS=fn_rows, SOFT=soft, SMOOTH=smooth, GRAD_MODE=grad_mode,
                      BLOCK_M=block_m, BLOCK_K=block_k, SINGLE_PASS=num_classes <= block_k,
                      ROUND_BF16=False)
     signature.update({name: "constexpr" for name in constants})

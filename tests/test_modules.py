@@ -13,12 +13,105 @@ def test_weights_are_buffers_that_move_and_save():
     fp = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [5.0, 1.0, 0.0]])
     criterion = rwwce.RWWCELoss(fn, fp)
     assert set(criterion.state_dict()) == {"fn_weight", "fp_weight"}
-    assert criterion.to(torch.float64).fp_weight.dtype == torch.float64
+    # a dtype change of the module does not reach the cost buffers (see the test below)
+    assert criterion.to(torch.float64).fp_weight.dtype == torch.float32
     restored = rwwce.RWWCELoss(torch.ones(3), torch.ones(3, 3) - torch.eye(3))
     restored.load_state_dict(rwwce.RWWCELoss(fn, fp).state_dict())
     assert torch.equal(restored.fp_weight, fp)
     fn[0] = 100.0  # the module keeps its own copy
     assert restored.fn_weight[0] == 1.0 and rwwce.RWWCELoss(torch.ones(3)).fn_weight[0] == 1.0
+
+
+COSTS = [[0.0, 1.0, 2001.0], [1e5, 0.0, 3.0], [7.0, 2.0, 0.0]]
+
+
+def _casts():
+    return {
+        "half": lambda m: m.half(),
+        "bfloat16": lambda m: m.bfloat16(),
+        "double": lambda m: m.double(),
+        "float": lambda m: m.float(),
+        "to(cpu, float16)": lambda m: m.to("cpu", torch.float16),
+        "to(bfloat16)": lambda m: m.to(torch.bfloat16),
+        "to(dtype=float16)": lambda m: m.to(dtype=torch.float16),
+    }
+
+
+@pytest.mark.parametrize("cast", list(_casts()))
+@pytest.mark.parametrize("given", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_dtype_casts_of_a_parent_module_keep_the_cost_buffers(cast, given):
+    """Mixed-precision recipes cast whole models: float16 would turn a cost of 1e5 into inf and
+    bfloat16 rounds 2001 to 2000. The buffers keep their dtype and exact values; the model's own
+    parameters are cast as usual; the loss still runs."""
+    costs = torch.tensor(COSTS, dtype=given)
+    criterion = rwwce.RWWCELoss.from_costs(costs)
+    binary = rwwce.BinaryRWWCELoss.from_costs(costs[:2, :2])
+    expected = {
+        name: buffer.clone()
+        for module in (criterion, binary)
+        for name, buffer in module.named_buffers(prefix=type(module).__name__)
+    }
+    assert all(b.dtype == given for b in expected.values())
+    model = torch.nn.ModuleDict(
+        {"head": torch.nn.Linear(4, 3), "RWWCELoss": criterion, "BinaryRWWCELoss": binary}
+    )
+    _casts()[cast](model)
+    for name, buffer in model.named_buffers():
+        assert buffer.dtype == given, (name, buffer.dtype)
+        assert torch.equal(buffer, expected[name]), name
+    x = torch.randn(5, 4).to(model["head"].weight.dtype)
+    logits = model["head"](x)
+    loss = model["RWWCELoss"](logits, torch.tensor([1, 0, 2, 1, 0]))
+    assert torch.isfinite(loss)
+    reference = rwwce.RWWCELoss.from_costs(costs)(logits, torch.tensor([1, 0, 2, 1, 0]))
+    torch.testing.assert_close(loss, reference)
+    bin_loss = model["BinaryRWWCELoss"](logits[:, 0], torch.tensor([1.0, 0, 1, 1, 0]))
+    assert torch.isfinite(bin_loss)
+
+
+def test_device_moves_still_move_the_cost_buffers():
+    """The dtype is kept, the device is not: a move to 'meta' (standing in for an accelerator)
+    with a dtype moves the buffers and leaves their dtype."""
+    criterion = rwwce.RWWCELoss.from_costs(COSTS)
+    moved = criterion.to("meta", torch.float16)
+    assert moved is criterion
+    for buffer in (criterion.fn_weight, criterion.fp_weight):
+        assert buffer.device.type == "meta" and buffer.dtype == torch.float32
+    binary = rwwce.BinaryRWWCELoss(2001.0, 100.0).to("meta").half()
+    assert binary.fn_weight.device.type == "meta" and binary.fn_weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("given", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_state_dict_round_trip_after_a_half_cast(given):
+    criterion = rwwce.RWWCELoss.from_costs(torch.tensor(COSTS, dtype=given)).half()
+    state = criterion.state_dict()
+    assert {k: v.dtype for k, v in state.items()} == {"fn_weight": given, "fp_weight": given}
+    restored = rwwce.RWWCELoss(torch.ones(3, dtype=given), torch.zeros(3, 3, dtype=given))
+    restored.bfloat16().load_state_dict(state)
+    for name, value in state.items():
+        assert getattr(restored, name).dtype == given
+        assert torch.equal(getattr(restored, name), value)
+
+
+def test_from_costs_keeps_float64():
+    """fn = min off-diagonal cost per row and FP = C - fn (CostMatrix.loss_weights' rule), at
+    float64 precision for float64 costs (a tensor or a NumPy array); float32 otherwise."""
+    import numpy as np
+
+    costs = torch.tensor(COSTS, dtype=torch.float64)
+    costs[0, 1] = 1.0 + 2**-40  # lost in float32
+    for given in (costs, costs.numpy()):
+        criterion = rwwce.RWWCELoss.from_costs(given)
+        assert criterion.fn_weight.dtype == criterion.fp_weight.dtype == torch.float64
+        assert criterion.fn_weight[0].item() == 1.0 + 2**-40
+        fp_row = torch.tensor([0.0, 0.0, 2001 - (1 + 2**-40)], dtype=torch.float64)
+        assert torch.equal(criterion.fp_weight[0], fp_row)
+    assert rwwce.RWWCELoss.from_costs(COSTS).fn_weight.dtype == torch.float32
+    assert rwwce.RWWCELoss.from_costs(np.array(COSTS, dtype=np.float32)).fn_weight.dtype == (
+        torch.float32
+    )
+    binary = rwwce.BinaryRWWCELoss.from_costs(costs[:2, :2])
+    assert binary.fp_weight.dtype == torch.float64 and binary.fp_weight.item() == 1.0 + 2**-40
 
 
 def test_module_matches_function():

@@ -111,3 +111,40 @@ def test_target_range_with_and_without_ignored_targets():
             rce(x, torch.tensor(bad))
     with pytest.raises(IndexError, match="got 5 at index 0"):
         rce(x, torch.tensor([5, 0, 0, 0]), ignore_index=5 + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_soft_targets_are_accepted_like_cross_entropy(dtype):
+    """Soft targets rounded to bfloat16 sum to 1 only within its rounding (2**-8 per row): the
+    check accepts them, as F.cross_entropy does, and the loss equals the float32 loss of the
+    same rounded target."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 10, generator=gen)
+    target = torch.softmax(torch.randn(64, 10, generator=gen) * 3, dim=1).to(dtype)
+    off = (target.double().sum(dim=1) - 1).abs().max()
+    if dtype == torch.bfloat16:
+        assert off > 1e-3  # the old fixed tolerance rejected this batch
+    F.cross_entropy(logits, target.float())  # PyTorch's own loss takes them
+    loss = rce(logits, target)
+    torch.testing.assert_close(loss, rce(logits, target.float(), validate=False))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_soft_target_tolerance_follows_the_dtype_but_still_catches_unnormalised_rows(dtype):
+    logits = torch.randn(3, 4)
+    eps = torch.finfo(dtype).eps
+    tolerance = max(1e-3, 2 * eps)
+    near = torch.tensor([[0.25, 0.25, 0.25, 0.25]] * 3, dtype=torch.float64)
+    near[1, 0] += 0.9 * tolerance
+    rce(logits, near.to(dtype))  # within the dtype's tolerance
+    far = near.clone()
+    far[2, 1] += 0.1  # sums to 1.1: not rounding
+    with pytest.raises(ValueError, match=r"row 2 sums to 1\.(1|09).*normalise each row") as info:
+        rce(logits, far.to(dtype))
+    assert "integer" not in str(info.value)  # a distribution: no hint at class indices
+    assert str(dtype) in str(info.value)
+
+
+def test_whole_number_soft_targets_get_the_multi_hot_hint():
+    with pytest.raises(ValueError, match="sums to 2.*multi-hot labels.*binary_real_world"):
+        rce(torch.randn(2, 3), torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))

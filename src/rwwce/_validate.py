@@ -232,7 +232,20 @@ def check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> 
         )
 
 
-def check_soft_targets(target: Tensor, tolerance: float = 1e-3) -> None:
+def soft_target_tolerance(dtype: torch.dtype) -> float:
+    """How far a row of class probabilities stored in ``dtype`` may sum from 1.
+
+    Rounding each of a row's probabilities to ``dtype`` moves the sum by at most half a unit in
+    the last place of 1, eps / 2 (relative errors of at most eps / 2 on terms that add up to 1);
+    twice eps leaves room for a softmax or a mix of two distributions computed in that dtype.
+    bfloat16 (eps = 2**-7) allows 0.0156, float16 0.002; float32 and float64 keep 1e-3.
+    """
+    return max(1e-3, 2 * torch.finfo(dtype).eps)
+
+
+def check_soft_targets(target: Tensor, tolerance: float | None = None) -> None:
+    """(M, K) class probabilities: finite, non-negative, each row summing to 1 within
+    ``tolerance`` (default: :func:`soft_target_tolerance` of the target's dtype)."""
     if target.numel() == 0:
         return
     low, high = torch.aminmax(target)
@@ -242,12 +255,26 @@ def check_soft_targets(target: Tensor, tolerance: float = 1e-3) -> None:
             "target given as class probabilities must be finite and non-negative; "
             f"got {_first_bad(target, bad)}"
         )
+    if tolerance is None:
+        tolerance = soft_target_tolerance(target.dtype)
     sums = target.sum(dim=1, dtype=torch.float64)
     off = (sums - 1).abs() > tolerance
     if bool(off.any()):
+        row = int(torch.nonzero(off)[0, 0])
+        values = target[row]
+        if bool((values == values.round()).all()):
+            # whole numbers: multi-hot labels or counts, not a distribution
+            hint = (
+                "its entries are whole numbers: multi-hot labels belong to "
+                "binary_real_world_weight_cross_entropy, and class indices are an integer "
+                "tensor without the class dimension"
+            )
+        else:
+            hint = "normalise each row, e.g. target / target.sum(dim=1, keepdim=True)"
         raise ValueError(
-            "target given as class probabilities must sum to 1 over dim 1; got a row summing to "
-            f"{float(sums[off][0]):.6g}; to pass class indices use an integer dtype"
+            "target given as class probabilities must sum to 1 over the class dimension "
+            f"(within {tolerance:.3g} for {target.dtype}); row {row} sums to "
+            f"{float(sums[row]):.6g}; {hint}"
         )
 
 

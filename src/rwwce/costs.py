@@ -256,7 +256,9 @@ class CostMatrix:
         """K, the number of classes."""
         return self._matrix.shape[0]
 
-    def loss_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_weights(
+        self, *, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """RWWCE loss weights ``(fn, fp)`` that encode this matrix (its diagonal is ignored).
 
         ``fn[i] = min_{j != i} C[i, j]`` (what any mistake on a true ``i`` costs at least) and
@@ -264,15 +266,21 @@ class CostMatrix:
         row's off-diagonal costs are equal (then the loss is plain class-weighted cross-entropy).
         ``CostMatrix.from_fn_fp(*cm.loss_weights())`` gives back ``cm`` with a zero diagonal.
 
+        Args:
+            dtype: of the returned tensors, float32 (default) or float64 (the matrix's own
+                precision).
+
         Returns:
-            ``fn`` float32 (K,), ``fp`` float32 (K, K).
+            ``fn`` (K,), ``fp`` (K, K), in ``dtype``.
         """
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
         c = self._matrix.clone()
         k = c.shape[0]
         eye = torch.eye(k, dtype=torch.bool)
         fn = c.masked_fill(eye, math.inf).amin(dim=1)
         fp = (c - fn[:, None]).masked_fill(eye, 0.0)
-        return fn.to(torch.float32), fp.to(torch.float32)
+        return fn.to(dtype), fp.to(dtype)
 
     def binary_weights(self) -> tuple[float, float]:
         """``(c_fn, c_fp) = (C[1, 0], C[0, 1])`` of a 2 x 2 matrix (class 1 is the positive class).

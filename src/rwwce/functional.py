@@ -9,7 +9,6 @@ Mislabeling", IEEE Access 8 (2020).
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -300,9 +299,9 @@ def _pick_backend(backend: str, problem: Problem) -> Callable[[Problem], Tensor]
             reason = f"the Triton backend failed to import ({error})"
         else:
             if triton_backend.is_available():
-                reason = _triton_supports(triton_backend, problem)
+                reason = triton_backend.supports(problem)
                 if reason is None:
-                    return partial(_triton_loss, triton_backend)
+                    return triton_backend.rwwce_loss
             else:
                 reason = (
                     "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 "
@@ -313,27 +312,3 @@ def _pick_backend(backend: str, problem: Problem) -> Callable[[Problem], Tensor]
             f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
         )
     return reference.rwwce_loss
-
-
-def _triton_supports(triton_backend, problem: Problem) -> str | None:
-    """Adapter to the Triton module's positional API: what it cannot run, as a reason."""
-    if problem.fn_rows is not None or problem.fp_rows is not None:
-        return "per-sample costs (sample_costs) need backend='torch'"
-    for name in ("target", "fn_weight", "fp_weight", "row_scale"):
-        value = getattr(problem, name)
-        if value is not None and value.requires_grad:
-            return f"only backend='torch' gives {name} a gradient"
-    return triton_backend.supports(problem.logits, problem.target, problem.fp_weight)
-
-
-def _triton_loss(triton_backend, problem: Problem) -> Tensor:
-    """Adapter to the Triton module's positional API."""
-    return triton_backend.rwwce_loss(
-        problem.logits,
-        problem.target,
-        problem.fn_weight,
-        problem.fp_weight,
-        problem.row_scale,
-        problem.label_smoothing,
-        problem.reduce,
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -15,7 +16,8 @@ __all__ = ["RWWCELoss", "BinaryRWWCELoss"]
 
 
 def _weight_buffer(name: str, value: object) -> Tensor | None:
-    """A float32 copy (float64 stays float64), checked once; the buffer then follows ``.to()``."""
+    """A float32 copy (float64 stays float64), checked once; the buffer then follows a device
+    move (``.to(device)``, ``.cuda()``) but keeps its dtype (see :class:`_CostBuffers`)."""
     if value is None:
         return None
     given = value if isinstance(value, Tensor) else None
@@ -26,12 +28,41 @@ def _weight_buffer(name: str, value: object) -> Tensor | None:
     return tensor
 
 
-class RWWCELoss(nn.Module):
+class _CostBuffers(nn.Module):
+    """Cost buffers that follow the module's device but never its dtype.
+
+    The loss computes in float32 at least, so ``.half()`` / ``.bfloat16()`` / ``.to(dtype)`` on a
+    parent model (mixed-precision recipes cast whole models) must not round the costs: float16
+    turns a cost of 1e5 into inf and bfloat16 rounds 2001 to 2000. ``nn.Module._apply`` (behind
+    ``.to()``, ``.half()``, ``.cuda()``, ...) gives one function for both changes, so each cost
+    buffer is converted by it and, when that changed the dtype, copied again from the original
+    onto the new device in its own dtype (float32, or float64 when given so).
+    """
+
+    _cost_buffer_names = ("fn_weight", "fp_weight")
+
+    def _apply(self, fn, recurse=True):
+        before = {
+            name: self._buffers[name]
+            for name in self._cost_buffer_names
+            if self._buffers.get(name) is not None
+        }
+        super()._apply(fn, recurse)
+        for name, original in before.items():
+            converted = self._buffers[name]
+            if converted is not None and converted.dtype != original.dtype:
+                self._buffers[name] = original.to(device=converted.device)
+        return self
+
+
+class RWWCELoss(_CostBuffers):
     """Real-World-Weight Cross-Entropy as a module; see
     :func:`rwwce.real_world_weight_cross_entropy` for the formula, reductions and shapes.
 
     ``fn_weight`` and ``fp_weight`` are registered buffers: ``.to()``, ``.cuda()`` and
-    ``state_dict()`` carry them. Their values are checked once, here. The data checks that read
+    ``state_dict()`` carry them. They stay float32 (float64 when given in float64) whatever the
+    module's dtype: ``.half()``, ``.bfloat16()`` or ``.to(torch.float16)`` on a parent model
+    move them but do not round the costs (the loss computes in float32 anyway). Their values are checked once, here. The data checks that read
     the input and target follow the function's rule: CPU tensors on every call; on an accelerator
     the first call only (so a training loop on a GPU does not synchronise after it).
     ``validate=True`` checks every call, ``validate=False`` never.
@@ -99,10 +130,11 @@ class RWWCELoss(nn.Module):
     def from_costs(cls, costs, **options) -> RWWCELoss:
         """From a cost matrix C[truth, prediction] (a :class:`rwwce.CostMatrix` or (K, K)
         array-like): fn[i] = min_{j != i} C[i, j] and FP = C - fn off the diagonal, so that the
-        Real World Cost of every mistake is fn[i] + FP[i, j] = C[i, j]."""
+        Real World Cost of every mistake is fn[i] + FP[i, j] = C[i, j]. The buffers are float64
+        when ``costs`` is a float64 tensor or NumPy array, else float32."""
         from rwwce.costs import as_cost_matrix
 
-        fn, fp = as_cost_matrix(costs).loss_weights()
+        fn, fp = as_cost_matrix(costs).loss_weights(dtype=_given_dtype(costs))
         return cls(fn, fp, **options)
 
     def forward(
@@ -152,7 +184,7 @@ class RWWCELoss(nn.Module):
         return ", ".join(parts)
 
 
-class BinaryRWWCELoss(nn.Module):
+class BinaryRWWCELoss(_CostBuffers):
     """Binary / multi-label Real-World-Weight Cross-Entropy as a module; see
     :func:`rwwce.binary_real_world_weight_cross_entropy`.
 
@@ -193,11 +225,13 @@ class BinaryRWWCELoss(nn.Module):
 
     @classmethod
     def from_costs(cls, costs, **options) -> BinaryRWWCELoss:
-        """From a 2 x 2 cost matrix C[truth, prediction]: fn = C[1, 0], fp = C[0, 1]."""
+        """From a 2 x 2 cost matrix C[truth, prediction]: fn = C[1, 0], fp = C[0, 1] (float64
+        buffers for a float64 tensor or NumPy array, else float32)."""
         from rwwce.costs import as_cost_matrix
 
         c_fn, c_fp = as_cost_matrix(costs).binary_weights()
-        return cls(c_fn, c_fp, **options)
+        dtype = _given_dtype(costs)
+        return cls(torch.tensor(c_fn, dtype=dtype), torch.tensor(c_fp, dtype=dtype), **options)
 
     def forward(self, input: Tensor, target: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         loss = binary_real_world_weight_cross_entropy(
@@ -222,6 +256,12 @@ class BinaryRWWCELoss(nn.Module):
         if self.input_type != "logits":
             parts.append(f"input_type={self.input_type!r}")
         return ", ".join(parts)
+
+
+def _given_dtype(costs: object) -> torch.dtype:
+    """float64 for a float64 tensor or NumPy array of costs, else float32."""
+    dtype = getattr(costs, "dtype", None)
+    return torch.float64 if dtype in (torch.float64, np.float64) else torch.float32
 
 
 def _data_check_mode(module: nn.Module) -> bool | None:

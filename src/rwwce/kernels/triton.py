@@ -12,17 +12,22 @@ for the executable spec). Three layers:
    loss sweep (which also collects the row sums the gradient needs) and a gradient sweep; without
    an FP term the gradient is written in the loss sweep (two reads of the logits). Every sweep
    runs the same column-block body, ``_column_block``; ``FP_MODE`` and ``GRAD_MODE`` take the
-   named constants ``_FP_*`` and ``_GRAD_*``.
+   named constants ``_FP_*`` and ``_GRAD_*``. Per-row costs (``Problem.fn_rows`` /
+   ``fp_rows``, from per-sample cost matrices) replace fn[t] (flag ``FN_ROWS``) and the row
+   FP[t, :] (``_FP_ROWS``: row i of an (M, K) matrix, its entry at t taken as 0).
    Exact on every path: a masked class (-inf logit) gets exactly zero gradient (its terms are
    masked, never computed as exp(-inf + inf)); a row with ``row_scale == 0`` stores exactly 0
    loss and gradient whatever its logits; a target outside [0, K) reads no weight and makes its
    row's loss and gradient NaN (targets reach the kernel unchecked on CUDA).
 2. ``_launch_forward`` / ``_launch_scale``: contiguity, allocation, block sizes, grid.
-3. ``_RWWCETritonFunction``: the forward computes the loss and the gradient into a new buffer in the
-   logits' dtype; the backward only multiplies it by the incoming gradient, on the device, without
-   a host synchronisation (a tiny kernel that skips elements whose upstream factor is exactly 1).
-   That gradient is not differentiable: a backward with ``create_graph=True`` raises a
-   RuntimeError that points to ``backend="torch"``.
+3. Registered operators (``torch.ops.rwwce.triton_loss`` / ``triton_scale``, at the end of
+   this file): ``torch.library.triton_op`` with ``wrap_triton`` launches on a GPU (a plain
+   ``custom_op`` under the interpreter), a fake implementation from shapes, and
+   ``register_autograd``. The forward computes the loss and the gradient into a new buffer in
+   the logits' dtype; the backward only multiplies it by the incoming gradient, on the device,
+   without a host synchronisation (a tiny kernel that skips elements whose upstream factor is
+   exactly 1). That gradient is not differentiable: a backward with ``create_graph=True``
+   raises a RuntimeError that points to ``backend="torch"``.
 
 Triton is optional: its import here is guarded, so importing this module never fails when triton
 is missing (``is_available()`` then returns False), and ``import rwwce`` never imports this module
@@ -37,11 +42,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from rwwce.kernels import BackendOptions
+from rwwce.kernels import Problem
 
 __all__ = ["is_available", "supports", "rwwce_loss"]
 
@@ -51,6 +57,12 @@ try:  # triton is an optional dependency (the `gpu` extra)
 except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
     tl = None
+
+# torch.library.triton_op / wrap_triton (torch >= 2.6) make the kernel launches visible to
+# torch.compile; custom_op (torch >= 2.4) is the opaque fallback (and the interpreter's path).
+_triton_op = getattr(torch.library, "triton_op", None)
+_custom_op = getattr(torch.library, "custom_op", None)
+wrap_triton = getattr(torch.library, "wrap_triton", lambda kernel: kernel)
 
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Largest column block; rows with more classes loop over blocks of this size (three sweeps).
@@ -67,7 +79,7 @@ def _interpret_mode() -> bool:
 
 def _kernels_interpreted() -> bool:
     # triton reads TRITON_INTERPRET in @triton.jit, i.e. when this module was imported
-    return type(globals().get("_rwwce_fwd_kernel")).__name__ == "InterpretedFunction"
+    return _KERNELS_INTERPRETED
 
 
 @functools.cache
@@ -78,10 +90,18 @@ def is_available() -> bool:
     return bool(torch.cuda.is_available() or _interpret_mode())
 
 
-def supports(logits: Tensor, target: Tensor, fp_weight: Tensor | None) -> str | None:
-    """None when the kernel handles this call, else a short reason (for fallback or an error)."""
+def supports(problem: Problem) -> str | None:
+    """None when the kernel handles this problem, else a short reason (for fallback or an error).
+
+    The kernel differentiates the logits only: a problem where a weight, ``row_scale``, a
+    per-row cost or a soft target requires grad is refused (the torch backend gives those
+    inputs their gradients).
+    """
     if triton is None:
         return "triton is not installed"
+    if _custom_op is None:  # pragma: no cover - torch < 2.4
+        return f"torch {torch.__version__} has no torch.library.custom_op (torch >= 2.4 needed)"
+    logits, target = problem.logits, problem.target
     if logits.dim() != 2:
         return f"logits must be 2-D (M, K); got shape {tuple(logits.shape)}"
     if logits.dtype == torch.float64:
@@ -93,83 +113,129 @@ def supports(logits: Tensor, target: Tensor, fp_weight: Tensor | None) -> str | 
             f"logits on {logits.device.type} (needs CUDA, or CPU with TRITON_INTERPRET=1 set "
             "before rwwce.kernels.triton is imported)"
         )
-    if logits.shape[1] == 0:
+    num_rows, num_classes = logits.shape
+    if num_classes == 0:
         return "zero classes"
     if target.device != logits.device:
         return "target on a different device than logits"
-    if target.dim() == 2:
+    soft = target.dim() == 2
+    if soft:
         if target.shape != logits.shape:
             return f"soft target shape {tuple(target.shape)} != logits shape {tuple(logits.shape)}"
         if not target.is_floating_point():
             return "soft targets must be floating point"
     elif target.dim() != 1 or target.is_floating_point() or target.is_complex():
         return f"target must be (M,) class indices or (M, K) probabilities; got {target.dtype} {tuple(target.shape)}"
+    fp_weight, fn_rows, fp_rows = problem.fp_weight, problem.fn_rows, problem.fp_rows
     if fp_weight is not None and fp_weight.dim() not in (1, 2):
         return f"fp_weight must be (K,) or (K, K); got shape {tuple(fp_weight.shape)}"
+    if fn_rows is not None or fp_rows is not None:
+        if soft:
+            return "per-row costs (fn_rows / fp_rows) need class-index targets"
+        if problem.label_smoothing:
+            return "per-row costs (fn_rows / fp_rows) with label smoothing"
+    if fn_rows is not None and tuple(fn_rows.shape) != (num_rows,):
+        return f"fn_rows must be ({num_rows},); got shape {tuple(fn_rows.shape)}"
+    if fp_rows is not None:
+        if fp_weight is not None:
+            return "fp_rows and fp_weight together (they are exclusive)"
+        if tuple(fp_rows.shape) != (num_rows, num_classes):
+            return f"fp_rows must be ({num_rows}, {num_classes}); got shape {tuple(fp_rows.shape)}"
+    needs_grad = [
+        name
+        for name, value in (
+            ("fn_weight", problem.fn_weight),
+            ("fp_weight", fp_weight),
+            ("fn_rows", fn_rows),
+            ("fp_rows", fp_rows),
+            ("row_scale", problem.row_scale),
+            ("the soft target", target if soft else None),
+        )
+        if value is not None and value.requires_grad
+    ]
+    if needs_grad and torch.is_grad_enabled():
+        return (
+            f"{', '.join(needs_grad)} requires grad, and the kernel differentiates the logits "
+            "only (backend='torch' gives those gradients)"
+        )
     return None
 
 
-def rwwce_loss(
-    logits: Tensor,
-    target: Tensor,
-    fn_weight: Tensor,
-    fp_weight: Tensor | None,
-    row_scale: Tensor,
-    label_smoothing: float = 0.0,
-    reduce: bool = True,
-    *,
-    block_k: int | None = None,
-) -> Tensor:
+def rwwce_loss(problem: Problem) -> Tensor:
     """RWWCE on a flattened (M, K) problem with the fused Triton kernel.
 
-    Same contract as :func:`rwwce.kernels.reference.rwwce_loss`: returns the 0-dim sum (``reduce``)
-    or the (M,) vector of ``row_scale * loss_row`` in float32, differentiable w.r.t. ``logits``
-    only (the gradient comes back in the logits' dtype). ``block_k`` (a power of two) overrides
-    the column block size; meant for tests and tuning.
+    Same contract as the torch backend (:mod:`rwwce.kernels`): returns the 0-dim sum
+    (``problem.reduce``) or the (M,) vector of ``row_scale * loss_row`` in float32,
+    differentiable w.r.t. ``logits`` only (the gradient comes back in the logits' dtype).
+    ``problem.block_k`` (a power of two) overrides the column block size; meant for tests and
+    tuning. The work is the registered operator ``torch.ops.rwwce.triton_loss`` (visible to
+    ``torch.compile``), whose backward is ``torch.ops.rwwce.triton_scale``.
     """
-    reason = supports(logits, target, fp_weight)
+    reason = supports(problem)
     if reason is not None:
         raise ValueError(f"the Triton RWWCE kernel cannot run this call: {reason}")
+    block_k = problem.block_k
     if block_k is not None and (block_k < 2 or block_k & (block_k - 1)):
         raise ValueError(f"block_k must be a power of two >= 2; got {block_k}")
-    options = BackendOptions(float(label_smoothing), bool(reduce), block_k)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        return _RWWCETritonFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
-    row_loss, _ = _launch_forward(logits, target, fn_weight, fp_weight, row_scale, options, False)
-    return row_loss.sum() if options.reduce else row_loss
+    logits = problem.logits
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    row_loss, _ = torch.ops.rwwce.triton_loss(
+        logits,
+        problem.target,
+        problem.fn_weight,
+        problem.fp_weight,
+        problem.row_scale,
+        problem.fn_rows,
+        problem.fp_rows,
+        float(problem.label_smoothing),
+        block_k,
+        compute_grad,
+    )
+    return row_loss.sum() if problem.reduce else row_loss
 
 
-class _RWWCETritonFunction(torch.autograd.Function):
-    """Forward: loss and scaled gradient in one kernel. Backward: multiply by grad_output."""
+# ---------------------------------------------------------------------------------------------
+# Autograd of the registered forward (torch.ops.rwwce.triton_loss)
+# ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
-        needs_grad = bool(ctx.needs_input_grad[0])
-        row_loss, grad = _launch_forward(
-            logits, target, fn_weight, fp_weight, row_scale, options, needs_grad
+
+def _setup_context(ctx, inputs, output):
+    # Only our own gradient buffer is saved (not the logits): autograd frees it after a
+    # backward that does not retain the graph, and reports a second backward as usual.
+    _, grad = output
+    ctx.mark_non_differentiable(grad)
+    ctx.save_for_backward(grad)
+
+
+def _backward(ctx, grad_row_loss, _grad_of_grad):
+    """d loss / d logits = grad * upstream, row by row: a multiplication on the device."""
+    if torch.is_grad_enabled():  # create_graph=True: a derivative of this backward is wanted
+        raise RuntimeError(
+            "the Triton RWWCE backend cannot be differentiated twice (a backward with "
+            "create_graph=True: gradient penalties, Hessian-vector products, double "
+            "backward); use backend='torch', whose double backward is exact"
         )
-        # Only our own gradient buffer is saved (not the logits): autograd frees it after a
-        # backward that does not retain the graph, and reports a second backward as usual.
-        ctx.save_for_backward(grad)
-        return row_loss.sum() if options.reduce else row_loss
+    (grad,) = ctx.saved_tensors
+    grads = [None] * 10
+    if ctx.needs_input_grad[0] and grad.dim() == 2:
+        if _eager(grad) and not _graph_is_retained():
+            # The graph is freed after this backward, so the buffer is ours to consume: scale
+            # it in place (a no-op for an upstream factor of exactly 1, decided on the device).
+            grads[0] = _launch_scale(grad, grad_row_loss, in_place=True)
+        else:
+            # A retained graph needs the unscaled buffer again (retain_graph=True, or torch too
+            # old to tell); a traced backward (torch.compile) gets the out-of-place operator.
+            grads[0] = torch.ops.rwwce.triton_scale(grad, grad_row_loss)
+    return tuple(grads)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        if torch.is_grad_enabled():  # create_graph=True: a derivative of this backward is wanted
-            raise RuntimeError(
-                "the Triton RWWCE backend cannot be differentiated twice (a backward with "
-                "create_graph=True: gradient penalties, Hessian-vector products, double "
-                "backward); use backend='torch', whose double backward is exact"
-            )
-        (grad,) = ctx.saved_tensors
-        if grad is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        # When the graph is freed after this backward, the buffer is ours to consume: scale it in
-        # place (a no-op for grad_output == 1, decided on the device) and hand it to autograd.
-        # When the graph is retained (retain_graph=True, or torch too old to tell), a later
-        # backward needs the unscaled buffer again, so write the product into a new tensor.
-        in_place = not _graph_is_retained()
-        return _launch_scale(grad, grad_output, in_place), None, None, None, None, None
+
+def _eager(tensor: Tensor) -> bool:
+    """A plain tensor outside any tracing mode (torch.compile, make_fx): a launch may run now."""
+    return (
+        type(tensor) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+    )
 
 
 def _graph_is_retained() -> bool:
@@ -199,15 +265,16 @@ def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def _block_sizes(num_rows: int, num_classes: int, block_k: int | None) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_K, num_warps) for a problem; single pass when num_classes <= BLOCK_K."""
+def _block_sizes(num_classes: int, block_k: int | None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps) for K classes; single pass when num_classes <= BLOCK_K.
+
+    Independent of the number of rows, so that a compiled graph serves every batch size
+    (``torch.compile(dynamic=True)`` traces the launch with a symbolic row count).
+    """
     if block_k is None:
         block_k = min(_next_power_of_2(num_classes), _MAX_BLOCK_K)
     block_k = max(block_k, 2)
-    if num_classes <= block_k:
-        block_m = max(1, min(_next_power_of_2(num_rows), _TILE_ELEMENTS // block_k))
-    else:
-        block_m = 1
+    block_m = max(1, _TILE_ELEMENTS // block_k) if num_classes <= block_k else 1
     tile = block_m * block_k
     num_warps = min(32, max(4, tile // 256))
     return block_m, block_k, num_warps
@@ -219,33 +286,39 @@ def _launch_forward(
     fn_weight: Tensor,
     fp_weight: Tensor | None,
     row_scale: Tensor,
-    options: BackendOptions,
-    needs_grad: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """Run the fused kernel: (row_scale * loss_row as float32 (M,), gradient (M, K) or None)."""
+    fn_rows: Tensor | None,
+    fp_rows: Tensor | None,
+    label_smoothing: float,
+    block_k: int | None,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """Run the fused kernel: (row_scale * loss_row as float32 (M,), gradient (M, K) in the
+    logits' dtype, or an empty (0,) tensor when ``compute_grad`` is False)."""
     num_rows, num_classes = logits.shape
     device = logits.device
     f32 = torch.float32
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     row_loss = torch.empty(num_rows, dtype=f32, device=device)
-    grad = (
-        torch.empty((num_rows, num_classes), dtype=logits.dtype, device=device)
-        if needs_grad
-        else None
-    )
+    shape = (num_rows, num_classes) if compute_grad else (0,)
+    grad = torch.empty(shape, dtype=logits.dtype, device=device)
     if num_rows == 0:
         return row_loss, grad
 
     fn = fn_weight.detach().to(device=device, dtype=f32).contiguous()
     scale = row_scale.detach().to(device=device, dtype=f32).contiguous()
     soft = target.dim() == 2
-    smoothing = 0.0 if soft else options.label_smoothing
-    if fp_weight is None:
+    smoothing = 0.0 if soft else label_smoothing
+    if fp_rows is not None:
+        fp_mode = _FP_ROWS
+        fp = fp_rows.detach().to(device=device, dtype=f32).contiguous()
+    elif fp_weight is None:
         fp_mode = _FP_NONE
+        fp = fn  # placeholder pointer when unused
     else:
         fp_mode = _FP_VECTOR if fp_weight.dim() == 1 else _FP_MATRIX
-    fp = fn if fp_mode is _FP_NONE else fp_weight.detach().to(device=device, dtype=f32).contiguous()
+        fp = fp_weight.detach().to(device=device, dtype=f32).contiguous()
+    fn_per_row = fn if fn_rows is None else fn_rows.detach().to(dtype=f32).contiguous()
     fp_colsum = fn  # placeholder pointer when unused
     soft_w = fn
     if soft:
@@ -259,30 +332,32 @@ def _launch_forward(
         if fp_mode is _FP_MATRIX and smoothing != 0.0:
             fp_colsum = fp.sum(dim=0).contiguous()
 
-    block_m, block_k, num_warps = _block_sizes(num_rows, num_classes, options.block_k)
+    block_m, block_k, num_warps = _block_sizes(num_classes, block_k)
     grid = (triton.cdiv(num_rows, block_m),)
-    if grad is None:
+    if not compute_grad:
         grad_mode = _GRAD_NONE
     elif num_classes > block_k and fp_mode is _FP_NONE:
         grad_mode = _GRAD_IN_LOSS_SWEEP
     else:
         grad_mode = _GRAD_AFTER_SUMS
     with _device_of(logits):
-        _rwwce_fwd_kernel[grid](
+        wrap_triton(_rwwce_fwd_kernel)[grid](
             logits,
             logits.stride(0),
             tgt,
             fn,
+            fn_per_row,
             fp,
             fp_colsum,
             soft_w,
             scale,
             row_loss,
-            grad if grad is not None else row_loss,
+            grad if compute_grad else row_loss,
             num_rows,
             num_classes,
             float(smoothing),
             FP_MODE=fp_mode.value,
+            FN_ROWS=fn_rows is not None,
             SOFT=soft,
             SMOOTH=smoothing != 0.0,
             GRAD_MODE=grad_mode.value,
@@ -296,12 +371,15 @@ def _launch_forward(
 
 
 def _launch_scale(grad: Tensor, grad_output: Tensor, in_place: bool) -> Tensor:
-    """grad * grad_output (0-dim, or (M,) per row) on the device, without a host sync.
+    """grad * grad_output ((M,) per row, or one factor: 0-dim, or (M,) expanded from a sum's
+    0-dim upstream) on the device, without a host sync.
 
     In place, elements whose factor is exactly 1 are neither read nor written; otherwise the
     product goes into a new tensor and ``grad`` is left untouched.
     """
     go = grad_output.detach().to(device=grad.device, dtype=torch.float32)
+    if go.dim() == 1 and go.shape[0] > 0 and go.stride(0) == 0:
+        go = go[:1].reshape(())  # one factor broadcast over the rows (the sum's backward)
     per_row = go.dim() > 0
     go = go.contiguous() if per_row else go.reshape(1)
     out = grad if in_place else torch.empty_like(grad)
@@ -310,7 +388,7 @@ def _launch_scale(grad: Tensor, grad_output: Tensor, in_place: bool) -> Tensor:
         return out
     grid = (triton.cdiv(numel, _SCALE_BLOCK),)
     with _device_of(grad):
-        _scale_kernel[grid](
+        wrap_triton(_scale_kernel)[grid](
             grad,
             out,
             go,
@@ -335,6 +413,7 @@ if triton is not None:
     _FP_NONE = tl.constexpr(0)  # fp_weight=None: class-weighted cross-entropy
     _FP_VECTOR = tl.constexpr(1)  # FP[t, j] = v[j] for j != t
     _FP_MATRIX = tl.constexpr(2)  # FP[t, j] from a (K, K) matrix
+    _FP_ROWS = tl.constexpr(3)  # FP_i[j] from row i of an (M, K) matrix (per-sample costs)
     _GRAD_NONE = tl.constexpr(0)  # loss only
     # the gradient once the row sums are known: from registers when the row is one block,
     # else in a third sweep over the column blocks
@@ -428,7 +507,9 @@ if triton is not None:
     def _coefficients(cols, ok, row, weights, n_cols, smoothing, FP_MODE, SOFT, SMOOTH):
         """a = y * fn and w = y @ FP on a tile (zero outside the valid columns).
 
-        ``row`` = (rows_c, t, fn_t): row indices, targets (already in [0, K)) and fn[t];
+        ``row`` = (rows_c, t, fn_t): row indices, targets (already in [0, K)) and the row's FN
+        weight (fn[t], or fn_rows[i]); with ``FP_MODE == _FP_ROWS`` ``fp_ptr`` is the (M, K)
+        per-row FP matrix and w_j = fp_rows[i, j] for j != t, 0 at t (whatever is stored there);
         ``weights`` = (target_ptr, fn_ptr, fp_ptr, fp_colsum_ptr, soft_w_ptr).
         """
         rows_c, t, fn_t = row
@@ -465,6 +546,9 @@ if triton is not None:
                 if SMOOTH:
                     cs = tl.load(fp_colsum_ptr + cols, mask=in_k, other=0.0)
                     w = (1.0 - smoothing) * w + uniform * cs[None, :]
+            elif FP_MODE == _FP_ROWS:
+                # no smoothing here (the front end refuses it with per-row costs)
+                w = tl.where(is_t, 0.0, tl.load(fp_ptr + offs2, mask=ok, other=0.0))
             else:
                 w = tl.zeros_like(a)
         a = tl.where(ok, a, 0.0)
@@ -491,6 +575,9 @@ if triton is not None:
                     wm = v * (1.0 - y)
                 else:
                     wm = tl.where(col == t, 0.0, v)
+            elif FP_MODE == _FP_ROWS:
+                wm = tl.load(fp_ptr + rows_c * n_cols + col, mask=ok, other=0.0)
+                wm = tl.where(col == t, 0.0, wm)
             else:
                 wm = tl.load(fp_ptr + t.to(tl.int64) * n_cols + col, mask=ok, other=0.0)
                 if SMOOTH:
@@ -607,6 +694,7 @@ if triton is not None:
         stride_row,
         target_ptr,
         fn_ptr,
+        fn_rows_ptr,
         fp_ptr,
         fp_colsum_ptr,
         soft_w_ptr,
@@ -617,6 +705,7 @@ if triton is not None:
         n_cols,
         smoothing,
         FP_MODE: tl.constexpr,
+        FN_ROWS: tl.constexpr,
         SOFT: tl.constexpr,
         SMOOTH: tl.constexpr,
         GRAD_MODE: tl.constexpr,
@@ -644,7 +733,10 @@ if triton is not None:
             t_raw = tl.load(target_ptr + rows_c)
             t_ok = (t_raw >= 0) & (t_raw < n_cols)
             t = tl.where(t_ok, t_raw, 0).to(tl.int32)
-            fn_t = tl.load(fn_ptr + t, mask=t_ok, other=0.0)
+            if FN_ROWS:  # per-sample costs: the row's own FN weight replaces fn[t]
+                fn_t = tl.load(fn_rows_ptr + rows_c)
+            else:
+                fn_t = tl.load(fn_ptr + t, mask=t_ok, other=0.0)
             row_scale = tl.where(t_ok, row_scale, float("nan"))
         row = (rows_c, t, fn_t)
         weights = (target_ptr, fn_ptr, fp_ptr, fp_colsum_ptr, soft_w_ptr)
@@ -755,3 +847,71 @@ if triton is not None:
             ok = ok & (g != 1.0)
         x = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + offs, _to_dtype(x * g, out_ptr, ROUND_BF16), mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered operators: torch.compile sees them (no graph break) and traces them with the fake
+# implementations below, so nothing reads the device while tracing.
+# ---------------------------------------------------------------------------------------------
+
+
+def _loss_op(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Optional[Tensor],  # noqa: UP045 - torch.library reads these annotations
+    row_scale: Tensor,
+    fn_rows: Optional[Tensor],  # noqa: UP045
+    fp_rows: Optional[Tensor],  # noqa: UP045
+    label_smoothing: float,
+    block_k: Optional[int],  # noqa: UP045
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """rwwce::triton_loss: (row_scale * loss_row (M,) float32, d / d logits (M, K) in the
+    logits' dtype, or (0,) when ``compute_grad`` is False)."""
+    return _launch_forward(
+        logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows,
+        label_smoothing, block_k, compute_grad,
+    )  # fmt: skip
+
+
+def _loss_fake(
+    logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, label_smoothing,
+    block_k, compute_grad,
+):  # fmt: skip
+    num_rows, num_classes = logits.shape
+    row_loss = logits.new_empty((num_rows,), dtype=torch.float32)
+    shape = (num_rows, num_classes) if compute_grad else (0,)
+    return row_loss, logits.new_empty(shape)
+
+
+def _scale_op(grad: Tensor, grad_output: Tensor) -> Tensor:
+    """rwwce::triton_scale: grad * grad_output row by row, into a new tensor."""
+    return _launch_scale(grad, grad_output, in_place=False)
+
+
+def _scale_fake(grad, grad_output):
+    return torch.empty_like(grad)
+
+
+def _register_operators() -> None:
+    """Define torch.ops.rwwce.triton_loss / triton_scale (once per process).
+
+    ``triton_op`` lets torch.compile look through the operator at the ``wrap_triton`` launches
+    (inductor then schedules the kernels itself). Triton's interpreter cannot run on the fake
+    tensors that tracing uses, so under ``TRITON_INTERPRET=1`` (and on torch < 2.6) the same
+    operators are plain ``custom_op`` s: opaque to the compiler, still without a graph break.
+    """
+    define = _triton_op if _triton_op is not None and not _kernels_interpreted() else _custom_op
+    loss = define("rwwce::triton_loss", _loss_op, mutates_args=())
+    loss.register_fake(_loss_fake)
+    loss.register_autograd(_backward, setup_context=_setup_context)
+    scale = define("rwwce::triton_scale", _scale_op, mutates_args=())
+    scale.register_fake(_scale_fake)
+
+
+_KERNELS_INTERPRETED = (
+    triton is not None and type(_rwwce_fwd_kernel).__name__ == "InterpretedFunction"
+)
+if triton is not None and _custom_op is not None:
+    _register_operators()
