@@ -178,7 +178,8 @@ def test_minus_inf_on_a_non_target_class_still_fits():
     # Binary: a -inf logit with target 0 costs 0 at every T, so it does not move T.
     z, t = torch.tensor([2.0, -1.0, 1.0, -2.0, 0.5]), torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
     with_masked = TemperatureScaling().fit(
-        torch.cat([z, torch.tensor([-math.inf])]), torch.cat([t, torch.tensor([0.0])]),
+        torch.cat([z, torch.tensor([-math.inf])]),
+        torch.cat([t, torch.tensor([0.0])]),
         sample_weight=[1.0] * 5 + [0.0],
     )
     torch.testing.assert_close(with_masked.temperature, TemperatureScaling().fit(z, t).temperature)

@@ -11,9 +11,9 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from rwwce._validate import check_choice, check_num_classes, to_tensor
+from rwwce._validate import check_choice, check_ignore_index, check_num_classes, to_tensor
 from rwwce.costs import _check_costs, as_cost_matrix
-from rwwce.metrics import _expected, _float_dtype, _labels, _masked_confusion, _probs
+from rwwce.metrics import _expected, _float_dtype, _probs, _streaming_confusion
 
 __all__ = ["RealWorldCost"]
 
@@ -31,8 +31,10 @@ class RealWorldCost(Metric):
     ``update`` never synchronises with an accelerator: it accumulates on the device (no
     ``.item()``, no data-dependent branch, no ``bincount`` (which reads the maximum on CUDA)).
     Its data checks (label ranges, probabilities, per-sample cost values) run for CPU tensors
-    only, unless ``validate_args=True`` asks for them everywhere. Labels outside ``[0, K)`` that
-    no check caught are left out of the counts and make ``compute()`` return NaN.
+    only, unless ``validate_args=True`` asks for them everywhere. Targets equal to
+    ``ignore_index`` are skipped (as in the loss and :class:`rwwce.CostMonitor`); other labels
+    outside ``[0, K)`` are a ``ValueError`` when checked, and otherwise are left out of the
+    counts and make ``compute()`` return NaN.
 
     Args:
         costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like; ``None`` for per-sample
@@ -45,6 +47,8 @@ class RealWorldCost(Metric):
             predictions.
         validate_args: ``None`` (default): check data of CPU tensors only; ``True``: check
             everywhere (reads from the device: a synchronisation per batch); ``False``: never.
+        ignore_index: targets equal to it are skipped (``None``: none are). Default -100, as
+            in the loss.
         **kwargs: passed to ``torchmetrics.Metric`` (``sync_on_compute``, ``process_group``, ...).
 
     ``update(preds, target, costs=None)``: ``target`` holds class indices, shape (N,) or
@@ -88,9 +92,11 @@ class RealWorldCost(Metric):
         reduction: Literal["mean", "sum"] = "mean",
         decision: Literal["argmax", "bayes"] = "argmax",
         validate_args: bool | None = None,
+        ignore_index: int | None = -100,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_ignore_index(ignore_index, allow_none=True)
         check_choice("reduction", reduction, ("mean", "sum"))
         if decision not in ("argmax", "bayes"):
             raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
@@ -123,6 +129,7 @@ class RealWorldCost(Metric):
         self.reduction = reduction
         self.decision = decision
         self.validate_args = validate_args
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.add_state("confmat", torch.zeros(k, k, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("invalid", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         if self.cost_matrix is None:
@@ -212,21 +219,16 @@ class RealWorldCost(Metric):
                 f"preds has dtype {p.dtype} and the target's shape {tuple(t.shape)}; expected "
                 f"integer class indices, or scores with a class dimension of size {k}"
             )
-        if self._check(t, p):  # CPU (or asked for): the labels are known to be in range
-            t, p = _labels(t, "target", k), _labels(p, "preds", k)
-            self.confmat += torch.bincount((t * k + p).reshape(-1), minlength=k * k).view(k, k)
-            valid = None
-        else:
-            # Masks, not branches: labels no check caught are counted apart, never indexed with.
-            t, p = t.to(torch.int64), p.to(torch.int64)
-            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
-            self.confmat += _masked_confusion(t, p, k, valid)
-            t, p = t.where(valid, 0), p.where(valid, 0)
-            self.invalid += (~valid).sum()
+        counts, kept, invalid = _streaming_confusion(
+            t, p, k, self.ignore_index, check=self._check(t, p)
+        )
+        self.confmat += counts
+        self.invalid += invalid
         if c is not None:
+            # Masks, not branches: skipped and invalid labels are never indexed with.
+            t, p = t.to(torch.int64).where(kept, 0), p.to(torch.int64).where(kept, 0)
             n = torch.arange(c.shape[0], device=c.device).reshape((-1,) + (1,) * (t.ndim - 1))
-            per = c[n, t, p]
-            self.cost_sum += (per if valid is None else per * valid).sum()
+            self.cost_sum += (c[n, t, p] * kept).sum()
 
     def compute(self) -> torch.Tensor:
         """The mean (or total) Real World Cost of everything seen since the last reset."""

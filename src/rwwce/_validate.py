@@ -214,6 +214,15 @@ def check_class_targets(target: Tensor, num_classes: int, ignore_index: int) -> 
         )
 
 
+def check_ignore_index(value: object, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"ignore_index must be an int{' or None' if allow_none else ''}; got {value!r}"
+        )
+
+
 def check_soft_targets(target: Tensor, tolerance: float = 1e-3) -> None:
     if target.numel() == 0:
         return

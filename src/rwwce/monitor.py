@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from rwwce._validate import to_tensor
 from rwwce.costs import _check_classes, as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
-from rwwce.metrics import _expected, _masked_confusion
+from rwwce.metrics import _expected, _streaming_confusion
 
 __all__ = ["CostMonitor", "LossBreakdown", "loss_breakdown"]
 
@@ -299,7 +300,10 @@ class CostMonitor:
         classes: K class names; default the cost matrix's.
         input_type: scores given to :meth:`update` are ``"logits"`` (default) or ``"probs"``
             (matters only for ``decision="bayes"``).
-        ignore_index: targets equal to it are skipped. Default -100.
+        ignore_index: targets equal to it are skipped. Default -100. Other labels outside
+            ``[0, K)`` are a ``ValueError`` for CPU tensors; on an accelerator (where reading
+            them would synchronise) they are left out and make the epoch's cost NaN, with a
+            warning from :meth:`end_epoch`. The same rule as ``RealWorldCost``.
         min_delta: a cost must drop by more than this to count as an improvement. Default 0.
 
     Under torch.distributed every rank must call :meth:`end_epoch` (it is a collective); call
@@ -326,8 +330,7 @@ class CostMonitor:
             raise ValueError(f"patience is {patience!r}; expected None or an int >= 1")
         V.check_choice("decision", decision, ("argmax", "bayes"))
         V.check_choice("input_type", input_type, V.INPUT_TYPES)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
+        V.check_ignore_index(ignore_index)
         if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
             raise ValueError(f"min_delta is {min_delta!r}; expected a number >= 0")
         self.classes = (
@@ -341,7 +344,7 @@ class CostMonitor:
         self.ignore_index = int(ignore_index)
         self.min_delta = float(min_delta)
         self.history: list[dict[str, Any]] = []
-        self._counts: Tensor | None = None
+        self._counts: Tensor | None = None  # K * K confusion counts, then the invalid labels
 
     # ------------------------------------------------------------------ per batch
     def update(self, preds: Any, target: Any) -> None:
@@ -382,15 +385,13 @@ class CostMonitor:
                 f"preds has shape {tuple(p.shape)} and target {tuple(t.shape)}; expected scores "
                 f"(N, {k}, ...) or class indices of the target's shape"
             )
-        t = t.reshape(-1).long()
-        pred = pred.reshape(-1).long()
-        # Ignored targets are skipped; labels out of range are masked, never indexed with.
-        valid = (t != self.ignore_index) & (t >= 0) & (t < k) & (pred >= 0) & (pred < k)
+        counts, _, invalid = _streaming_confusion(
+            t, pred, k, self.ignore_index, check=t.device.type == "cpu"
+        )
         if self._counts is None:
             with torch.inference_mode(False):  # a normal tensor: updatable in and out of it
-                self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
-        counts = _masked_confusion(t, pred, k, valid).reshape(-1)
-        self._counts.add_(counts.to(self._counts.device))
+                self._counts = torch.zeros(k * k + 1, dtype=torch.int64, device=t.device)
+        self._counts.add_(torch.cat([counts.reshape(-1), invalid.reshape(1)]).to(self._counts))
 
     def _decide(self, scores: Tensor) -> Tensor:
         """(N, K, ...) scores -> (N, ...) decisions."""
@@ -425,23 +426,32 @@ class CostMonitor:
             ValueError: no validation element was seen since the last call (on any rank).
         """
         k = self.num_classes
-        counts, train, val = self._reduce(train_loss, val_loss)
+        counts, invalid, train, val = self._reduce(train_loss, val_loss)
         self._counts = None
         n = int(counts.sum())
-        if n == 0:
+        if n == 0 and invalid == 0:
             raise ValueError(
                 "end_epoch() found no validation elements since the last call; call "
                 "update(preds, target) for the validation batches first"
             )
         c = self.cost_matrix.matrix
-        cost = float((counts.double() * c).sum() / n)
+        cost = float((counts.double() * c).sum() / n) if n else math.nan
+        if invalid:
+            warnings.warn(
+                f"{invalid} labels outside [0, {k}) (neither classes nor ignore_index="
+                f"{self.ignore_index}) were passed to update() this epoch; the epoch's cost is "
+                "NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            cost = math.nan
         rows = counts.sum(dim=1)
         recall = {
             name: float(counts[i, i] / rows[i]) if rows[i] > 0 else math.nan
             for i, name in enumerate(self.classes)
         }
         previous = self.best_cost
-        is_best = previous is None or cost < previous - self.min_delta
+        is_best = not math.isnan(cost) and (previous is None or cost < previous - self.min_delta)
         record = {
             "epoch": len(self.history) + 1,
             "real_world_cost": cost,
@@ -456,8 +466,11 @@ class CostMonitor:
         self.history.append(record)
         return record
 
-    def _reduce(self, train_loss: Any, val_loss: Any) -> tuple[Tensor, float | None, float | None]:
-        """Counts (K, K) int64 on the CPU and the two losses, summed / averaged over processes."""
+    def _reduce(
+        self, train_loss: Any, val_loss: Any
+    ) -> tuple[Tensor, int, float | None, float | None]:
+        """Counts (K, K) int64 on the CPU, the number of invalid labels and the two losses,
+        summed / averaged over processes."""
         k = self.num_classes
         dist = torch.distributed
         distributed = dist.is_available() and dist.is_initialized()
@@ -465,10 +478,10 @@ class CostMonitor:
         if distributed and self._counts is None and dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         # One collective for everything; float64 holds counts exactly up to 2**53.
-        packed = torch.zeros(k * k + 4, dtype=torch.float64, device=device)
+        packed = torch.zeros(k * k + 5, dtype=torch.float64, device=device)
         if self._counts is not None:
-            packed[: k * k] = self._counts.to(torch.float64)
-        for slot, loss in ((k * k, train_loss), (k * k + 2, val_loss)):
+            packed[: k * k + 1] = self._counts.to(torch.float64)
+        for slot, loss in ((k * k + 1, train_loss), (k * k + 3, val_loss)):
             if loss is not None:
                 value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
                 packed[slot], packed[slot + 1] = value, 1.0
@@ -478,9 +491,9 @@ class CostMonitor:
         counts = packed[: k * k].round().to(torch.int64).reshape(k, k)
         losses = [
             float(packed[s] / packed[s + 1]) if packed[s + 1] > 0 else None
-            for s in (k * k, k * k + 2)
+            for s in (k * k + 1, k * k + 3)
         ]
-        return counts, losses[0], losses[1]
+        return counts, round(float(packed[k * k])), losses[0], losses[1]
 
     def _overfitting(self, train: float | None, val: float | None) -> bool | None:
         if train is None or val is None:
