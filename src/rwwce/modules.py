@@ -53,6 +53,7 @@ class RWWCELoss(nn.Module):
     fn_weight: Tensor | None
     fp_weight: Tensor | None
 
+    @V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
     def __init__(
         self,
         fn_weight: Tensor | None = None,
@@ -163,6 +164,7 @@ class BinaryRWWCELoss(nn.Module):
     fn_weight: Tensor
     fp_weight: Tensor
 
+    @V.torch_keywords(V.BINARY_KEYWORDS)
     def __init__(
         self,
         fn_weight: float | Tensor = 1.0,

@@ -140,6 +140,7 @@ class LossBreakdown:
         return self.table()
 
 
+@V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
 def loss_breakdown(
     input: Tensor,
     target: Tensor,
