@@ -117,3 +117,17 @@ def test_costs_doc_reduction_claim_against_pytorch():
     torch.testing.assert_close(weighted, pytorch)
     torch.testing.assert_close(mean, pytorch * w[y].mean())
     assert abs(float(mean / pytorch) - 1) > 0.1  # the difference is not a rounding matter
+
+
+def test_readme_quotes_every_arm_of_decide_by_cost():
+    """The README's summary of examples/decide_by_cost.py gives the mean of every arm the example
+    prints (the measured table lives in docs/decisions.md)."""
+    root = Path(__file__).parents[1]
+    arms = runpy.run_path(str(root / "examples" / "decide_by_cost.py"))["ARMS"]
+    table = (root / "docs" / "decisions.md").read_text()
+    means = re.findall(r"^\| [^|]+ \| \**(\d+\.\d)\** \(", table, re.M)
+    assert len(means) == len(arms) == 5
+    readme = (root / "README.md").read_text()
+    summary = readme[readme.index("`python examples/decide_by_cost.py`") :].split("\n\n")[0]
+    for mean in means:
+        assert mean in summary, (mean, summary)
