@@ -226,6 +226,17 @@ def test_binary_loss(tmp_path, reduction):
     torch.testing.assert_close(params(model), params(reference), rtol=1e-5, atol=1e-6)
 
 
+def assert_evaluation_is_the_models(metrics, model, x, y, costs):
+    """evaluate()'s cost and loss against the model's own logits on the whole batch."""
+    with torch.no_grad():
+        logits = model(x).logits
+    keep = y != -100
+    expected_cost = real_world_cost(y[keep], logits[keep].argmax(1), costs)
+    assert metrics["eval_real_world_cost"] == pytest.approx(float(expected_cost))
+    expected_loss = rwwce.RWWCELoss.from_costs(costs)(logits, y)
+    assert metrics["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+
+
 def test_evaluate_reports_cost_and_batch_loss(tmp_path):
     x, y = make_data()
     costs = rwwce.CostMatrix.from_fn_fp(FN, FP)
@@ -241,13 +252,7 @@ def test_evaluate_reports_cost_and_batch_loss(tmp_path):
         compute_metrics=make_compute_metrics(costs),
     )
     metrics = trainer.evaluate()
-    with torch.no_grad():
-        logits = model(x).logits
-    keep = y != -100
-    expected_cost = real_world_cost(y[keep], logits[keep].argmax(1), costs)
-    assert metrics["eval_real_world_cost"] == pytest.approx(float(expected_cost))
-    expected_loss = rwwce.RWWCELoss.from_costs(costs)(logits, y)
-    assert metrics["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+    assert_evaluation_is_the_models(metrics, model, x, y, costs)
 
 
 class NoLabelsModel(TinyModel):
@@ -283,13 +288,7 @@ def test_a_model_that_takes_no_labels_trains_and_evaluates(tmp_path):
     assert trainer.label_names == ["labels"]
     trainer.train()
     metrics = trainer.evaluate()
-    with torch.no_grad():
-        logits = model(x).logits
-    keep = y != -100
-    expected_cost = real_world_cost(y[keep], logits[keep].argmax(1), costs)
-    assert metrics["eval_real_world_cost"] == pytest.approx(float(expected_cost))
-    expected_loss = rwwce.RWWCELoss.from_costs(costs)(logits, y)
-    assert metrics["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+    assert_evaluation_is_the_models(metrics, model, x, y, costs)
     bad = transformers.TrainingArguments(
         output_dir=str(tmp_path), label_names=["target"], report_to=[], use_cpu=True
     )
