@@ -149,7 +149,7 @@ def test_sigmoid_output_warning_for_the_binary_loss():
         (lambda: rwwce.RWWCELoss(reduce=False), r"RWWCELoss\(\) .* reduce=; in rwwce write reduction="),
         (lambda: brwce(torch.randn(4), torch.ones(4), pos_weight=torch.tensor(3.0)),
          r"binary_real_world_weight_cross_entropy\(\) got PyTorch's keyword argument pos_weight=; in rwwce write fn_weight=pw"),
-        (lambda: rwwce.BinaryRWWCELoss(weight=torch.ones(4)), r"BinaryRWWCELoss\(\) .* weight=; in rwwce write sample_weight=w"),
+        (lambda: rwwce.BinaryRWWCELoss(weight=torch.ones(4)), r"BinaryRWWCELoss\(\) .* weight=; in rwwce write fn_weight=w \* pw, fp_weight=w for"),
         (lambda: rwwce.BinaryRWWCELoss(pos_weight=2.0), r"BinaryRWWCELoss\(\) .* pos_weight=; in rwwce write fn_weight=pw"),
         (lambda: rwwce.loss_breakdown(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), weight=torch.ones(3)),
          r"loss_breakdown\(\) .* weight=; in rwwce write fn_weight=w"),

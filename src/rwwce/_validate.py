@@ -341,8 +341,8 @@ CROSS_ENTROPY_KEYWORDS = {
     "reduce": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
 }
 BINARY_KEYWORDS = {
-    "weight": "sample_weight=w (F.binary_cross_entropy_with_logits(x, y, weight=w, "
-    "pos_weight=pw) is fn_weight=w * pw, fp_weight=w)",
+    "weight": "fn_weight=w * pw, fp_weight=w for F.binary_cross_entropy_with_logits(x, y, "
+    "weight=w, pos_weight=pw) (or sample_weight=w in the loss call)",
     "pos_weight": "fn_weight=pw (the positives' weight; fp_weight weighs the negatives)",
     "size_average": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
     "reduce": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
