@@ -133,6 +133,11 @@ def test_sigmoid_output_warning_for_the_binary_loss():
         brwce(logits.sigmoid(), target, input_type="probs")
         brwce(logits.sigmoid(), target, validate=False)
         brwce(torch.tensor([0.2, 0.9, 0.4]), torch.tensor([0.0, 1.0, 1.0]))  # too few to tell
+        # logits of a model near its initialisation: a narrow band, inside [0, 1] by chance
+        brwce(torch.zeros(256), target)
+        brwce(0.05 * torch.randn(256, generator=g) + 0.3, target)
+    with pytest.warns(UserWarning, match="looks like probabilities"):  # 0/1 labels as input
+        brwce(target, target)
 
 
 # --- PyTorch's keyword names ------------------------------------------------------------------

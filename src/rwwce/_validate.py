@@ -314,9 +314,11 @@ _WARN_MIN_ELEMENTS = 8
 
 
 def warn_if_sigmoid_output(input: Tensor) -> None:
-    """Warn when a sample of binary logits (at least 8 values) lies entirely in [0, 1]: sigmoid
-    output (or the 0/1 labels) passed as logits. The binary counterpart of
-    :func:`warn_if_probabilities`; real logits are spread around 0, negative for negatives."""
+    """Warn when a sample of binary logits (at least 8 values) lies entirely in [0, 1] and spans
+    at least half of it: sigmoid output (or the 0/1 labels) passed as logits. The binary
+    counterpart of :func:`warn_if_probabilities`. The span keeps quiet about a model near its
+    initialisation, whose logits cluster in a narrow band that may sit inside [0, 1] (all 0 for
+    zero-initialised weights); sigmoid output of a model that has learned anything spreads out."""
     if input.numel() < _WARN_MIN_ELEMENTS:
         return
     flat = input.view(-1) if input.is_contiguous() else input[:_WARN_SAMPLE_ROWS].reshape(-1)
@@ -324,7 +326,7 @@ def warn_if_sigmoid_output(input: Tensor) -> None:
     if sample.numel() < _WARN_MIN_ELEMENTS:
         return
     low, high = torch.aminmax(sample)
-    if bool(low >= 0) and bool(high <= 1):
+    if bool(low >= 0) and bool(high <= 1) and bool(high - low >= 0.5):
         warnings.warn(
             "input looks like probabilities (every sampled value is in [0, 1]) but "
             "input_type='logits'; pass raw logits (before the sigmoid), or input_type='probs' "
