@@ -362,18 +362,18 @@ def test_monitor_label_rule_matches_real_world_cost():
             m.update(preds, torch.tensor([0, 9, 1, 2]))
         m.update(preds, torch.tensor([0, -100, 1, 2]))
     assert monitor.end_epoch()["real_world_cost"] == pytest.approx(float(metric.compute()))
-    with pytest.raises(TypeError, match=r"ignore_index must be an int; got None"):
+    with pytest.raises(TypeError, match=r"ignore_index is None; expected an int"):
         rwwce.CostMonitor(COSTS, ignore_index=None)
 
 
 def test_monitor_unchecked_invalid_labels_flag_the_epoch_with_nan(monkeypatch):
     # On an accelerator the labels are not read (no sync): force that path on CPU.
-    import rwwce.monitor as monitor_module
+    from rwwce import _costmath
 
-    shared = monitor_module._streaming_confusion
+    shared = _costmath.streaming_confusion
     monkeypatch.setattr(
-        monitor_module,
-        "_streaming_confusion",
+        _costmath,
+        "streaming_confusion",
         lambda t, p, k, ignore_index, check: shared(t, p, k, ignore_index, check=False),
     )
     monitor = rwwce.CostMonitor(COSTS, patience=2)

@@ -11,9 +11,15 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from rwwce._validate import check_choice, check_ignore_index, check_num_classes, to_tensor
-from rwwce.costs import _check_costs, as_cost_matrix
-from rwwce.metrics import _expected, _float_dtype, _probs, _streaming_confusion
+from rwwce import _costmath
+from rwwce._validate import (
+    check_choice,
+    check_finite_nonnegative,
+    check_ignore_index,
+    check_num_classes,
+    to_tensor,
+)
+from rwwce.costs import as_cost_matrix
 
 __all__ = ["RealWorldCost"]
 
@@ -96,10 +102,9 @@ class RealWorldCost(Metric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        check_ignore_index(ignore_index, allow_none=True)
+        ignore_index = check_ignore_index(ignore_index, optional=True)
         check_choice("reduction", reduction, ("mean", "sum"))
-        if decision not in ("argmax", "bayes"):
-            raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
+        _costmath.check_decision(decision)
         if validate_args not in (None, True, False):
             raise ValueError(f"validate_args is {validate_args!r}; expected None, True or False")
         if costs is None:
@@ -129,7 +134,7 @@ class RealWorldCost(Metric):
         self.reduction = reduction
         self.decision = decision
         self.validate_args = validate_args
-        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.ignore_index = ignore_index
         self.add_state("confmat", torch.zeros(k, k, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("invalid", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         if self.cost_matrix is None:
@@ -143,18 +148,12 @@ class RealWorldCost(Metric):
 
     def _decide(self, scores: torch.Tensor, costs: torch.Tensor | None) -> torch.Tensor:
         """Class indices of the target's shape from (N, K, ...) scores."""
-        if self.decision == "argmax":
-            return scores.argmax(dim=1)
-        k = self.num_classes
-        rows = scores.movedim(1, -1)
-        p = rows.to(torch.promote_types(rows.dtype, torch.float32))
-        if self._check(p):
-            _probs(p.reshape(-1, k), "preds", k)
-        if costs is None:
-            c = self.decision_costs.to(p.dtype)
-            return _expected(p.reshape(-1, k), c).argmin(dim=1).reshape(rows.shape[:-1])
-        e = _expected(p.reshape(p.shape[0], -1, k), costs.to(p.dtype))
-        return e.argmin(dim=2).reshape(rows.shape[:-1])
+        if self.decision == "bayes" and self._check(scores):
+            k = self.num_classes
+            _costmath.probabilities(scores.movedim(1, -1).reshape(-1, k), "preds", k)
+        if costs is None and self.cost_matrix is not None:
+            costs = self.decision_costs
+        return _costmath.decide(scores, self.decision, costs)
 
     def _sample_costs(self, costs: Any, target: torch.Tensor) -> torch.Tensor:
         k = self.num_classes
@@ -167,9 +166,9 @@ class RealWorldCost(Metric):
             )
         if c.is_complex() or c.dtype == torch.bool:
             raise TypeError(f"costs has dtype {c.dtype}; expected real numbers")
-        c = c.to(self.device, _float_dtype(target), non_blocking=c.device.type == "cpu")
+        c = c.to(self.device, _costmath.float_dtype(target), non_blocking=c.device.type == "cpu")
         if self._check(c):
-            _check_costs(c, "costs")
+            check_finite_nonnegative(c, "costs")
         return c
 
     # -------------------------------------------------------------------- Metric interface
@@ -219,7 +218,7 @@ class RealWorldCost(Metric):
                 f"preds has dtype {p.dtype} and the target's shape {tuple(t.shape)}; expected "
                 f"integer class indices, or scores with a class dimension of size {k}"
             )
-        counts, kept, invalid = _streaming_confusion(
+        counts, kept, invalid = _costmath.streaming_confusion(
             t, p, k, self.ignore_index, check=self._check(t, p)
         )
         self.confmat += counts
@@ -227,17 +226,15 @@ class RealWorldCost(Metric):
         if c is not None:
             # Masks, not branches: skipped and invalid labels are never indexed with.
             t, p = t.to(torch.int64).where(kept, 0), p.to(torch.int64).where(kept, 0)
-            n = torch.arange(c.shape[0], device=c.device).reshape((-1,) + (1,) * (t.ndim - 1))
-            self.cost_sum += (c[n, t, p] * kept).sum()
+            self.cost_sum += (_costmath.element_costs(t, p, c) * kept).sum()
 
     def compute(self) -> torch.Tensor:
         """The mean (or total) Real World Cost of everything seen since the last reset."""
-        dtype = _float_dtype(self.confmat)
-        counts = self.confmat.to(dtype)
         if self.cost_matrix is None:
-            total = self.cost_sum.to(dtype)
+            total = self.cost_sum.to(_costmath.float_dtype(self.confmat))
+            samples = self.confmat.sum().to(total.dtype)
         else:
-            c = self.cost_matrix.matrix.to(self.confmat.device, dtype, non_blocking=True)
-            total = (counts * c).sum()
-        value = total / counts.sum() if self.reduction == "mean" else total
+            seen = _costmath.confusion_costs(self.confmat, self.cost_matrix.matrix)
+            total, samples = seen.total, seen.samples
+        value = total / samples if self.reduction == "mean" else total
         return value.where(self.invalid == 0, torch.nan)
