@@ -1,15 +1,27 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs, then runs the main job (the paper's experiments on embedded data)
 #   make test   installs, then runs the test suite (the Triton kernel through its interpreter too)
-PYTHON ?= python3
+# Everything is installed into a project-local virtual environment, $(VENV), created with
+# $(BASE_PYTHON). Which torch build goes into it is explicit (README, "Set-up"):
+#   TORCH_SPEC       the torch requirement: torch==2.13.0, the version the tests run on
+#   TORCH_INDEX_URL  the index torch is taken from; empty: pip's own configuration (PyPI: the
+#                    CUDA build on Linux), https://download.pytorch.org/whl/cpu: the CPU-only build
+BASE_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
 
 .PHONY: install demo test bench lint
 
-install:
-	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
-	$(PIP) install --quiet torch==2.13.0
+$(PYTHON):
+	$(BASE_PYTHON) -m venv $(VENV)
+
+install: $(PYTHON)
+	$(PIP) install --quiet $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
 	$(PIP) install --quiet -e ".[experiments,gpu,dev,hf,lightning]"
+	@$(PYTHON) -c "import torch; print('installed torch', torch.__version__, 'into $(VENV):', f'CUDA {torch.version.cuda} build' if torch.version.cuda else 'CPU-only build')"
 
 demo: install
 	$(PYTHON) -m rwwce experiment --dataset digits --out runs/demo
@@ -31,4 +43,4 @@ gpu-check:
 	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(OUT)
 
 lint:
-	ruff check src tests benchmarks examples
+	$(PYTHON) -m ruff check src tests benchmarks examples

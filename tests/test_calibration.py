@@ -1,5 +1,6 @@
 """Temperature scaling and the calibration error against known temperatures, SciPy and torchmetrics."""
 
+import math
 import os
 import stat
 
@@ -144,6 +145,44 @@ def test_temperature_scaling_on_cuda():
 def test_fit_errors(logits, target, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         TemperatureScaling().fit(logits, target, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "logits, target, rows",
+    [
+        ([[2.0, 0.0], [0.0, 2.0], [-math.inf, -math.inf]], [0, 1, 0], r"\[2\]"),
+        ([[2.0, 0.0], [-math.inf, 1.0], [0.0, 2.0], [-math.inf, 3.0]], [0, 0, 1, 0], r"\[1, 3\]"),
+        ([[[1.0], [-math.inf]], [[0.0], [0.0]]], [[1], [0]], r"\[\(0, 0\)\]"),  # (N, K, d1)
+        ([1.0, -math.inf, -math.inf], [1.0, 0.0, 0.5], r"\[2\]"),  # binary: -inf with y > 0
+    ],
+)
+def test_a_target_with_a_minus_inf_logit_is_named(logits, target, rows):
+    # Oracle: the NLL of those rows is infinite whatever T is (checked at a few T), so no
+    # temperature can be fitted.
+    z, t = torch.tensor(logits, dtype=torch.float64), torch.tensor(target)
+    for temp in (0.1, 1.0, 10.0):
+        if z.shape == t.shape:
+            per = F.binary_cross_entropy_with_logits(z / temp, t.double(), reduction="none")
+        else:
+            per = F.cross_entropy(z / temp, t, reduction="none")
+        assert not bool(torch.isfinite(per).all())
+    with pytest.raises(ValueError, match=r"logit of -inf at " + rows + r".*infinite for every"):
+        TemperatureScaling().fit(z, t)
+
+
+def test_minus_inf_on_a_non_target_class_still_fits():
+    z = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-math.inf, 1.0], [1.0, 0.0]] * 3)
+    t = torch.tensor([0, 1, 1, 1] * 3)
+    temp = TemperatureScaling().fit(z, t).temperature
+    assert bool(torch.isfinite(temp)) and float(temp) > 0
+    # Binary: a -inf logit with target 0 costs 0 at every T, so it does not move T.
+    z, t = torch.tensor([2.0, -1.0, 1.0, -2.0, 0.5]), torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    with_masked = TemperatureScaling().fit(
+        torch.cat([z, torch.tensor([-math.inf])]),
+        torch.cat([t, torch.tensor([0.0])]),
+        sample_weight=[1.0] * 5 + [0.0],
+    )
+    torch.testing.assert_close(with_masked.temperature, TemperatureScaling().fit(z, t).temperature)
 
 
 def test_transform_errors():

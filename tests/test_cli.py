@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,6 +193,81 @@ def test_cost_of_probabilities_bayes_vs_argmax(tmp_path, costs_csv, capsys):
     assert out["cost_bayes"] == pytest.approx(100 / 4)
     assert main(["cost", str(p), "--costs", str(costs_csv)]) == 0
     assert "Bayes-optimal" in capsys.readouterr().out
+
+
+def test_weights_keep_1_and_01_apart_in_class_weights_order(tmp_path, capsys):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    import rwwce
+
+    labels = ["1", "01", "1", "2", "1", "10", "01"]
+    p = tmp_path / "y.csv"
+    p.write_text("y\n" + "\n".join(labels) + "\n")
+    assert main(["weights", str(p), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    classes = np.unique(labels)  # scikit-learn's order for string labels
+    assert list(data["weights"]) == list(classes) == ["01", "1", "10", "2"]
+    assert data["counts"] == {"01": 2, "1": 3, "10": 1, "2": 1}
+    oracle = compute_class_weight("balanced", classes=classes, y=np.array(labels))
+    assert list(data["weights"].values()) == pytest.approx(oracle.tolist())
+    assert list(data["weights"].values()) == pytest.approx(rwwce.class_weights(labels).tolist())
+
+
+def test_cost_with_integer_class_names_reads_names_never_indices(tmp_path, capsys):
+    from rwwce.metrics import real_world_cost
+
+    costs = tmp_path / "costs.csv"
+    costs.write_text("t,1,2,3\n1,0,3,1\n2,1,0,1\n3,7,1,0\n")
+    pred = tmp_path / "pred.csv"
+    pred.write_text("y_true,y_pred\n1,3\n3,1\n2,2\n")
+    assert main(["cost", str(pred), "--costs", str(costs), "--json"]) == 0
+    matrix = [[0, 3, 1], [1, 0, 1], [7, 1, 0]]  # oracle: the labels as the classes' positions
+    want = real_world_cost([0, 2, 1], [2, 0, 1], matrix)
+    assert json.loads(capsys.readouterr().out)["cost_y_pred"] == pytest.approx(float(want))
+    for text in ("y_true,y_pred\n0,3\n", "y_true,y_pred\n1,0\n", "y_true,y_pred\n01,1\n"):
+        pred.write_text(text)
+        rc = main(["cost", str(pred), "--costs", str(costs)])
+        _assert_one_line_error(capsys, rc, "read as names, never as indices")
+
+
+def test_duplicate_columns_are_an_error(tmp_path, capsys, costs_csv):
+    pred = tmp_path / "pred.csv"
+    pred.write_text("y_true,y_pred,y_true\npos,neg,neg\n")
+    rc = main(["cost", str(pred), "--costs", str(costs_csv)])
+    _assert_one_line_error(capsys, rc, "2 columns named 'y_true' (columns 1, 3)")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("label,label\na,b\n")
+    rc = main(["weights", str(labels), "--column", "label"])
+    _assert_one_line_error(capsys, rc, "2 columns named 'label'")
+
+
+def _strict_json(text):
+    def refuse(token):
+        raise AssertionError(f"invalid JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_stays_valid_when_a_cost_overflows(tmp_path, capsys):
+    costs = tmp_path / "costs.csv"
+    costs.write_text("t,a,b\na,0,1.5e308\nb,1.5e308,0\n")
+    pred = tmp_path / "pred.csv"
+    pred.write_text("y_true,y_pred\na,b\nb,a\n")
+    assert main(["cost", str(pred), "--costs", str(costs), "--json"]) == 0
+    assert _strict_json(capsys.readouterr().out) == {"n": 2, "cost_y_pred": None}
+    assert main(["cost", str(pred), "--costs", str(costs)]) == 0
+    assert "Real World Cost of y_pred: inf" in capsys.readouterr().out
+
+
+def test_cost_plot_says_where_it_wrote(tmp_path, costs_csv, capsys):
+    probs = tmp_path / "probs.csv"
+    probs.write_text("y_true,p_neg,p_pos\npos,0.9,0.1\nneg,0.97,0.03\nneg,0.6,0.4\n")
+    png = tmp_path / "curves.png"
+    assert main(["cost", str(probs), "--costs", str(costs_csv), "--plot", str(png)]) == 0
+    assert f"plot: {png}" in capsys.readouterr().out.splitlines() and png.is_file()
+    png.unlink()
+    assert main(["cost", str(probs), "--costs", str(costs_csv), "--plot", str(png), "--json"]) == 0
+    assert _strict_json(capsys.readouterr().out)["plot"] == str(png) and png.is_file()
 
 
 # --------------------------------------------------------------------------------- user errors

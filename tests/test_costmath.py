@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from rwwce import _costmath
 
@@ -127,3 +128,14 @@ def test_check_decision():
     _costmath.check_decision("bayes")
     with pytest.raises(ValueError, match=r"decision is 'max'; expected 'argmax' or 'bayes'"):
         _costmath.check_decision("max")
+
+
+def test_streaming_confusion_is_the_one_label_rule():
+    t = torch.tensor([0, 2, -100, 9, 1, -3])
+    p = torch.tensor([1, 2, 7, 0, 5, 0])
+    counts, kept, invalid = _costmath.streaming_confusion(t, p, 3, -100, check=False)
+    want = sk_confusion_matrix([0, 2], [1, 2], labels=[0, 1, 2])  # the valid pairs only
+    assert counts.tolist() == want.tolist()
+    assert kept.tolist() == [True, True, False, False, False, False] and int(invalid) == 3
+    with pytest.raises(ValueError, match=r"target contains the label 9"):
+        _costmath.streaming_confusion(t, p, 3, -100, check=True)

@@ -97,3 +97,37 @@ def test_decide_by_cost_example_prints_its_numbers(capsys):
     assert np.mean(results["ece_after"]) < 0.5 * np.mean(results["ece_before"])
     assert np.mean(results["plain + Bayes"]) < np.mean(results["plain"])
     assert np.mean(results["scikit-learn"]) < np.mean(results["plain"])
+
+
+def test_costs_doc_reduction_claim_against_pytorch():
+    """docs/costs_and_metrics.md: weighted_mean equals nn.CrossEntropyLoss(weight=w); the default
+    mean differs from it by the batch's mean(w[y])."""
+    import torch
+
+    import rwwce
+
+    doc = (Path(__file__).parents[1] / "docs" / "costs_and_metrics.md").read_text()
+    assert 'reduction="weighted_mean"` is what equals `nn.CrossEntropyLoss(weight=w)`' in doc
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, generator=g), torch.randint(0, 3, (64,), generator=g)
+    w = rwwce.class_weights(torch.tensor([0] * 50 + [1] * 10 + [2] * 4))
+    pytorch = torch.nn.CrossEntropyLoss(weight=w)(x, y)
+    weighted = rwwce.RWWCELoss(fn_weight=w, reduction="weighted_mean")(x, y)
+    mean = rwwce.RWWCELoss(fn_weight=w)(x, y)
+    torch.testing.assert_close(weighted, pytorch)
+    torch.testing.assert_close(mean, pytorch * w[y].mean())
+    assert abs(float(mean / pytorch) - 1) > 0.1  # the difference is not a rounding matter
+
+
+def test_readme_quotes_every_arm_of_decide_by_cost():
+    """The README's summary of examples/decide_by_cost.py gives the mean of every arm the example
+    prints (the measured table lives in docs/decisions.md)."""
+    root = Path(__file__).parents[1]
+    arms = runpy.run_path(str(root / "examples" / "decide_by_cost.py"))["ARMS"]
+    table = (root / "docs" / "decisions.md").read_text()
+    means = re.findall(r"^\| [^|]+ \| \**(\d+\.\d)\** \(", table, re.M)
+    assert len(means) == len(arms) == 5
+    readme = (root / "README.md").read_text()
+    summary = readme[readme.index("`python examples/decide_by_cost.py`") :].split("\n\n")[0]
+    for mean in means:
+        assert mean in summary, (mean, summary)

@@ -227,6 +227,17 @@ def test_binary_loss(tmp_path, reduction):
     torch.testing.assert_close(params(model), params(reference), rtol=1e-5, atol=1e-6)
 
 
+def assert_evaluation_is_the_models(metrics, model, x, y, costs):
+    """evaluate()'s cost and loss against the model's own logits on the whole batch."""
+    with torch.no_grad():
+        logits = model(x).logits
+    keep = y != -100
+    expected_cost = real_world_cost(y[keep], logits[keep].argmax(1), costs)
+    assert metrics["eval_real_world_cost"] == pytest.approx(float(expected_cost))
+    expected_loss = rwwce.RWWCELoss.from_costs(costs)(logits, y)
+    assert metrics["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+
+
 def test_evaluate_reports_cost_and_batch_loss(tmp_path):
     x, y = make_data()
     costs = rwwce.CostMatrix.from_fn_fp(FN, FP)
@@ -242,13 +253,48 @@ def test_evaluate_reports_cost_and_batch_loss(tmp_path):
         compute_metrics=make_compute_metrics(costs),
     )
     metrics = trainer.evaluate()
-    with torch.no_grad():
-        logits = model(x).logits
-    keep = y != -100
-    expected_cost = real_world_cost(y[keep], logits[keep].argmax(1), costs)
-    assert metrics["eval_real_world_cost"] == pytest.approx(float(expected_cost))
-    expected_loss = rwwce.RWWCELoss.from_costs(costs)(logits, y)
-    assert metrics["eval_loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+    assert_evaluation_is_the_models(metrics, model, x, y, costs)
+
+
+class NoLabelsModel(TinyModel):
+    """A model whose forward takes no labels: the loss lives in the Trainer."""
+
+    def forward(self, features):
+        return super().forward(features)
+
+
+def test_a_model_that_takes_no_labels_trains_and_evaluates(tmp_path):
+    x, y = make_data()
+    costs = rwwce.CostMatrix.from_fn_fp(FN, FP)
+    torch.manual_seed(0)
+    model = NoLabelsModel(TinyConfig())
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=N,
+        max_steps=2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = RWWCETrainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(x, y),
+        eval_dataset=ListDataset(x, y),
+        loss=rwwce.RWWCELoss.from_costs(costs),
+        compute_metrics=make_compute_metrics(costs),
+    )
+    assert trainer.label_names == ["labels"]
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert_evaluation_is_the_models(metrics, model, x, y, costs)
+    bad = transformers.TrainingArguments(
+        output_dir=str(tmp_path), label_names=["target"], report_to=[], use_cpu=True
+    )
+    with pytest.raises(ValueError, match=r"label_names is \['target'\]; RWWCETrainer reads"):
+        RWWCETrainer(model=model, args=bad, loss=rwwce.RWWCELoss.from_costs(costs))
 
 
 def test_best_checkpoint_by_real_world_cost(tmp_path):

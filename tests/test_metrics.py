@@ -857,6 +857,60 @@ def test_real_world_cost_update_reads_nothing_on_the_host(decision, forbid_host_
     assert float(cost_per_sample) == pytest.approx(2 * float(expected))
 
 
+THREE_COSTS = [[0.0, 1.0, 5.0], [2.0, 0.0, 1.0], [50.0, 20.0, 0.0]]
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_real_world_cost_metric_skips_ignore_index_like_the_loss(per_sample):
+    from rwwce.metrics import RealWorldCost
+
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 3, (40,), generator=g)
+    target[[1, 5, 6, 30]] = -100
+    preds = torch.randn(40, 3, generator=g)
+    keep = target != -100
+    # Oracle: the function on the kept elements only (sklearn-checked confusion counts).
+    want = real_world_cost(target[keep], preds.argmax(1)[keep], THREE_COSTS)
+    if per_sample:
+        metric = RealWorldCost(num_classes=3)
+        metric.update(preds, target, torch.tensor(THREE_COSTS).expand(40, 3, 3))
+    else:
+        metric = RealWorldCost(THREE_COSTS)
+        metric.update(preds, target)
+    assert int(metric.confmat.sum()) == 36 and int(metric.invalid) == 0
+    assert float(metric.compute()) == pytest.approx(float(want))
+    custom = RealWorldCost(THREE_COSTS, ignore_index=2)
+    custom.update(preds[keep], target[keep])
+    kept2 = target[keep] != 2
+    want2 = real_world_cost(target[keep][kept2], preds[keep].argmax(1)[kept2], THREE_COSTS)
+    assert float(custom.compute()) == pytest.approx(float(want2))
+
+
+def test_real_world_cost_metric_label_rule():
+    from rwwce.metrics import RealWorldCost
+
+    preds = torch.tensor([0, 1, 2])
+    with pytest.raises(
+        ValueError,
+        match=r"target contains the label 9; expected class indices in \[0, 3\) \(or ignore_index=-100\)",
+    ):
+        RealWorldCost(THREE_COSTS).update(preds, torch.tensor([0, 9, 1]))
+    with pytest.raises(
+        ValueError, match=r"target contains the label -100; expected class indices in \[0, 3\)$"
+    ):
+        RealWorldCost(THREE_COSTS, ignore_index=None).update(preds, torch.tensor([0, -100, 1]))
+    with pytest.raises(ValueError, match=r"preds contains the label 3"):
+        RealWorldCost(THREE_COSTS).update(torch.tensor([0, 3, 1]), torch.tensor([0, 1, 1]))
+    with pytest.raises(TypeError, match=r"ignore_index is 'x'; expected an int or None"):
+        RealWorldCost(THREE_COSTS, ignore_index="x")
+    # Unchecked (an accelerator's path): the invalid label makes the cost NaN, the ignored one not.
+    unchecked = RealWorldCost(THREE_COSTS, validate_args=False)
+    unchecked.update(preds, torch.tensor([0, -100, 1]))
+    assert int(unchecked.invalid) == 0 and float(unchecked.compute()) == pytest.approx(0.5)
+    unchecked.update(preds, torch.tensor([0, 9, 1]))
+    assert int(unchecked.invalid) == 1 and torch.isnan(unchecked.compute())
+
+
 def test_real_world_cost_unchecked_labels_give_nan_not_a_crash():
     from rwwce.metrics import RealWorldCost
 

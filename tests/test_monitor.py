@@ -344,6 +344,48 @@ def test_monitor_bad_input():
         monitor.plot("never.png")
 
 
+def test_monitor_label_rule_matches_real_world_cost():
+    from rwwce.metrics import RealWorldCost
+
+    preds = torch.tensor([0, 1, 2, 3])
+    monitor = rwwce.CostMonitor(COSTS)
+    with pytest.raises(
+        ValueError,
+        match=r"target contains the label 9; expected class indices in \[0, 4\) \(or ignore_index=-100\)",
+    ):
+        monitor.update(preds, torch.tensor([0, 9, 1, 2]))
+    with pytest.raises(ValueError, match=r"preds contains the label 4"):
+        monitor.update(torch.tensor([0, 4, 1, 2]), torch.tensor([0, 1, 1, 2]))
+    metric = RealWorldCost(COSTS)
+    for m in (monitor, metric):
+        with pytest.raises(ValueError, match=r"target contains the label 9"):
+            m.update(preds, torch.tensor([0, 9, 1, 2]))
+        m.update(preds, torch.tensor([0, -100, 1, 2]))
+    assert monitor.end_epoch()["real_world_cost"] == pytest.approx(float(metric.compute()))
+    with pytest.raises(TypeError, match=r"ignore_index is None; expected an int"):
+        rwwce.CostMonitor(COSTS, ignore_index=None)
+
+
+def test_monitor_unchecked_invalid_labels_flag_the_epoch_with_nan(monkeypatch):
+    # On an accelerator the labels are not read (no sync): force that path on CPU.
+    from rwwce import _costmath
+
+    shared = _costmath.streaming_confusion
+    monkeypatch.setattr(
+        _costmath,
+        "streaming_confusion",
+        lambda t, p, k, ignore_index, check: shared(t, p, k, ignore_index, check=False),
+    )
+    monitor = rwwce.CostMonitor(COSTS, patience=2)
+    monitor.update(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 1]))
+    first = monitor.end_epoch()
+    monitor.update(torch.tensor([0, 1, 2]), torch.tensor([0, 9, -100]))
+    with pytest.warns(RuntimeWarning, match=r"1 labels outside \[0, 4\).*cost is NaN"):
+        record = monitor.end_epoch()
+    assert math.isnan(record["real_world_cost"]) and record["samples"] == 1
+    assert not record["is_best"] and monitor.best_cost == first["real_world_cost"]
+
+
 # ---------------------------------------------------------------------- two processes
 WORLD = 2
 TIMEOUT_S = 90
@@ -388,12 +430,17 @@ def test_monitor_synchronises_across_processes(tmp_path):
 def test_monitor_update_does_not_synchronise():
     logits = torch.randn(64, K, device="cuda")
     y = torch.randint(0, K, (64,), device="cuda")
+    bad = torch.tensor([9, -100], device="cuda")
     monitor = rwwce.CostMonitor(COSTS)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         monitor.update(logits, y)
         monitor.update(logits.argmax(1), y)
+        # an invalid label is not read on the device: it flags the epoch instead
+        monitor.update(logits[:2], bad)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert monitor.end_epoch()["samples"] == 128
+    with pytest.warns(RuntimeWarning, match="cost is NaN"):
+        record = monitor.end_epoch()
+    assert record["samples"] == 128 and math.isnan(record["real_world_cost"])

@@ -148,3 +148,106 @@ def test_soft_target_tolerance_follows_the_dtype_but_still_catches_unnormalised_
 def test_whole_number_soft_targets_get_the_multi_hot_hint():
     with pytest.raises(ValueError, match="sums to 2.*multi-hot labels.*binary_real_world"):
         rce(torch.randn(2, 3), torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+
+
+# --- sigmoid output passed as binary logits -------------------------------------------------------
+
+
+def test_sigmoid_output_warning_for_the_binary_loss():
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(256, generator=g)
+    target = (torch.rand(256, generator=g) < 0.3).float()
+    with pytest.warns(UserWarning, match=r"looks like probabilities.*before the sigmoid") as record:
+        brwce(logits.sigmoid(), target)
+    assert record[0].filename == __file__  # points at the caller's line
+    with pytest.warns(UserWarning, match="looks like probabilities"):
+        rwwce.BinaryRWWCELoss(fn_weight=5.0)(logits.sigmoid().reshape(64, 4), target.reshape(64, 4))
+    with pytest.warns(UserWarning, match="looks like probabilities"):  # strided: rows sampled
+        brwce(logits.sigmoid().reshape(16, 16).t(), target.reshape(16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        brwce(logits, target)  # real logits
+        brwce(logits.sigmoid(), target, input_type="probs")
+        brwce(logits.sigmoid(), target, validate=False)
+        brwce(torch.tensor([0.2, 0.9, 0.4]), torch.tensor([0.0, 1.0, 1.0]))  # too few to tell
+        # logits of a model near its initialisation: a narrow band, inside [0, 1] by chance
+        brwce(torch.zeros(256), target)
+        brwce(0.05 * torch.randn(256, generator=g) + 0.3, target)
+    with pytest.warns(UserWarning, match="looks like probabilities"):  # 0/1 labels as input
+        brwce(target, target)
+
+
+# --- PyTorch's keyword names ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: rce(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), weight=torch.ones(3)),
+         r"real_world_weight_cross_entropy\(\) got PyTorch's keyword argument weight=; in rwwce write fn_weight=w \(and reduction='weighted_mean'"),
+        (lambda: rce(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), size_average=False),
+         r"keyword argument size_average=; in rwwce write reduction="),
+        (lambda: rwwce.RWWCELoss(weight=torch.ones(3)), r"RWWCELoss\(\) got PyTorch's keyword argument weight=; in rwwce write fn_weight=w"),
+        (lambda: rwwce.RWWCELoss(reduce=False), r"RWWCELoss\(\) .* reduce=; in rwwce write reduction="),
+        (lambda: brwce(torch.randn(4), torch.ones(4), pos_weight=torch.tensor(3.0)),
+         r"binary_real_world_weight_cross_entropy\(\) got PyTorch's keyword argument pos_weight=; in rwwce write fn_weight=pw"),
+        (lambda: rwwce.BinaryRWWCELoss(weight=torch.ones(4)), r"BinaryRWWCELoss\(\) .* weight=; in rwwce write fn_weight=w \* pw, fp_weight=w for"),
+        (lambda: rwwce.BinaryRWWCELoss(pos_weight=2.0), r"BinaryRWWCELoss\(\) .* pos_weight=; in rwwce write fn_weight=pw"),
+        (lambda: rwwce.loss_breakdown(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), weight=torch.ones(3)),
+         r"loss_breakdown\(\) .* weight=; in rwwce write fn_weight=w"),
+    ],
+)  # fmt: skip
+def test_pytorch_keyword_names_name_the_rwwce_argument(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_the_suggested_arguments_are_pytorchs():
+    # The translations the messages give, against PyTorch itself.
+    g = torch.Generator().manual_seed(1)
+    x, t, w = (
+        torch.randn(16, 4, generator=g),
+        torch.randint(0, 4, (16,), generator=g),
+        torch.rand(4, generator=g) + 0.5,
+    )
+    torch.testing.assert_close(
+        rce(x, t, fn_weight=w, reduction="weighted_mean"), F.cross_entropy(x, t, weight=w)
+    )
+    z, y = torch.randn(16, generator=g), (torch.rand(16, generator=g) < 0.5).float()
+    ew, pw = torch.rand(16, generator=g) + 0.5, torch.tensor(3.0)
+    expected = F.binary_cross_entropy_with_logits(z, y, weight=ew, pos_weight=pw)
+    torch.testing.assert_close(brwce(z, y, fn_weight=ew * pw, fp_weight=ew), expected)
+    torch.testing.assert_close(brwce(z, y, fn_weight=pw, sample_weight=ew), expected)
+    torch.testing.assert_close(
+        rce(x, t, fn_weight=w, reduction="sum"), F.cross_entropy(x, t, weight=w, reduction="sum")
+    )
+
+
+def test_keyword_hints_keep_signatures_and_compile_without_graph_breaks():
+    import inspect
+
+    for public, wrapped in (
+        (rce, rce.__wrapped__),
+        (brwce, brwce.__wrapped__),
+        (rwwce.RWWCELoss, rwwce.RWWCELoss.__init__.__wrapped__),
+        (rwwce.BinaryRWWCELoss, rwwce.BinaryRWWCELoss.__init__.__wrapped__),
+    ):
+        params = list(inspect.signature(public).parameters)
+        assert params == [p for p in inspect.signature(wrapped).parameters if p != "self"]
+        assert "fn_weight" in params and "weight" not in params
+    x, t = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    w = torch.rand(5) + 0.5
+
+    def breaks(fn):
+        torch._dynamo.reset()
+        return torch._dynamo.explain(fn)(x).graph_break_count
+
+    assert breaks(lambda z: rce(z, t, w, validate=False)) == 0
+    # The binary loss's own breaks (weights given as numbers) are not the wrapper's.
+    y = (t > 2).float()
+    assert breaks(lambda z: brwce(z[:, 0], y, validate=False)) == breaks(
+        lambda z: brwce.__wrapped__(z[:, 0], y, validate=False)
+    )
+    module = rwwce.RWWCELoss(w, validate=False)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, t), module(x, t))

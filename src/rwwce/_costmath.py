@@ -151,6 +151,40 @@ def masked_confusion(
     return counts.index_add_(0, index, valid.reshape(-1).long()).view(k, k)
 
 
+def streaming_confusion(
+    target: torch.Tensor,
+    pred: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None,
+    check: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The label rule of the metrics that accumulate over batches (``RealWorldCost``,
+    ``CostMonitor``): ``(counts, kept, invalid)``.
+
+    Targets equal to ``ignore_index`` are skipped. Any other label outside ``[0, K)`` (in
+    ``target``, or in ``pred`` where the target is kept) is a ``ValueError`` when ``check`` (CPU
+    data, where reading it costs nothing); otherwise (an accelerator, no host synchronisation)
+    it is left out of the counts and counted in ``invalid``, which the caller turns into a NaN
+    cost. ``counts``: (K, K) int64; ``kept``: bool of the target's shape, the pairs counted;
+    ``invalid``: 0-dim int64. ``target`` and ``pred`` are integer tensors of one shape.
+    """
+    k = num_classes
+    t, p = target.to(torch.int64), pred.to(torch.int64)
+    kept = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
+    in_range = kept & (t >= 0) & (t < k) & (p >= 0) & (p < k)
+    if check:
+        suffix = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        for name, labels in (("target", t), ("preds", p)):
+            bad = kept & ((labels < 0) | (labels >= k))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"{name} contains the label {int(labels[bad][0])}; expected class indices "
+                    f"in [0, {k}){suffix}"
+                )
+    invalid = (kept & ~in_range).sum()
+    return masked_confusion(t, p, k, in_range), in_range, invalid
+
+
 def expected(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``E[n, j] = sum_i p[n, i] C[i, j]`` (``C[n, i, j]`` per sample); no checks, no syncs.
 

@@ -12,7 +12,13 @@ import torch
 from torchmetrics import Metric
 
 from rwwce import _costmath
-from rwwce._validate import check_choice, check_finite_nonnegative, check_num_classes, to_tensor
+from rwwce._validate import (
+    check_choice,
+    check_finite_nonnegative,
+    check_ignore_index,
+    check_num_classes,
+    to_tensor,
+)
 from rwwce.costs import as_cost_matrix
 
 __all__ = ["RealWorldCost"]
@@ -31,8 +37,10 @@ class RealWorldCost(Metric):
     ``update`` never synchronises with an accelerator: it accumulates on the device (no
     ``.item()``, no data-dependent branch, no ``bincount`` (which reads the maximum on CUDA)).
     Its data checks (label ranges, probabilities, per-sample cost values) run for CPU tensors
-    only, unless ``validate_args=True`` asks for them everywhere. Labels outside ``[0, K)`` that
-    no check caught are left out of the counts and make ``compute()`` return NaN.
+    only, unless ``validate_args=True`` asks for them everywhere. Targets equal to
+    ``ignore_index`` are skipped (as in the loss and :class:`rwwce.CostMonitor`); other labels
+    outside ``[0, K)`` are a ``ValueError`` when checked, and otherwise are left out of the
+    counts and make ``compute()`` return NaN.
 
     Args:
         costs: a :class:`rwwce.CostMatrix` or a (K, K) array-like; ``None`` for per-sample
@@ -45,6 +53,8 @@ class RealWorldCost(Metric):
             predictions.
         validate_args: ``None`` (default): check data of CPU tensors only; ``True``: check
             everywhere (reads from the device: a synchronisation per batch); ``False``: never.
+        ignore_index: targets equal to it are skipped (``None``: none are). Default -100, as
+            in the loss.
         **kwargs: passed to ``torchmetrics.Metric`` (``sync_on_compute``, ``process_group``, ...).
 
     ``update(preds, target, costs=None)``: ``target`` holds class indices, shape (N,) or
@@ -88,9 +98,11 @@ class RealWorldCost(Metric):
         reduction: Literal["mean", "sum"] = "mean",
         decision: Literal["argmax", "bayes"] = "argmax",
         validate_args: bool | None = None,
+        ignore_index: int | None = -100,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        ignore_index = check_ignore_index(ignore_index, optional=True)
         check_choice("reduction", reduction, ("mean", "sum"))
         _costmath.check_decision(decision)
         if validate_args not in (None, True, False):
@@ -122,6 +134,7 @@ class RealWorldCost(Metric):
         self.reduction = reduction
         self.decision = decision
         self.validate_args = validate_args
+        self.ignore_index = ignore_index
         self.add_state("confmat", torch.zeros(k, k, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("invalid", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         if self.cost_matrix is None:
@@ -205,20 +218,15 @@ class RealWorldCost(Metric):
                 f"preds has dtype {p.dtype} and the target's shape {tuple(t.shape)}; expected "
                 f"integer class indices, or scores with a class dimension of size {k}"
             )
-        if self._check(t, p):  # CPU (or asked for): the labels are known to be in range
-            t, p = _costmath.class_indices(t, "target", k), _costmath.class_indices(p, "preds", k)
-            self.confmat += torch.bincount((t * k + p).reshape(-1), minlength=k * k).view(k, k)
-            valid = None
-        else:
-            # Masks, not branches: labels no check caught are counted apart, never indexed with.
-            t, p = t.to(torch.int64), p.to(torch.int64)
-            valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
-            self.confmat += _costmath.masked_confusion(t, p, k, valid)
-            t, p = t.where(valid, 0), p.where(valid, 0)
-            self.invalid += (~valid).sum()
+        counts, kept, invalid = _costmath.streaming_confusion(
+            t, p, k, self.ignore_index, check=self._check(t, p)
+        )
+        self.confmat += counts
+        self.invalid += invalid
         if c is not None:
-            per = _costmath.element_costs(t, p, c)
-            self.cost_sum += (per if valid is None else per * valid).sum()
+            # Masks, not branches: skipped and invalid labels are never indexed with.
+            t, p = t.to(torch.int64).where(kept, 0), p.to(torch.int64).where(kept, 0)
+            self.cost_sum += (_costmath.element_costs(t, p, c) * kept).sum()
 
     def compute(self) -> torch.Tensor:
         """The mean (or total) Real World Cost of everything seen since the last reset."""

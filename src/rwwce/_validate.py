@@ -10,10 +10,12 @@ Two kinds of check:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import warnings
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -309,6 +311,10 @@ def check_logits(input: Tensor) -> None:
     raise ValueError(f"input must not hold NaN or +inf; got {_first_bad(input, bad)}")
 
 
+#: The warnings below are raised from inside a public loss: this, the loss and its
+#: ``torch_keywords`` wrapper; the next frame is the caller's.
+_LOSS_CALLER = 4
+
 # Rows (and spatial positions) looked at by the softmax-output warning: a sample, so that the
 # heuristic costs nothing next to the loss; softmax output looks like probabilities everywhere.
 _WARN_SAMPLE_ROWS = 16
@@ -334,6 +340,81 @@ def warn_if_probabilities(input: Tensor, class_dim: int = 1, stacklevel: int = 3
             UserWarning,
             stacklevel=stacklevel,
         )
+
+
+#: Binary logits looked at by the sigmoid-output warning, and how many it needs to say anything:
+#: a handful of real logits can all fall in [0, 1] by chance, dozens rarely do.
+_WARN_SAMPLE_ELEMENTS = 64
+_WARN_MIN_ELEMENTS = 8
+
+
+def warn_if_sigmoid_output(input: Tensor) -> None:
+    """Warn when a sample of binary logits (at least 8 values) lies entirely in [0, 1] and spans
+    at least half of it: sigmoid output (or the 0/1 labels) passed as logits. The binary
+    counterpart of :func:`warn_if_probabilities`. The span keeps quiet about a model near its
+    initialisation, whose logits cluster in a narrow band that may sit inside [0, 1] (all 0 for
+    zero-initialised weights); sigmoid output of a model that has learned anything spreads out."""
+    if input.numel() < _WARN_MIN_ELEMENTS:
+        return
+    flat = input.view(-1) if input.is_contiguous() else input[:_WARN_SAMPLE_ROWS].reshape(-1)
+    sample = flat[:_WARN_SAMPLE_ELEMENTS]
+    if sample.numel() < _WARN_MIN_ELEMENTS:
+        return
+    low, high = torch.aminmax(sample)
+    if bool(low >= 0) and bool(high <= 1) and bool(high - low >= 0.5):
+        warnings.warn(
+            "input looks like probabilities (every sampled value is in [0, 1]) but "
+            "input_type='logits'; pass raw logits (before the sigmoid), or input_type='probs' "
+            "if the model ends in a sigmoid",
+            UserWarning,
+            stacklevel=_LOSS_CALLER,
+        )
+
+
+#: PyTorch's keyword names that rwwce's losses spell otherwise, with what to write instead.
+CROSS_ENTROPY_KEYWORDS = {
+    "weight": "fn_weight=w (and reduction='weighted_mean' for F.cross_entropy(weight=w)'s mean)",
+    "size_average": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
+    "reduce": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
+}
+BINARY_KEYWORDS = {
+    "weight": "fn_weight=w * pw, fp_weight=w for F.binary_cross_entropy_with_logits(x, y, "
+    "weight=w, pos_weight=pw) (or sample_weight=w in the loss call)",
+    "pos_weight": "fn_weight=pw (the positives' weight; fp_weight weighs the negatives)",
+    "size_average": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
+    "reduce": "reduction= ('none', 'sum', 'mean' or 'weighted_mean')",
+}
+
+_Callable = TypeVar("_Callable", bound=Callable[..., Any])
+
+
+def torch_keywords(hints: dict[str, str]) -> Callable[[_Callable], _Callable]:
+    """Decorator for the public losses and module constructors: a call with one of PyTorch's
+    keyword names (``weight=``, ``pos_weight=``, ``size_average=``...) that the function does not
+    take raises a TypeError naming the rwwce argument to use, instead of Python's bare
+    "unexpected keyword argument". ``functools.wraps`` keeps the signature visible to
+    ``inspect`` and ``help``; the check reads only the keyword names (nothing under
+    ``torch.compile`` but a trace-time loop)."""
+
+    def decorate(fn: _Callable) -> _Callable:
+        accepted = set(inspect.signature(fn).parameters)
+        stray = {name: hint for name, hint in hints.items() if name not in accepted}
+        qualname = fn.__qualname__
+        shown = qualname.removesuffix(".__init__") + "()"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for name in kwargs:
+                if name in stray:
+                    raise TypeError(
+                        f"{shown} got PyTorch's keyword argument {name}=; in rwwce write "
+                        f"{stray[name]}"
+                    )
+            return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def _first_bad(values: Tensor, bad: Tensor) -> str:

@@ -157,14 +157,32 @@ class TemperatureScaling(nn.Module):
         z = z.detach().to(torch.float64)
         # Masked classes (-inf) stay -inf without a gradient: -inf / T would give inf * 0 = NaN.
         masked = z == -math.inf
+        # A target whose logit is -inf has probability 0 at every T: the NLL is infinite whatever
+        # T is, and L-BFGS would either fail inside its line search or return a meaningless T.
+        if binary:
+            hopeless = masked & (t > 0)
+        else:
+            hopeless = masked.gather(1, t.unsqueeze(1)).squeeze(1)
+        if bool(hopeless.any()):
+            where = hopeless.nonzero()
+            rows = [tuple(r) if len(r) > 1 else r[0] for r in where[:10].tolist()]
+            more = f" and {len(where) - 10} more" if len(where) > 10 else ""
+            raise ValueError(
+                f"logits gives the target a logit of -inf at {rows}{more} (index into target): "
+                "the negative log-likelihood is infinite for every temperature; drop these "
+                "rows or unmask their target class"
+            )
         finite = z.masked_fill(masked, 0.0)
 
         def nll(log_t: torch.Tensor) -> torch.Tensor:
-            scaled = (finite / log_t.exp()).masked_fill(masked, -math.inf)
+            scaled = finite / log_t.exp()
             if binary:
+                # A -inf logit (its target is 0, checked above) costs 0 at every T; BCE's
+                # (1 - y) * z would give -inf * 0 = NaN.
                 per = F.binary_cross_entropy_with_logits(scaled, t, reduction="none")
+                per = per.masked_fill(masked, 0.0)
             else:
-                per = F.cross_entropy(scaled, t, reduction="none")
+                per = F.cross_entropy(scaled.masked_fill(masked, -math.inf), t, reduction="none")
             return per.mean() if w is None else (per * w).sum() / w.sum()
 
         log_t = torch.zeros((), dtype=torch.float64, device=z.device, requires_grad=True)

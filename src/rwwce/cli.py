@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -57,21 +58,40 @@ def _read_csv(path: str) -> tuple[list[str], list[list[str]], list[int]]:
 def _column(path: str, header: list[str], body: list[list[str]], name: str) -> list[str]:
     if name not in header:
         raise _UserError(f"{path!r} has no column {name!r} (columns: {', '.join(header)})")
+    where = [i + 1 for i, h in enumerate(header) if h == name]
+    if len(where) > 1:
+        raise _UserError(
+            f"{path!r} has {len(where)} columns named {name!r} (columns "
+            f"{', '.join(map(str, where))}); expected one"
+        )
     i = header.index(name)
     return [row[i] for row in body]
 
 
-def _sorted_names(values: list[str]) -> list[str]:
-    """Sorted unique labels: numerically when every label is an integer, else as strings."""
-    uniq = set(values)
+def _canonical_int(value: str) -> int | None:
+    """The integer a label spells in its one canonical form ("7", "-3"; not "07", "+7", "7.0")."""
     try:
-        return sorted(uniq, key=int)
+        i = int(value)
     except ValueError:
-        return sorted(uniq)
+        return None
+    return i if str(i) == value else None
+
+
+def _json(data: dict) -> str:
+    """Strict JSON: a value that is not a finite number (a cost beyond the float range) is null,
+    never the invalid ``Infinity`` / ``NaN`` tokens."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return {k: finite(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return json.dumps(finite(data), allow_nan=False)
 
 
 # ---------------------------------------------------------------------------------- commands
 def _cmd_weights(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     import rwwce
@@ -84,14 +104,18 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     if any(v == "" for v in values):
         row = line_no[values.index("")]
         raise _UserError(f"{args.labels!r} line {row}: empty label in column {column!r}")
-    names = _sorted_names(values)
-    index = {n: i for i, n in enumerate(names)}
-    labels = torch.tensor([index[v] for v in values], dtype=torch.long)
+    # Canonical integers are classes in numeric order; anything else is text in string order
+    # (numpy.unique, as rwwce.class_weights orders string labels): "01" and "1" stay apart.
+    ints = [_canonical_int(v) for v in values]
+    keys = np.array(ints if None not in ints else values)
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    names = [str(n) for n in uniq]
+    labels = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
     weights = rwwce.class_weights(labels, args.scheme, num_classes=len(names)).tolist()
     counts = torch.bincount(labels, minlength=len(names)).tolist()
     if args.json:
         print(
-            json.dumps(
+            _json(
                 {
                     "scheme": args.scheme,
                     "column": column,
@@ -109,13 +133,18 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _class_index(value: str, classes: list[str], where: str) -> int:
+    """A label is a class name, or an index 0..K-1 when no class is named by an integer: with
+    classes named "1", "2", "3" the label "0" (or "01") could mean neither safely: refused."""
     if value in classes:
         return classes.index(value)
-    try:
-        i = int(value)
-    except ValueError:
-        i = -1
-    if 0 <= i < len(classes) and str(i) == value.strip():
+    if any(_canonical_int(c) is not None for c in classes):
+        raise _UserError(
+            f"{where}: unknown class {value!r}; the cost matrix's classes are "
+            f"{', '.join(classes)}, named by integers, so labels are read as names, never as "
+            "indices"
+        )
+    i = _canonical_int(value)
+    if i is not None and 0 <= i < len(classes):
         return i
     raise _UserError(
         f"{where}: unknown class {value!r}; the cost matrix's classes are "
@@ -215,7 +244,7 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     if args.plot is not None:
         metrics.plot_prediction_costs(y_true, cm, args.plot, probs=probs, y_pred=y_pred)
     if args.json:
-        print(json.dumps(out))
+        print(_json(out if args.plot is None else {**out, "plot": args.plot}))
         return 0
     print(f"samples: {out['n']}")
     labels = {
@@ -228,6 +257,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
             print(f"{label}: {out[k]:.6g}")
     if "cost_bayes" in out and out["cost_argmax"] > 0:
         print(f"Bayes vs arg-max: {100 * (out['cost_bayes'] / out['cost_argmax'] - 1):+.1f}%")
+    if args.plot is not None:
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -338,13 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "weights",
         help="class weights from a CSV file of labels",
-        description="Print each class and its weight. The CSV has a header row; labels may be "
-        "strings (sorted unique names become classes 0..K-1) or integers.",
+        description="Print each class and its weight. The CSV has a header row. When every "
+        "label is an integer written plainly (7, -3; not 07 or +7) the classes are sorted "
+        "numerically; otherwise labels are text, sorted as strings (as rwwce.class_weights "
+        "orders string labels: 10 before 9, and 01 and 1 are two classes).",
     )
     p.add_argument("labels", metavar="LABELS.csv")
     p.add_argument("--column", default=None, help="label column (default: the first column)")
     p.add_argument("--scheme", default="balanced", choices=SCHEMES, help="default balanced")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON instead of a table (a value beyond the float range is null)",
+    )
     p.set_defaults(func=_cmd_weights)
 
     p = sub.add_parser(
@@ -352,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Real World Cost of a predictions file",
         description="PREDICTIONS.csv has a y_true column and either y_pred or one probability "
         f"column per class named {PROB_PREFIX}<class> (classes as in the cost CSV's "
-        "header; labels may also be integer indices). With probabilities it also "
+        "header; labels may also be indices 0..K-1, unless a class is named by an integer: "
+        "then labels are names only). With probabilities it also "
         "reports the cost of the Bayes-optimal decisions next to arg-max.",
     )
     p.add_argument("predictions", metavar="PREDICTIONS.csv")
@@ -362,13 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COSTS.csv",
         help="cost matrix CSV: header row of predicted classes, first column true classes",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (a cost beyond the float range is null; with --plot, the PNG's path "
+        "under 'plot')",
+    )
     p.add_argument(
         "--plot",
         default=None,
         metavar="FILE.png",
         help="draw the cost-versus-threshold and cost curves (binary, with probabilities) or "
-        "the cost by true class (multi-class) to FILE (needs matplotlib)",
+        "the cost by true class (multi-class) to FILE (needs matplotlib); the path is "
+        "printed",
     )
     p.set_defaults(func=_cmd_cost)
     return parser

@@ -22,6 +22,7 @@ from rwwce.kernels.reference import compute_dtype
 __all__ = ["real_world_weight_cross_entropy", "binary_real_world_weight_cross_entropy"]
 
 
+@V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
 def real_world_weight_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -162,6 +163,7 @@ def real_world_weight_cross_entropy(
     return (loss.squeeze(0) if prepared.unbatched else loss).to(input.dtype)
 
 
+@V.torch_keywords(V.BINARY_KEYWORDS)
 def binary_real_world_weight_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -235,6 +237,7 @@ def binary_real_world_weight_cross_entropy(
                 V.check_probabilities(input)
             else:
                 V.check_logits(input)
+                V.warn_if_sigmoid_output(input)
             V.check_binary_targets(target)
 
     x = input.to(dtype)

@@ -84,6 +84,7 @@ class RWWCELoss(_CostBuffers):
     fn_weight: Tensor | None
     fp_weight: Tensor | None
 
+    @V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
     def __init__(
         self,
         fn_weight: Tensor | None = None,
@@ -204,6 +205,7 @@ class BinaryRWWCELoss(_CostBuffers):
     fn_weight: Tensor
     fp_weight: Tensor
 
+    @V.torch_keywords(V.BINARY_KEYWORDS)
     def __init__(
         self,
         fn_weight: float | Tensor = 1.0,

@@ -20,8 +20,10 @@ Example::
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -141,6 +143,7 @@ class LossBreakdown:
         return self.table()
 
 
+@V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
 def loss_breakdown(
     input: Tensor,
     target: Tensor,
@@ -292,7 +295,10 @@ class CostMonitor:
         classes: K class names; default the cost matrix's.
         input_type: scores given to :meth:`update` are ``"logits"`` (default) or ``"probs"``
             (matters only for ``decision="bayes"``).
-        ignore_index: targets equal to it are skipped. Default -100.
+        ignore_index: targets equal to it are skipped. Default -100. Other labels outside
+            ``[0, K)`` are a ``ValueError`` for CPU tensors; on an accelerator (where reading
+            them would synchronise) they are left out and make the epoch's cost NaN, with a
+            warning from :meth:`end_epoch`. The same rule as ``RealWorldCost``.
         min_delta: a cost must drop by more than this to count as an improvement. Default 0.
 
     Under torch.distributed every rank must call :meth:`end_epoch` (it is a collective); call
@@ -333,7 +339,7 @@ class CostMonitor:
         self.ignore_index = int(ignore_index)
         self.min_delta = float(min_delta)
         self.history: list[dict[str, Any]] = []
-        self._counts: Tensor | None = None
+        self._counts: Tensor | None = None  # K * K confusion counts, then the invalid labels
 
     # ------------------------------------------------------------------ per batch
     def update(self, preds: Any, target: Any) -> None:
@@ -374,15 +380,13 @@ class CostMonitor:
                 f"preds has shape {tuple(p.shape)} and target {tuple(t.shape)}; expected scores "
                 f"(N, {k}, ...) or class indices of the target's shape"
             )
-        t = t.reshape(-1).long()
-        pred = pred.reshape(-1).long()
-        # Ignored targets are skipped; labels out of range are masked, never indexed with.
-        valid = (t != self.ignore_index) & (t >= 0) & (t < k) & (pred >= 0) & (pred < k)
+        counts, _, invalid = _costmath.streaming_confusion(
+            t, pred, k, self.ignore_index, check=t.device.type == "cpu"
+        )
         if self._counts is None:
             with torch.inference_mode(False):  # a normal tensor: updatable in and out of it
-                self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
-        counts = _costmath.masked_confusion(t, pred, k, valid).reshape(-1)
-        self._counts.add_(counts.to(self._counts.device))
+                self._counts = torch.zeros(k * k + 1, dtype=torch.int64, device=t.device)
+        self._counts.add_(torch.cat([counts.reshape(-1), invalid.reshape(1)]).to(self._counts))
 
     def _decide(self, scores: Tensor) -> Tensor:
         """(N, K, ...) scores -> (N, ...) decisions, without bayes_decision's data checks (they
@@ -412,19 +416,28 @@ class CostMonitor:
             ValueError: no validation element was seen since the last call (on any rank).
         """
         k = self.num_classes
-        counts, train, val = self._reduce(train_loss, val_loss)
+        counts, invalid, train, val = self._reduce(train_loss, val_loss)
         self._counts = None
         n = int(counts.sum())
-        if n == 0:
+        if n == 0 and invalid == 0:
             raise ValueError(
                 "end_epoch() found no validation elements since the last call; call "
                 "update(preds, target) for the validation batches first"
             )
         seen = _costmath.confusion_costs(counts, self.cost_matrix.matrix)
-        cost = float(seen.mean)
+        cost = float(seen.mean) if n else math.nan
+        if invalid:
+            warnings.warn(
+                f"{invalid} labels outside [0, {k}) (neither classes nor ignore_index="
+                f"{self.ignore_index}) were passed to update() this epoch; the epoch's cost is "
+                "NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            cost = math.nan
         recall = dict(zip(self.classes, seen.recall.tolist(), strict=True))
         previous = self.best_cost
-        is_best = previous is None or cost < previous - self.min_delta
+        is_best = not math.isnan(cost) and (previous is None or cost < previous - self.min_delta)
         record = {
             "epoch": len(self.history) + 1,
             "real_world_cost": cost,
@@ -439,8 +452,11 @@ class CostMonitor:
         self.history.append(record)
         return record
 
-    def _reduce(self, train_loss: Any, val_loss: Any) -> tuple[Tensor, float | None, float | None]:
-        """Counts (K, K) int64 on the CPU and the two losses, summed / averaged over processes."""
+    def _reduce(
+        self, train_loss: Any, val_loss: Any
+    ) -> tuple[Tensor, int, float | None, float | None]:
+        """Counts (K, K) int64 on the CPU, the number of invalid labels and the two losses,
+        summed / averaged over processes."""
         k = self.num_classes
         dist = torch.distributed
         distributed = dist.is_available() and dist.is_initialized()
@@ -448,10 +464,10 @@ class CostMonitor:
         if distributed and self._counts is None and dist.get_backend() == "nccl":
             device = torch.device("cuda", torch.cuda.current_device())
         # One collective for everything; float64 holds counts exactly up to 2**53.
-        packed = torch.zeros(k * k + 4, dtype=torch.float64, device=device)
+        packed = torch.zeros(k * k + 5, dtype=torch.float64, device=device)
         if self._counts is not None:
-            packed[: k * k] = self._counts.to(torch.float64)
-        for slot, loss in ((k * k, train_loss), (k * k + 2, val_loss)):
+            packed[: k * k + 1] = self._counts.to(torch.float64)
+        for slot, loss in ((k * k + 1, train_loss), (k * k + 3, val_loss)):
             if loss is not None:
                 value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
                 packed[slot], packed[slot + 1] = value, 1.0
@@ -461,9 +477,9 @@ class CostMonitor:
         counts = packed[: k * k].round().to(torch.int64).reshape(k, k)
         losses = [
             float(packed[s] / packed[s + 1]) if packed[s + 1] > 0 else None
-            for s in (k * k, k * k + 2)
+            for s in (k * k + 1, k * k + 3)
         ]
-        return counts, losses[0], losses[1]
+        return counts, round(float(packed[k * k])), losses[0], losses[1]
 
     def _overfitting(self, train: float | None, val: float | None) -> bool | None:
         if train is None or val is None:

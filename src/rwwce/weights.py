@@ -60,6 +60,35 @@ def _labels_tensor(x: Any, name: str) -> torch.Tensor:
     return t.reshape(-1).to(torch.int64)
 
 
+def _string_labels(x: Any) -> tuple[list[str], torch.Tensor] | None:
+    """``(classes, indices)`` for labels given as strings (a list or a NumPy array; a pandas
+    Series works through NumPy): the classes are the sorted unique labels (``numpy.unique``, i.e. scikit-learn's
+    ``classes_`` order) and ``indices`` the flat int64 position of each label among them.
+    ``None`` for anything else (tensors, numbers), which the numeric path handles."""
+    if isinstance(x, torch.Tensor):
+        return None
+    try:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "UO" or arr.size == 0:
+            return None  # numbers: the numeric path
+        if not isinstance(x, np.ndarray):  # NumPy turns ["a", 1] into strings: look again
+            arr = np.asarray(x, dtype=object)
+    except (ValueError, TypeError):
+        return None
+    if arr.dtype == object:
+        text = [isinstance(v, str) for v in arr.flat]
+        if any(text) and not all(text):
+            other = next(v for v, t in zip(arr.flat, text, strict=True) if not t)
+            raise TypeError(
+                f"labels_or_counts mixes strings with {type(other).__name__} values ({other!r}); "
+                "expected every label as a string, or every label as an int"
+            )
+    if not (arr.dtype.kind == "U" or (arr.dtype == object and all(text))):
+        return None
+    classes, indices = np.unique(arr.astype(str).reshape(-1), return_inverse=True)
+    return [str(c) for c in classes], torch.from_numpy(indices.reshape(-1).astype(np.int64))
+
+
 def _bincount(
     labels: torch.Tensor, num_classes: int, name: str, ignore_index: int | None
 ) -> torch.Tensor:
@@ -111,12 +140,16 @@ def class_weights(
     * floating tensor / array / list of floats: **counts**, shape (K,), finite and >= 0 (they may be
       fractional, e.g. weighted counts). ``count_classes`` returns int64 counts: pass them as
       ``counts.double()``.
+    * strings (a list or a NumPy array of ``str``): **labels** named by text;
+      the classes are the sorted unique labels (``numpy.unique``: code-point order, the order of
+      scikit-learn's ``classes_``, so ``"10"`` comes before ``"9"`` and ``"01"`` and ``"1"`` are
+      two classes), and the weights come in that order.
 
     Args:
         labels_or_counts: labels (integer dtype) or per-class counts (floating dtype), see above.
         scheme: one of the recipes above. Default ``"balanced"``.
-        num_classes: K. Required to be >= the largest label + 1; for counts it must equal their
-            length when given.
+        num_classes: K. Required to be >= the largest label + 1; for counts (and string labels)
+            it must equal their length (number of distinct labels) when given.
         beta: ``effective_number``'s hyper-parameter, in [0, 1). Default 0.999.
         normalize: ``None``, ``"mean"`` or ``"sum"``.
 
@@ -134,6 +167,8 @@ def class_weights(
         [0.6666666865348816, 1.0, 2.0]
         >>> class_weights([3.0, 2.0, 1.0], "inverse", normalize="sum").tolist()   # counts
         [0.1818181872367859, 0.27272728085517883, 0.5454545617103577]
+        >>> class_weights(["cat", "dog", "dog", "cat", "cat", "bird"]).tolist()  # bird, cat, dog
+        [2.0, 0.6666666865348816, 1.0]
     """
     if scheme not in _SCHEMES:
         raise ValueError(f"scheme is {scheme!r}; expected one of {', '.join(map(repr, _SCHEMES))}")
@@ -143,6 +178,14 @@ def class_weights(
         raise ValueError(f"beta is {beta!r}; expected a float in [0, 1)")
     k = check_num_classes(num_classes, required=False)
 
+    strings = _string_labels(labels_or_counts)
+    if strings is not None:
+        names, labels_or_counts = strings
+        if k is not None and k != len(names):
+            raise ValueError(
+                f"num_classes is {k} but labels_or_counts holds {len(names)} distinct string "
+                "labels (each string is a class); expected them to agree"
+            )
     x = to_tensor(labels_or_counts, "labels_or_counts")
     device = x.device
     if x.is_floating_point():

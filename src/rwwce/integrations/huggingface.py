@@ -70,7 +70,8 @@ class RWWCETrainer(transformers.Trainer):
     (token classification); labels of the logits' shape and a floating dtype are class
     probabilities. For :class:`rwwce.BinaryRWWCELoss`, ``labels`` has the logits' shape ((N,) and
     (N, 1) are matched). Causal language models shift their labels: shift them before the Trainer
-    sees them. The model's own loss is not computed (``labels`` is not passed to it).
+    sees them. The model's own loss is not computed (``labels`` is not passed to it, so its
+    ``forward`` need not take labels); ``label_names`` defaults to ``["labels"]``.
 
     Args:
         *args, **kwargs: those of ``transformers.Trainer``.
@@ -104,6 +105,16 @@ class RWWCETrainer(transformers.Trainer):
             raise ValueError(
                 f"RWWCETrainer does not support torch.nn.DataParallel ({self.args.n_gpu} GPUs in "
                 "one process); launch one process per GPU (torchrun / accelerate launch)"
+            )
+        # The Trainer finds label names in the model's forward signature; a model that takes no
+        # labels (the loss is computed here, not by the model) would get none, and evaluation
+        # would then pass 'labels' to its forward. The batch's labels are always 'labels' here.
+        if self.args.label_names is None:
+            self.label_names = ["labels"]
+        elif list(self.args.label_names) != ["labels"]:
+            raise ValueError(
+                f"TrainingArguments.label_names is {self.args.label_names!r}; RWWCETrainer reads "
+                "the batch's 'labels': leave label_names unset or set it to ['labels']"
             )
         # transformers < 5 has no loss_is_scaled_for_ga; there, this flag (with a
         # num_items_in_batch) is what stops training_step from dividing by the accumulation steps.
