@@ -22,6 +22,7 @@ from rwwce.experiments.training import (
     Decision,
     GroupState,
     ModelSpec,
+    _cost,
     _predict,
     binary_loss,
     f1_best_threshold,
@@ -401,6 +402,14 @@ def test_bayes_decision_arm_uses_the_cost_matrix():
     probs = np.array([[0.9, 0.1], [0.97, 0.03]])
     pred = Decision("bayes", costs=costs).predict(probs)
     np.testing.assert_array_equal(pred, [1, 0])  # 0.1 * 20 > 0.9 * 1; 0.03 * 20 < 0.97
+
+
+def test_cost_from_the_confusion_matrix_is_the_librarys_real_world_cost():
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    c = rng.uniform(0, 5, (4, 4)) * (1 - np.eye(4))
+    got = _cost(confusion(a, b, 4), c)
+    assert got == pytest.approx(float(rwwce.metrics.real_world_cost(a, b, c)), rel=1e-12)
 
 
 def _groups(name, seeds=(0,), quick=True, data="digits"):
