@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default="digits",
-        help="digits | breast-cancer | a directory of MNIST-format IDX files (default: digits)",
+        help="digits | breast-cancer | a directory of MNIST-format IDX files: the original "
+        "MNIST (the paper's data) or Fashion-MNIST, its harder offline stand-in (Debian: "
+        "apt-get install dataset-fashion-mnist) (default: digits)",
     )
     p.add_argument(
         "--scenario",
