@@ -50,6 +50,7 @@ __all__ = [
     "PAPER_EPOCHS",
     "Job",
     "Settings",
+    "Ticker",
     "plan",
     "persist",
     "run_experiment",
