@@ -52,8 +52,9 @@ def test_quick_experiment_writes_results_report_and_plots(tmp_path):
         for r in med
     )
     report = (out / "report.md").read_text()
-    for sc in ("## fp-pair", "## medical", "## imbalance", "paper (A)", "Wilcoxon"):
+    for sc in ("## fp-pair", "## medical", "## imbalance", "paired t-test over seeds"):
         assert sc in report
+    assert "n: seeds, i.e. independent training runs per arm" in report
     for png in (
         "fp-pair-cost.png",
         "fp-pair-targeted.png",
@@ -70,7 +71,9 @@ def test_quick_experiment_writes_results_report_and_plots(tmp_path):
     assert {rec["split"] for rec in recs} == {"paper"}
     assert all(rec["budget"]["epochs"] == 1 for rec in recs)
     assert "split: paper" in report and "Adam steps" in report
-    assert "The paper's figures beside ours" in report and "Where RWWCE wins" in report
+    assert "Where RWWCE wins" in report
+    # the paper's figures (MNIST) are not set beside scikit-learn's 8x8 digits
+    assert "The paper's figures" not in report and "paper (A)" not in r.stdout
     # the paper's fp-pair cost: 1 per mistake, 20 for the targeted confusion
     for rec in recs:
         if rec["scenario"] == "fp-pair":
@@ -279,7 +282,8 @@ def _assert_one_line_error(capsys, rc, needle):
     assert needle.lower() in err.lower(), err
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, costs_csv):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, costs_csv, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --out (runs/...) would land here
     labels = _labels_csv(tmp_path)
     pred = tmp_path / "pred.csv"
     pred.write_text("y_true,y_pred\npos,maybe\n")
@@ -328,6 +332,23 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, costs_csv):
         cases.append((["experiment", "--device", "cuda"], "CUDA is not available"))
     for argv, needle in cases:
         _assert_one_line_error(capsys, main(argv), needle)
+    assert not (tmp_path / "runs").exists()  # a failed experiment creates no output folder
+
+
+def test_a_failed_experiment_creates_nothing_and_says_how_to_get_the_data(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["experiment", "--dataset", "nonexistent"], "apt-get install dataset-fashion-mnist"),
+        (["experiment", "--dataset", "empty", "--out", "a"], "train-images-idx3-ubyte"),
+        (["experiment", "--split", "official", "--out", "b/c"], "no official test split"),
+        (["experiment", "--dataset", "breast-cancer", "--scenario", "fp-pair"], "multi-class"),
+    ]
+    for argv, needle in cases:
+        _assert_one_line_error(capsys, main(argv), needle)
+    assert sorted(os.listdir(tmp_path)) == ["empty"]  # no runs/nonexistent-all, a, b
 
 
 def test_argparse_mistakes_exit_2(capsys):
@@ -498,6 +519,8 @@ def test_unwritable_out_is_found_before_training(tmp_path, monkeypatch, capsys):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", os.path.join(k.get("dir", ""), ".x.tmp"))
 
+    # The probe writes a file, so it runs once the inputs are checked (the data loaded).
+    monkeypatch.undo()
     out = tmp_path / "ro"
     monkeypatch.setattr(runner.tempfile, "mkstemp", denied)
     rc = main(["experiment", "--out", str(out)])

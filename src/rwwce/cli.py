@@ -265,7 +265,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
 def _cmd_experiment(args: argparse.Namespace) -> int:
     import torch
 
-    from rwwce.experiments.runner import Settings, print_summary, run_experiment
+    from rwwce.experiments.report import print_console
+    from rwwce.experiments.runner import Settings, run_experiment
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise _UserError("--device cuda was requested but CUDA is not available on this machine")
@@ -289,9 +290,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         device=args.device,
         out=args.out,
         threads=args.threads,
+        epoch_selection=args.epoch_selection,
     )
-    records = run_experiment(settings)
-    print_summary(records, args.scenario)
+    print_console(run_experiment(settings))
     print(
         f"results: {os.path.join(args.out, 'results.jsonl')}, report: "
         f"{os.path.join(args.out, 'report.md')}"
@@ -319,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default="digits",
-        help="digits | breast-cancer | a directory of MNIST-format IDX files (default: digits)",
+        help="digits | breast-cancer | a directory of MNIST-format IDX files: the original "
+        "MNIST (the paper's data) or Fashion-MNIST, its harder offline stand-in (Debian: "
+        "apt-get install dataset-fashion-mnist) (default: digits)",
     )
     p.add_argument(
         "--scenario",
@@ -352,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="paper: all rows pooled, 25%% drawn for test with random_state 1 (the paper's; "
         "default for fp-pair and medical); official: an IDX directory's own train / t10k files "
         "(default for imbalance where the data has them)",
+    )
+    p.add_argument(
+        "--epoch-selection",
+        default="best-val",
+        choices=["best-val", "last"],
+        help="which epoch each arm reports: best-val (the lowest validation Real World Cost "
+        "under the arm's own costs; default) or last (the final epoch, as the paper's notebook)",
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument(

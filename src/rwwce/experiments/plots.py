@@ -161,9 +161,11 @@ def threshold_curves(
     marks: dict[str, float],
     ylabel: str,
     title: str,
+    points: dict[str, tuple[float, float]] | None = None,
 ) -> None:
-    """Cost against the decision threshold, one line per model. Lines differ in width and dash,
-    so one that lies on another stays visible, and the legend says which coincide."""
+    """Cost against the decision threshold, one line per curve. Lines differ in width and dash,
+    so one that lies on another stays visible, and the legend says which coincide. ``points``
+    marks a curve's operating point (threshold, cost) with a dot in the curve's colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     names = list(curves)
@@ -180,7 +182,9 @@ def threshold_curves(
         elif near:
             label += f" (within 2% of {', '.join(near)} everywhere)"
         style = _STYLES[n % len(_STYLES)]
-        ax.plot(grid, curves[name], label=label, zorder=2 + n, **style)
+        (line,) = ax.plot(grid, curves[name], label=label, zorder=2 + n, **style)
+        if points and name in points:
+            ax.plot(*points[name], "o", color=line.get_color(), ms=5, zorder=20)
     for (label, x), ls in zip(marks.items(), (":", "--", "-."), strict=False):
         ax.axvline(
             x, ls=ls, c="grey", label=f"threshold {label}" if not label[0].isalpha() else label

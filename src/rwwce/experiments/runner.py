@@ -6,19 +6,21 @@
   continuing from one left by an interrupted run (identical results).
 * :func:`persist` appends the job's runs to ``results.jsonl`` and removes its checkpoint.
 
-:func:`run_experiment` checks that ``--out`` is writable and that its results file is ours before
-anything is trained, runs the jobs, then writes ``report.md`` and the plots.
+:func:`run_experiment` checks every input before it creates anything (``--out`` could be created,
+the data set loads, the scenarios and the split apply to it), then creates ``--out``, checks that
+its results file is ours, runs the jobs, and builds the report once (:func:`report.build`), from
+which ``report.md``, the plots and the console summary are drawn.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +32,17 @@ import torch
 from rwwce._io import atomic_path
 
 from . import report
-from .datasets import Dataset, load_dataset
+from .datasets import Dataset, check_split, load_dataset, paper_note
 from .scenarios import SCENARIOS, Scenario, get
 from .scenarios.base import ArmDef, Group
-from .training import ArmResult, GroupState, binary_loss, multiclass_loss, train_group
+from .training import (
+    ArmResult,
+    EpochSelection,
+    GroupState,
+    binary_loss,
+    multiclass_loss,
+    train_group,
+)
 
 __all__ = [
     "BATCH_SIZE",
@@ -41,9 +50,9 @@ __all__ = [
     "PAPER_EPOCHS",
     "Job",
     "Settings",
+    "Ticker",
     "plan",
     "persist",
-    "print_summary",
     "run_experiment",
     "run_key",
     "train",
@@ -56,6 +65,9 @@ PAPER_EPOCHS = 10
 MIN_STEPS = 1000
 RESULTS = "results.jsonl"
 REPORT = "report.md"
+#: Seconds between progress lines when the console is not a terminal (a log file, CI): a long
+#: group would otherwise print nothing for minutes.
+PROGRESS_EVERY = 30.0
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Settings:
     device: str = "cpu"
     out: str = "runs/experiment"
     threads: int | None = None
+    epoch_selection: EpochSelection = "best-val"
 
 
 @dataclass
@@ -98,9 +111,21 @@ class Job:
 
 
 def run_key(
-    dataset: str, split: str, scenario: str, config: dict, seed: int, arm: str, epochs: int
+    dataset: str,
+    split: str,
+    scenario: str,
+    config: dict,
+    seed: int,
+    arm: str,
+    epochs: int,
+    epoch_selection: EpochSelection = "best-val",
 ) -> str:
-    return json.dumps([dataset, split, scenario, config, seed, arm, epochs], sort_keys=True)
+    """The identity of one run in ``results.jsonl``. The default epoch selection adds nothing to
+    the key, so results files written before the choice existed stay valid."""
+    parts: list = [dataset, split, scenario, config, seed, arm, epochs]
+    if epoch_selection != "best-val":
+        parts.append(epoch_selection)
+    return json.dumps(parts, sort_keys=True)
 
 
 def budget(n_train: int, epochs: int | None) -> tuple[int, int, str]:
@@ -143,7 +168,16 @@ def plan(data: Dataset, settings: Settings, done: set[str]) -> Iterator[Job]:
             epochs, per, rule = budget(len(group.models[0].spec.train_idx), settings.epochs)
 
             def key(a: ArmDef, sc=sc, group=group, epochs=epochs) -> str:
-                return run_key(ds, group.split, sc.name, a.config, a.seed, a.arm, epochs)
+                return run_key(
+                    ds,
+                    group.split,
+                    sc.name,
+                    a.config,
+                    a.seed,
+                    a.arm,
+                    epochs,
+                    settings.epoch_selection,
+                )
 
             todo = [a for a in group.arms if key(a) not in done]
             yield Job(
@@ -240,6 +274,7 @@ def train(
         on_step=None if advance is None else lambda: advance(1),
         state=state,
         on_epoch=lambda s: save_checkpoint(ckpt, job.keys, s),
+        epoch_selection=settings.epoch_selection,
     )
     return results, resumed
 
@@ -264,6 +299,7 @@ def persist(
             "seed": a.seed,
             "arm": a.arm,
             "epochs": job.epochs,
+            "epoch_selection": settings.epoch_selection,
             "budget": rule,
             "metrics": job.scenario.metrics(a, res, classes),
             "versions": versions,
@@ -310,11 +346,29 @@ def _cpu_math_settings(device: str):
             torch.set_flush_denormal(False)
 
 
+def check_output_path(out: str) -> None:
+    """Check, creating nothing, that ``--out`` is a folder or could be made one: a file in the
+    way, or a nearest existing ancestor that is not a writable folder, is an error naming it."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise ValueError(f"--out {out!r} exists and is not a directory")
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        code = errno.ENOTDIR
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        code = errno.EACCES
+    else:
+        return
+    raise OSError(f"--out {out!r}: cannot create the folder ({os.strerror(code)})")
+
+
 def check_output(out: str) -> None:
     """Create ``out`` and make sure rwwce can write there (before any training): a new file in
     it, and an existing results file opened for appending. Errors name the user's path."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} exists and is not a directory")
+    check_output_path(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -338,20 +392,51 @@ def check_output(out: str) -> None:
             raise OSError(f"{results!r} is not writable ({e.strerror})") from None
 
 
-def run_experiment(settings: Settings, console=None) -> list[dict]:
-    """Run (or resume) the experiment ``settings`` describes; return the records of every run it
-    covers (those done before included)."""
+class Ticker:
+    """Progress lines at a steady interval, for a console that is not a terminal: after
+    :meth:`start`, :meth:`advance` prints at most one line every ``every`` seconds of ``clock``
+    (monotonic, in seconds)."""
+
+    def __init__(self, console, every: float, clock: Callable[[], float] = time.monotonic):
+        self.console, self.every, self.clock = console, every, clock
+        self.what, self.total, self.done = "", 0, 0
+        self.started = self.last = clock()
+
+    def start(self, what: str, total: int) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.started = self.last = self.clock()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        self.console.print(
+            f"{self.what}: {self.done}/{self.total} steps "
+            f"({100 * self.done / max(self.total, 1):.0f}%), {now - self.started:.0f} s",
+            highlight=False,
+        )
+
+
+def run_experiment(settings: Settings, console=None) -> report.Report:
+    """Run (or resume) the experiment ``settings`` describes; return its report (built once),
+    which covers every run of the settings, those done before included."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console(stderr=True)
+    # Every input is checked before anything is created.
+    check_output_path(settings.out)
+    data = load_dataset(settings.dataset)
+    scenarios = scenarios_for(data, settings.scenario)
+    for sc in scenarios:
+        check_split(data, sc.split_for(data, settings.split))
     check_output(settings.out)
     results_path = os.path.join(settings.out, RESULTS)
     records, note = report.load_records(results_path)
     if note:
         console.print(f"note: {note}", highlight=False)
-    data = load_dataset(settings.dataset)
-    scenarios = scenarios_for(data, settings.scenario)
     by_key = {r["key"]: r for r in records}
     vers = versions()
     covered: list[str] = []
@@ -365,6 +450,7 @@ def run_experiment(settings: Settings, console=None) -> list[dict]:
         console=console,
         transient=False,
     )
+    ticker = None if console.is_terminal else Ticker(console, PROGRESS_EVERY)
     with _cpu_math_settings(settings.device), progress:
         for job in plan(data, settings, set(by_key)):
             covered += job.all_keys
@@ -372,22 +458,30 @@ def run_experiment(settings: Settings, console=None) -> list[dict]:
             if not job.todo:
                 continue
             n_models = len({a.spec.model for a in job.todo})
-            task = progress.add_task(
+            what = (
                 f"{job.scenario.name} {job.label}: {n_models} models, {len(job.todo)} runs, "
-                f"{job.epochs} epochs",
-                total=job.epochs * job.steps_per_epoch,
+                f"{job.epochs} epochs"
             )
+            total = job.epochs * job.steps_per_epoch
+            task = progress.add_task(what, total=total)
             t_job = time.time()
-            results, resumed = train(job, settings, lambda n, t=task: progress.advance(t, n))
+            if ticker is not None:
+                ticker.start(what, total)
+
+            def advance(n: int, task=task) -> None:
+                progress.advance(task, n)
+                if ticker is not None:
+                    ticker.advance(n)
+
+            results, resumed = train(job, settings, advance)
             new = persist(job, results, settings, data.classes, vers)
             by_key.update((r["key"], r) for r in new)
             ran += len(new)
             progress.remove_task(task)
-            if not console.is_terminal:
+            if ticker is not None:
                 again = f" (resumed after epoch {resumed})" if resumed else ""
                 console.print(
-                    f"{job.scenario.name} {job.label}: {n_models} models, {len(new)} runs, "
-                    f"{job.epochs} epochs in {time.time() - t_job:.1f} s{again}",
+                    f"{what} in {time.time() - t_job:.1f} s{again}",
                     highlight=False,
                 )
     mine = [by_key[k] for k in covered]
@@ -401,46 +495,12 @@ def run_experiment(settings: Settings, console=None) -> list[dict]:
         f"{settings.threads or 'auto'}",
         "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
     }
-    plots = {}
-    for sc in scenarios:
-        recs = [r for r in mine if r["scenario"] == sc.name]
-        if recs:
-            plots[sc.name] = sc.plots(settings.out, recs, report.summarize(recs, sc), data.classes)
-    report.write_report(os.path.join(settings.out, REPORT), mine, scenarios, header, plots)
+    rep = report.build(mine, scenarios, header, paper_note(data))
+    for part in rep.scenarios:
+        part.plots = part.scenario.plots(settings.out, part.records, part.rows, data.classes)
+    report.write_report(os.path.join(settings.out, REPORT), rep)
     console.print(
         f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
         highlight=False,
     )
-    return mine
-
-
-def print_summary(records: list[dict], scenario: str, out=None) -> None:
-    """The summary tables (mean ± 95% half-width) of ``records`` on ``out`` (stdout)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    stream = out or sys.stdout
-    console = Console(file=stream, width=None if stream.isatty() else 160)
-    names = list(SCENARIOS) if scenario == "all" else [scenario]
-    for sc in (SCENARIOS[n] for n in names):
-        rows = report.summarize(records, sc)
-        if not rows:
-            continue
-        cols = sc.summary_columns()
-        table = Table(
-            title=f"{sc.name}: mean ± 95% half-width",
-            caption=sc.paper_reference,
-            title_justify="left",
-        )
-        for c in ["arm", "n", *cols, "p vs rwwce"]:
-            table.add_column(c, justify="left" if c == "arm" else "right")
-        for r in rows:
-            table.add_row(
-                r["arm"],
-                str(r["n"]),
-                *[report.fmt_pm(r[c]) for c in cols],
-                report.fmt_p(r["p_vs_rwwce"]),
-            )
-        console.print(table)
-        for line in report.verdict(rows, sc):
-            console.print(f"  {line}", highlight=False)
+    return rep

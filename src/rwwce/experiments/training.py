@@ -1,4 +1,5 @@
-"""Train many small models at once, with early stopping on the validation Real World Cost.
+"""Train many small models at once, keeping each arm's epoch with the lowest validation Real World
+Cost (``epoch_selection="best-val"``) or its last epoch (``"last"``, the paper's notebook).
 
 A *group* is a set of independent models that share one data pool (a standardised feature matrix)
 and the same number of training samples. Each model has its own training/validation index sets
@@ -11,7 +12,7 @@ element-wise, model g follows exactly the trajectory it would follow alone (see
 An *arm* is a trained model plus a decision rule (arg-max, Bayes-optimal for a cost matrix, a
 fixed threshold, or the F1-best threshold on the validation split) and the cost matrix it is judged
 by. Several arms may share a model (e.g. BCE @ 0.5, BCE @ the F1 threshold and BCE @ the Bayes
-threshold); each arm keeps its own best epoch: the one with the lowest validation cost.
+threshold); each arm keeps its own epoch: the one with the lowest validation cost, or the last.
 
 The losses, confusion matrices, costs and Bayes decisions are the library's own
 (:func:`rwwce.real_world_weight_cross_entropy`, :mod:`rwwce.metrics`). A group's full state
@@ -34,6 +35,7 @@ __all__ = [
     "ArmResult",
     "ArmSpec",
     "Decision",
+    "EPOCH_SELECTIONS",
     "GroupState",
     "ModelSpec",
     "binary_loss",
@@ -43,6 +45,13 @@ __all__ = [
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpochSelection = Literal["best-val", "last"]
+#: Which epoch of its training an arm reports: ``best-val`` (the lowest validation Real World Cost
+#: under the arm's own cost matrix and decision) or ``last`` (the final epoch, as the paper did).
+EPOCH_SELECTIONS: tuple[EpochSelection, ...] = ("best-val", "last")
+#: Bound on one prediction chunk's largest block (gathered inputs or one layer's activations of
+#: every model): 2**25 float32 values, 128 MB.
+PREDICT_BLOCK = 2**25
 
 
 # ----------------------------------------------------------------------------------- decisions
@@ -233,7 +242,7 @@ class ArmSpec:
 
 @dataclass
 class ArmResult:
-    best_epoch: int  # 1-based
+    best_epoch: int  # 1-based: the epoch kept (lowest validation cost, or the last)
     val_costs: list[float]
     val_recall: list[float]  # per class, at the best epoch
     decision: Decision  # as fitted at the best epoch
@@ -306,12 +315,17 @@ def _predict(
     chunk: int | None = None,
 ) -> list[np.ndarray]:
     """Probabilities of every model on its own index set; models with the same index set
-    (consecutive, m at a time) get the rows gathered once."""
+    (consecutive, m at a time) get the rows gathered once.
+
+    Rows go through in chunks small enough that neither the gathered (S, chunk, d) inputs nor one
+    layer's (G, chunk, width) activations exceed :data:`PREDICT_BLOCK` values: with hundreds of
+    models (fp-pair's arms) the activations, not the inputs, are what fills memory."""
     g = model.num_models
     m = _stream_size([(i,) for i in idx])
     streams = idx[::m]
-    if chunk is None:  # bound the gathered (S, chunk, d) block to ~128 MB of float32
-        chunk = max(64, 2**25 // (len(streams) * pool.shape[1]))
+    if chunk is None:
+        widest = max(len(streams) * pool.shape[1], g * max(model.sizes[1:]))
+        chunk = max(64, PREDICT_BLOCK // widest)
     n = max(len(i) for i in streams)
     rows = torch.as_tensor(
         np.stack([np.pad(i, (0, n - len(i))) for i in streams]), device=pool.device
@@ -325,7 +339,9 @@ def _predict(
 
 def _cost(conf: np.ndarray, costs: np.ndarray) -> float:
     """The Real World Cost, sum_ij C[i, j] count[i, j] / n, from a confusion matrix (the definition
-    :func:`rwwce.metrics.real_world_cost` computes from labels; tests compare the two)."""
+    :func:`rwwce.metrics.real_world_cost` computes from labels; tests compare the two). Calling
+    the library per arm and epoch instead (it validates labels and costs on every call) made
+    the digits run's fp-pair bookkeeping 100x slower: 360 arms x 77 epochs per seed."""
     return float((conf * costs).sum() / max(int(conf.sum()), 1))
 
 
@@ -347,8 +363,12 @@ def train_group(
     on_step: Callable[[], None] | None = None,
     state: GroupState | None = None,
     on_epoch: Callable[[GroupState], None] | None = None,
+    epoch_selection: EpochSelection = "best-val",
 ) -> list[ArmResult]:
-    """Train ``models`` together; return one :class:`ArmResult` per arm (best validation epoch).
+    """Train ``models`` together; return one :class:`ArmResult` per arm, at the epoch
+    ``epoch_selection`` keeps: ``"best-val"`` the one with the lowest validation Real World Cost
+    under the arm's own cost matrix and decision (the first such epoch on ties), ``"last"`` the
+    final one (the paper's protocol). Either way every epoch's validation cost is recorded.
 
     Every model must have the same number of training samples (same number of Adam steps). Model g
     draws its initial weights from ``init_seed`` and, each epoch, a permutation of its training set
@@ -363,6 +383,11 @@ def train_group(
     """
     from rwwce import metrics
 
+    if epoch_selection not in EPOCH_SELECTIONS:
+        raise ValueError(
+            f"epoch_selection must be one of {', '.join(EPOCH_SELECTIONS)}, got {epoch_selection!r}"
+        )
+    keep_last = epoch_selection == "last"
     device = pool.device
     binary = sizes[-1] == 1
     n = len(models[0].train_idx)
@@ -432,7 +457,7 @@ def train_group(
             conf = confusions[key]
             c = _cost(conf, arm.costs)
             state.history[a].append(c)
-            if c < state.best_cost[a]:
+            if keep_last or c < state.best_cost[a]:
                 state.best_cost[a], state.best_epoch[a] = c, epoch
                 state.best_fitted[a] = dec.fitted
                 state.best_recall[a] = _recall(conf)
@@ -448,8 +473,18 @@ def train_group(
             state.generators = [gen.get_state() for gen in gens]
             on_epoch(state)
 
-    best_net = BatchedMLP.from_state(sizes, state.best_state).to(device)
-    test_p = _predict(best_net, pool, [models[a.model].test_idx for a in arms], binary)
+    # Arms of one model that kept the same epoch hold the same parameters (fp-pair: 90 CE arms,
+    # at most 10 distinct epochs): predict the test set once per distinct (model, epoch).
+    slot: dict[tuple[int, int], int] = {}  # (model, kept epoch) -> row of the distinct models
+    rep: list[int] = []  # one arm per distinct (model, kept epoch)
+    for a, arm in enumerate(arms):
+        if (arm.model, state.best_epoch[a]) not in slot:
+            slot[(arm.model, state.best_epoch[a])] = len(rep)
+            rep.append(a)
+    sel = torch.tensor(rep, device=device)
+    best_net = BatchedMLP.from_state(sizes, [t[sel] for t in state.best_state]).to(device)
+    distinct = _predict(best_net, pool, [models[arms[a].model].test_idx for a in rep], binary)
+    test_p = [distinct[slot[(arm.model, state.best_epoch[a])]] for a, arm in enumerate(arms)]
     results = []
     for a, arm in enumerate(arms):
         m = models[arm.model]

@@ -42,6 +42,19 @@ def _mean(rows: dict[str, dict], arm: str, metric: str) -> str | None:
     return f"{rows[arm][metric][0]:.2f}" if arm in rows else None
 
 
+def _accuracy(rows: dict[str, dict]) -> str | None:
+    return f"{1 - rows['ce']['error_rate'][0]:.3f}" if "ce" in rows else None
+
+
+def _errors_per_pair(rows: dict[str, dict]) -> str | None:
+    """CE's test errors per ordered pair of classes: what a targeted count is, before any
+    weighting, when errors spread evenly (K = 10: 90 ordered pairs)."""
+    if "ce" not in rows:
+        return None
+    r = rows["ce"]
+    return f"{r['error_rate'][0] * r['n_test'] / 90:.2f}"
+
+
 class FpPair(Scenario):
     name = "fp-pair"
     title = "One costly confusion (paper, experiment A)"
@@ -59,10 +72,21 @@ class FpPair(Scenario):
         ArmRecipe("rwwce", "rwwce", argmax, "the paper's RWWCE: FN = 1, FP[i, j] = 19"),
     )
     paper_figures = (
+        PaperFigure("test accuracy of the control (ce)", "about 0.96", _accuracy),
+        PaperFigure(
+            "test errors of ce per ordered pair of classes (errors / 90)",
+            "about 7.8 (4% of 17,500 / 90)",
+            _errors_per_pair,
+        ),
         PaperFigure(
             "targeted confusions, control (ce)", "6.67", lambda r: _mean(r, "ce", "targeted")
         ),
         PaperFigure("targeted confusions, RWWCE", "2.57", lambda r: _mean(r, "rwwce", "targeted")),
+        PaperFigure(
+            "targeted confusions, RWWCE vs control",
+            "-61.5%",
+            lambda r: _ratio(r, "targeted", "ce", "rwwce"),
+        ),
         PaperFigure(
             "Real World Cost, RWWCE vs control", "-8.7%", lambda r: _ratio(r, "cost", "ce", "rwwce")
         ),
