@@ -32,7 +32,7 @@ from torch import Tensor
 
 from rwwce.kernels import BackendOptions
 
-__all__ = ["rwwce_loss", "log_one_minus_softmax"]
+__all__ = ["rwwce_loss", "rwwce_loss_and_grad", "log_one_minus_softmax"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
@@ -72,6 +72,77 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def rwwce_loss_and_grad(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    label_smoothing: float = 0.0,
+    *,
+    out: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The scaled row losses and their gradient w.r.t. the logits, computed without autograd.
+
+    For callers that need the gradient of a piece of a larger problem where autograd cannot run
+    (inside a ``torch.library`` operator: the fused linear loss). Same arguments as
+    :func:`rwwce_loss`.
+
+    Args:
+        out: optional (M, K) contiguous buffer in the compute dtype that receives the gradient
+            (reused across calls by the fused linear loss, so no (M, K) buffer is allocated per
+            chunk).
+
+    Returns:
+        ``row_scale * loss_row`` (M,) and ``row_scale[:, None] * d loss_row / d logits`` (M, K),
+        both in the compute dtype (float32, or float64 for float64 logits).
+    """
+    grad = out
+    if grad is None:
+        grad = torch.empty(logits.shape, dtype=compute_dtype(logits.dtype), device=logits.device)
+    row_loss = _scaled_row_losses(
+        logits, target, fn_weight, fp_weight, row_scale, float(label_smoothing), grad
+    )
+    # Rows with row_scale 0 hold a finite gradient (see _rows_forward), so this zeroes them exactly.
+    grad.mul_(row_scale.to(grad.dtype).unsqueeze(1))
+    return row_loss, grad
+
+
+def _scaled_row_losses(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    smoothing: float,
+    row_grad: Tensor | None,
+) -> Tensor:
+    """``row_scale * loss_row`` (M,), chunk by chunk; writes d loss_row / d logits (unscaled)
+    into ``row_grad`` when one is given."""
+    num_rows, num_classes = logits.shape
+    dtype = compute_dtype(logits.dtype)
+    row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
+    inactive = (row_scale == 0).unsqueeze(1)
+    chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
+    chunk_rows = max(1, chunk_elements // max(num_classes, 1))
+    for start in range(0, num_rows, chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        _rows_forward(
+            logits[rows].to(dtype),
+            target[rows],
+            fn_weight,
+            fp_weight,
+            smoothing,
+            out_loss=row_loss[rows],
+            out_grad=row_grad[rows] if row_grad is not None else None,
+            inactive=inactive[rows],
+        )
+    # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
+    # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
+    # by ``_rows_forward``, so the backward's scale zeroes it.
+    return torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
+
+
 class _RWWCEFunction(torch.autograd.Function):
     """Forward computes the loss and, when needed, d loss_row / d logits; backward scales it.
 
@@ -82,34 +153,14 @@ class _RWWCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, options: BackendOptions):
-        num_rows, num_classes = logits.shape
-        dtype = compute_dtype(logits.dtype)
-        needs_grad = ctx.needs_input_grad[0]
-        row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
         row_grad = (
-            torch.empty(num_rows, num_classes, dtype=dtype, device=logits.device)
-            if needs_grad
+            torch.empty(logits.shape, dtype=compute_dtype(logits.dtype), device=logits.device)
+            if ctx.needs_input_grad[0]
             else None
         )
-        inactive = (row_scale == 0).unsqueeze(1)
-        chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
-        chunk_rows = max(1, chunk_elements // max(num_classes, 1))
-        for start in range(0, num_rows, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            _rows_forward(
-                logits[rows].to(dtype),
-                target[rows],
-                fn_weight,
-                fp_weight,
-                options.label_smoothing,
-                out_loss=row_loss[rows],
-                out_grad=row_grad[rows] if needs_grad else None,
-                inactive=inactive[rows],
-            )
-        # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
-        # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
-        # by ``_rows_forward``, so the backward's scale zeroes it.
-        row_loss = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
+        row_loss = _scaled_row_losses(
+            logits, target, fn_weight, fp_weight, row_scale, options.label_smoothing, row_grad
+        )
         ctx.save_for_backward(logits, target, fn_weight, fp_weight, row_grad, row_scale)
         ctx.label_smoothing = options.label_smoothing
         return row_loss.sum() if options.reduce else row_loss

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from rwwce.kernels import BackendOptions
 
-__all__ = ["is_available", "supports", "rwwce_loss"]
+__all__ = ["is_available", "supports", "rwwce_loss", "rwwce_loss_and_grad"]
 
 try:  # triton is an optional dependency (the `gpu` extra)
     import triton
@@ -137,6 +137,25 @@ def rwwce_loss(
         return _RWWCETritonFunction.apply(logits, target, fn_weight, fp_weight, row_scale, options)
     row_loss, _ = _launch_forward(logits, target, fn_weight, fp_weight, row_scale, options, False)
     return row_loss.sum() if options.reduce else row_loss
+
+
+def rwwce_loss_and_grad(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """The scaled row losses (M,) in float32 and their gradient w.r.t. the logits (M, K) in the
+    logits' dtype, from one launch and without autograd (as
+    :func:`rwwce.kernels.reference.rwwce_loss_and_grad`; used inside the fused linear loss's
+    operator, where autograd does not run)."""
+    reason = supports(logits, target, fp_weight)
+    if reason is not None:
+        raise ValueError(f"the Triton RWWCE kernel cannot run this call: {reason}")
+    options = BackendOptions(float(label_smoothing), True)
+    return _launch_forward(logits, target, fn_weight, fp_weight, row_scale, options, True)
 
 
 class _RWWCETritonFunction(torch.autograd.Function):
