@@ -32,10 +32,10 @@ from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["linear_real_world_weight_cross_entropy"]
 
-# Logit elements in one chunk: about the size of the weight (K x H), memory the weight's gradient
-# takes anyway; at least enough rows for efficient matrix products, at most a bound that keeps the
-# chunk's logits and gradient small next to the unfused (N, K) pair. CUDA prefers larger tiles.
-_MIN_CHUNK_ELEMENTS = 1 << 22
+# Rows per chunk: about H, so that a chunk's logits (R x K) take about what the weight's gradient
+# (K x H) takes anyway; at least enough rows for efficient matrix products; and at most a bound on
+# the chunk's logit elements (CUDA prefers larger tiles).
+_MIN_CHUNK_ROWS = 64
 _MAX_CHUNK_ELEMENTS = {"cuda": 1 << 26}
 _MAX_CHUNK_ELEMENTS_DEFAULT = 1 << 23
 
@@ -76,7 +76,8 @@ def linear_real_world_weight_cross_entropy(
     penalises probability put on the chosen tokens wherever they are not the target.
 
     Memory: one chunk of rows at a time holds its (R, K) logits and gradient; R is chosen from N,
-    H and K (about K x H logit elements, bounded) unless ``chunk_size`` is given. A reduced loss
+    H and K (about H rows, so a chunk's logits take about what the weight's gradient takes, at
+    most 2**23 logit elements on the CPU and 2**26 on CUDA) unless ``chunk_size`` is given. A reduced loss
     computes the parameter gradients in the forward pass whenever one of ``input``,
     ``linear_weight``, ``linear_bias`` requires grad (run evaluation under ``torch.no_grad()``).
 
@@ -310,10 +311,9 @@ def _resolve_backend(
 
 
 def _chunk_rows(num_rows: int, hidden: int, num_classes: int, device: torch.device) -> int:
-    """Rows per chunk: about K x H logit elements, within the bounds above, and at most N."""
-    most = _MAX_CHUNK_ELEMENTS.get(device.type, _MAX_CHUNK_ELEMENTS_DEFAULT)
-    elements = min(max(num_classes * hidden, _MIN_CHUNK_ELEMENTS), most)
-    return max(1, min(num_rows, elements // num_classes))
+    """Rows per chunk: about H, at least a few dozen, within the element bound, at most N."""
+    most = _MAX_CHUNK_ELEMENTS.get(device.type, _MAX_CHUNK_ELEMENTS_DEFAULT) // num_classes
+    return max(1, min(num_rows, max(_MIN_CHUNK_ROWS, hidden), most))
 
 
 @torch.library.custom_op("rwwce::fused_linear_rwwce", mutates_args=())
