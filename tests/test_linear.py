@@ -490,3 +490,32 @@ def test_torch_compile_fullgraph_without_graph_breaks(reduction):
         rtol=1e-6,
         atol=1e-7,
     )
+
+
+# --- the worked example ---------------------------------------------------------------------------
+
+
+def test_token_costs_example_runs_and_prints_its_table():
+    """examples/token_costs_lm.py with tiny settings: both arms trained, measured and tabled."""
+    pytest.importorskip("transformers")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tiny = "--seeds 1 --steps 2 --vocab 128 --penalised 4 --batch 4 --seq-len 12 --train-seqs 20 "
+    tiny += "--test-seqs 8 --hidden 16 --layers 1"
+    done = subprocess.run(
+        [sys.executable, os.path.join(root, "examples", "token_costs_lm.py"), *tiny.split()],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=os.path.join(root, "src"), OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "%" not in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| plain CE",
+        "| RWWCE, FP on penalised tokens",
+    ]
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        argmax, sampled, ce, ce_other, peak = map(float, cells[1:])
+        assert 0 <= argmax <= 100 and 0 < sampled < 100 and peak >= 0
+        assert 0 < ce < 10 and 0 < ce_other < 10  # ln(128) = 4.85 at the start

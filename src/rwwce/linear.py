@@ -166,13 +166,7 @@ def linear_real_world_weight_cross_entropy(
 
     if fn is None:
         fn = torch.ones(num_classes, dtype=dtype, device=device)
-    flat_target = target.reshape(-1).long()
-    valid = flat_target != ignore_index
-    flat_target = torch.where(valid, flat_target, torch.zeros_like(flat_target))
-    row_weight = valid.to(dtype)
-    if weights is not None:
-        row_weight = row_weight * weights.reshape(-1)
-    row_scale = _row_scale(reduction, row_weight, valid, fn, flat_target)
+    flat_target, row_scale = _rows(target, weights, fn, ignore_index, reduction)
 
     grad_on = torch.is_grad_enabled()
     loss = torch.ops.rwwce.fused_linear_rwwce(
@@ -196,24 +190,31 @@ def linear_real_world_weight_cross_entropy(
     return loss
 
 
-def _row_scale(
-    reduction: str, row_weight: Tensor, valid: Tensor, fn: Tensor, target: Tensor
-) -> Tensor:
-    """Per-row factor of the whole batch: ignore mask x sample weight / the reduction's
-    denominator ('mean': the non-ignored rows; 'weighted_mean': sum of sample_weight * fn[target]
-    over them), 0 when the denominator is 0. Computed once, before the chunks."""
+def _rows(
+    target: Tensor, weights: Tensor | None, fn: Tensor, ignore_index: int, reduction: str
+) -> tuple[Tensor, Tensor]:
+    """The flat problem's per-row tensors, for the whole batch, before any chunk: the targets (M,)
+    with ignored rows on placeholder class 0, and ``row_scale`` (M,) = ignore mask x sample weight
+    / the reduction's denominator ('mean': the non-ignored rows; 'weighted_mean': the sum of
+    sample_weight * fn[target] over them), 0 when the denominator is 0."""
+    flat = target.reshape(-1).long()
+    valid = flat != ignore_index
+    flat = torch.where(valid, flat, torch.zeros_like(flat))
+    row_weight = valid.to(fn.dtype)
+    if weights is not None:
+        row_weight = row_weight * weights.reshape(-1)
     if reduction == "mean":
-        denominator = valid.sum().to(row_weight.dtype)
+        denominator = valid.sum().to(fn.dtype)
     elif reduction == "weighted_mean":
         # Unchecked targets (validate=False) must not index past fn: out of range gives NaN.
         num_classes = fn.shape[0]
-        in_range = (target >= 0) & (target < num_classes)
-        fn_target = torch.where(in_range, fn[target.clamp(0, num_classes - 1)], float("nan"))
+        in_range = (flat >= 0) & (flat < num_classes)
+        fn_target = torch.where(in_range, fn[flat.clamp(0, num_classes - 1)], float("nan"))
         denominator = (row_weight * fn_target).sum()
     else:
-        return row_weight
+        return flat, row_weight
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return torch.where(denominator > 0, row_weight / safe, torch.zeros_like(row_weight))
+    return flat, torch.where(denominator > 0, row_weight / safe, torch.zeros_like(row_weight))
 
 
 def _check_linear_arguments(
