@@ -1,6 +1,7 @@
 """rwwce.linear (the fused linear + RWWCE loss) against the materialised path, PyTorch's own
 F.linear_cross_entropy, a float64 oracle and finite differences."""
 
+import doctest
 import os
 import subprocess
 import sys
@@ -437,6 +438,13 @@ def test_triton_backend_matches_torch_backend_in_the_interpreter():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     assert done.returncode == 0 and "same" in done.stdout, done.stderr[-3000:]
+
+
+def test_docstring_example_runs():
+    import rwwce.linear
+
+    result = doctest.testmod(rwwce.linear, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --- the module ----------------------------------------------------------------------------------
