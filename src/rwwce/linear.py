@@ -458,6 +458,9 @@ def _backward(ctx, grad_loss, *_):
     want_input, want_weight, want_bias = ctx.needs_input_grad[:3]
     if ctx.reduce:
         grads = ctx.saved_tensors
+        # Unless a later backward needs them unscaled, the saved gradients are ours to consume:
+        # scaling them in place spares a second copy of grad_weight at the backward's peak.
+        in_place = not _graph_is_retained()
     else:
         # The upstream gradient weights each row: recompute chunk by chunk with it folded into
         # the row scale, as a reduced loss whose gradients are the ones wanted.
@@ -486,12 +489,27 @@ def _backward(ctx, grad_loss, *_):
             scaled.append(None)
         elif grad_loss is None:
             scaled.append(grad)
+        elif in_place:
+            scaled.append(grad.mul_(grad_loss.to(grad.dtype)))
         else:
             scaled.append(grad * grad_loss.to(grad.dtype))
     return (*scaled, *([None] * 11))
 
 
 _fused_linear_rwwce.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _graph_is_retained() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``, where a later
+    backward needs the saved gradients unscaled); True when torch cannot tell, e.g. while
+    ``torch.compile`` traces the backward."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if probe is None:  # pragma: no cover - older torch
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:  # not inside an engine-run backward
+        return True
 
 
 def _backend_module(backend: str):
