@@ -527,3 +527,11 @@ def test_token_costs_example_runs_and_prints_its_table():
         argmax, sampled, ce, ce_other, peak = map(float, cells[1:])
         assert 0 <= argmax <= 100 and 0 < sampled < 100 and peak >= 0
         assert 0 < ce < 10 and 0 < ce_other < 10  # ln(128) = 4.85 at the start
+
+
+def test_module_compiles_without_graph_breaks_after_its_first_call():
+    x, weight, b, target = problem(dtype=torch.float32)
+    criterion = rwwce.LinearRWWCELoss(fp_weight=random_fp("vector", dtype=torch.float32))
+    criterion(x, weight, target, b)  # the first call checks the data (reads values)
+    explanation = torch._dynamo.explain(lambda x: criterion(x.tanh(), weight, target, b))(x)
+    assert explanation.graph_break_count == 0
