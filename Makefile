@@ -21,5 +21,14 @@ test: install
 bench: install
 	$(PYTHON) benchmarks/bench_loss.py
 
+# On a CUDA machine (installs nothing, needs no network): the CUDA tests, every kernel variant
+# under compute-sanitizer and the GPU benchmark, all written into $(OUT). It runs with the
+# machine's own python3 (the one that has torch and triton) unless $(PYTHON) exists here.
+.PHONY: gpu-check
+OUT ?= gpu-check-results
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
+gpu-check:
+	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py --out $(OUT)
+
 lint:
 	ruff check src tests benchmarks examples

@@ -487,7 +487,7 @@ def test_count_classes_agrees_with_numpy_bincount():
         (
             [0, 1],
             {"ignore_index": 1.5},
-            ValueError,
+            TypeError,
             r"ignore_index is 1.5; expected an int or None",
         ),
     ],

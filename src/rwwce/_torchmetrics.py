@@ -11,9 +11,9 @@ from typing import Any, Literal
 import torch
 from torchmetrics import Metric
 
-from rwwce._validate import check_choice, check_num_classes, to_tensor
-from rwwce.costs import _check_costs, as_cost_matrix
-from rwwce.metrics import _expected, _float_dtype, _labels, _masked_confusion, _probs
+from rwwce import _costmath
+from rwwce._validate import check_choice, check_finite_nonnegative, check_num_classes, to_tensor
+from rwwce.costs import as_cost_matrix
 
 __all__ = ["RealWorldCost"]
 
@@ -92,8 +92,7 @@ class RealWorldCost(Metric):
     ) -> None:
         super().__init__(**kwargs)
         check_choice("reduction", reduction, ("mean", "sum"))
-        if decision not in ("argmax", "bayes"):
-            raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
+        _costmath.check_decision(decision)
         if validate_args not in (None, True, False):
             raise ValueError(f"validate_args is {validate_args!r}; expected None, True or False")
         if costs is None:
@@ -136,18 +135,12 @@ class RealWorldCost(Metric):
 
     def _decide(self, scores: torch.Tensor, costs: torch.Tensor | None) -> torch.Tensor:
         """Class indices of the target's shape from (N, K, ...) scores."""
-        if self.decision == "argmax":
-            return scores.argmax(dim=1)
-        k = self.num_classes
-        rows = scores.movedim(1, -1)
-        p = rows.to(torch.promote_types(rows.dtype, torch.float32))
-        if self._check(p):
-            _probs(p.reshape(-1, k), "preds", k)
-        if costs is None:
-            c = self.decision_costs.to(p.dtype)
-            return _expected(p.reshape(-1, k), c).argmin(dim=1).reshape(rows.shape[:-1])
-        e = _expected(p.reshape(p.shape[0], -1, k), costs.to(p.dtype))
-        return e.argmin(dim=2).reshape(rows.shape[:-1])
+        if self.decision == "bayes" and self._check(scores):
+            k = self.num_classes
+            _costmath.probabilities(scores.movedim(1, -1).reshape(-1, k), "preds", k)
+        if costs is None and self.cost_matrix is not None:
+            costs = self.decision_costs
+        return _costmath.decide(scores, self.decision, costs)
 
     def _sample_costs(self, costs: Any, target: torch.Tensor) -> torch.Tensor:
         k = self.num_classes
@@ -160,9 +153,9 @@ class RealWorldCost(Metric):
             )
         if c.is_complex() or c.dtype == torch.bool:
             raise TypeError(f"costs has dtype {c.dtype}; expected real numbers")
-        c = c.to(self.device, _float_dtype(target), non_blocking=c.device.type == "cpu")
+        c = c.to(self.device, _costmath.float_dtype(target), non_blocking=c.device.type == "cpu")
         if self._check(c):
-            _check_costs(c, "costs")
+            check_finite_nonnegative(c, "costs")
         return c
 
     # -------------------------------------------------------------------- Metric interface
@@ -213,29 +206,27 @@ class RealWorldCost(Metric):
                 f"integer class indices, or scores with a class dimension of size {k}"
             )
         if self._check(t, p):  # CPU (or asked for): the labels are known to be in range
-            t, p = _labels(t, "target", k), _labels(p, "preds", k)
+            t, p = _costmath.class_indices(t, "target", k), _costmath.class_indices(p, "preds", k)
             self.confmat += torch.bincount((t * k + p).reshape(-1), minlength=k * k).view(k, k)
             valid = None
         else:
             # Masks, not branches: labels no check caught are counted apart, never indexed with.
             t, p = t.to(torch.int64), p.to(torch.int64)
             valid = (t >= 0) & (t < k) & (p >= 0) & (p < k)
-            self.confmat += _masked_confusion(t, p, k, valid)
+            self.confmat += _costmath.masked_confusion(t, p, k, valid)
             t, p = t.where(valid, 0), p.where(valid, 0)
             self.invalid += (~valid).sum()
         if c is not None:
-            n = torch.arange(c.shape[0], device=c.device).reshape((-1,) + (1,) * (t.ndim - 1))
-            per = c[n, t, p]
+            per = _costmath.element_costs(t, p, c)
             self.cost_sum += (per if valid is None else per * valid).sum()
 
     def compute(self) -> torch.Tensor:
         """The mean (or total) Real World Cost of everything seen since the last reset."""
-        dtype = _float_dtype(self.confmat)
-        counts = self.confmat.to(dtype)
         if self.cost_matrix is None:
-            total = self.cost_sum.to(dtype)
+            total = self.cost_sum.to(_costmath.float_dtype(self.confmat))
+            samples = self.confmat.sum().to(total.dtype)
         else:
-            c = self.cost_matrix.matrix.to(self.confmat.device, dtype, non_blocking=True)
-            total = (counts * c).sum()
-        value = total / counts.sum() if self.reduction == "mean" else total
+            seen = _costmath.confusion_costs(self.confmat, self.cost_matrix.matrix)
+            total, samples = seen.total, seen.samples
+        value = total / samples if self.reduction == "mean" else total
         return value.where(self.invalid == 0, torch.nan)

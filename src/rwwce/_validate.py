@@ -1,4 +1,5 @@
-"""Argument checks shared by :mod:`rwwce.functional` and :mod:`rwwce.modules`.
+"""Argument checks shared by :mod:`rwwce.functional`, :mod:`rwwce.modules` and the rest of the
+package (cost values, class names, ``ignore_index``).
 
 Two kinds of check:
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -295,3 +297,53 @@ def _first_bad(values: Tensor, bad: Tensor) -> str:
     index = tuple(int(i) for i in torch.nonzero(bad)[0])
     shown = index[0] if len(index) == 1 else index
     return f"{values[index].item()!r} at index {shown}"
+
+
+def check_finite_nonnegative(
+    values: torch.Tensor, name: str, expected: str = "a finite cost >= 0"
+) -> None:
+    """Raise ValueError naming the first NaN, infinite or negative entry of ``values``:
+    ``"{name}[i, j] is {value}; expected {expected}"`` (a data check: it reads the values)."""
+    bad = ~torch.isfinite(values) | (values < 0)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        v = float(values[idx])
+        where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
+        raise ValueError(f"{where} is {v}; expected {expected}")
+
+
+def check_ignore_index(ignore_index: Any, *, optional: bool = False) -> int | None:
+    """An int label to skip (``None`` too when ``optional``); anything else is a TypeError, as in
+    PyTorch's losses."""
+    if optional and ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        expected = "an int or None" if optional else "an int"
+        raise TypeError(f"ignore_index is {ignore_index!r}; expected {expected}")
+    return int(ignore_index)
+
+
+def check_class_names(classes: Sequence[str] | None, k: int) -> tuple[str, ...]:
+    if classes is None:
+        return tuple(str(i) for i in range(k))
+    if isinstance(classes, str):
+        raise TypeError(f"classes is the string {classes!r}; expected a sequence of {k} names")
+    names = tuple(classes)
+    if len(names) != k:
+        raise ValueError(f"classes has {len(names)} names; expected {k}, one per row of the matrix")
+    for i, n in enumerate(names):
+        if not isinstance(n, str):
+            raise TypeError(f"classes[{i}] is {n!r} ({type(n).__name__}); expected a str")
+        if not n.strip() or n != n.strip():
+            raise ValueError(
+                f"classes[{i}] is {n!r}; expected a non-empty name without leading or trailing "
+                "whitespace"
+            )
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(
+                f"classes[{i}] is {n!r}, the same as classes[{seen[n]}]; names must be unique"
+            )
+        seen[n] = i
+    return names

@@ -1,4 +1,5 @@
-"""Probability calibration: temperature scaling and the expected calibration error.
+"""Probability calibration: temperature scaling, the expected calibration error, and undoing the
+lean of a cost-weighted model (:func:`unweight_probabilities`, also in :mod:`rwwce.metrics`).
 
 A cost-optimal decision (:func:`rwwce.metrics.bayes_decision`) is only as good as the
 probabilities it is given. Modern networks are over-confident; temperature scaling (Guo et al.,
@@ -44,14 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rwwce._validate import to_tensor
-from rwwce.metrics import _labels, _optional, _probs
+from rwwce import _costmath
+from rwwce._optional import require
+from rwwce._validate import check_fn_matrix_diagonal, to_tensor
 
 __all__ = [
     "TemperatureScaling",
     "calibration_bins",
     "expected_calibration_error",
     "plot_reliability_diagram",
+    "unweight_probabilities",
 ]
 
 
@@ -79,7 +82,7 @@ def _logits_and_target(
                 "(N, K, ...) logits with (N, ...) class indices, or binary logits and 0/1 "
                 "targets of the same shape"
             )
-        t = _labels(t, "target", z.shape[1], device=z.device)
+        t = _costmath.class_indices(t, "target", z.shape[1], device=z.device)
     if z.numel() == 0:
         raise ValueError("logits is empty; expected at least one sample")
     if bool(torch.isnan(z).any()) or bool((z == math.inf).any()):
@@ -208,6 +211,102 @@ class TemperatureScaling(nn.Module):
         return f"temperature={float(self.temperature):.4g}"
 
 
+# ---------------------------------------------------------------------- a cost-weighted model's lean
+def _positive_scalar(v: Any, name: str) -> float:
+    t = to_tensor(v, name)
+    if t.numel() != 1:
+        raise ValueError(
+            f"{name} has shape {tuple(t.shape)}; expected a scalar for binary (N,) probabilities"
+        )
+    f = float(t.reshape(()))
+    if not f > 0 or f == float("inf"):
+        raise ValueError(f"{name} is {f}; expected a finite weight > 0")
+    return f
+
+
+def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) -> torch.Tensor:
+    """Undo the lean of a cost-weighted model: recover calibrated probabilities ``p`` from its ``q``.
+
+    A model trained with RWWCE does not learn ``p`` but the loss minimiser ``q``:
+
+    * binary, ``fn * y * softplus(-z) + fp * (1 - y) * softplus(z)``:
+      ``q = fn p / (fn p + fp (1 - p))``, inverted as ``p = fp q / (fp q + fn (1 - q))``;
+    * multi-class with FN weights only (class-weighted cross-entropy): ``q_k ∝ fn_k p_k``,
+      inverted as ``p_k ∝ q_k / fn_k``;
+    * two-class softmax with an FP term: the same with ``fn_k + FP[k, 1 - k]`` in place of ``fn_k``.
+
+    A general multi-class FP term has no closed-form inverse (NotImplementedError).
+
+    Args:
+        probs: (N,) binary probabilities of the positive class (``sigmoid`` output), or (N, K)
+            class probabilities (``softmax`` output).
+        fn_weight: binary: a positive scalar; multi-class: (K,) positive weights or a diagonal
+            (K, K) matrix.
+        fp_weight: binary: a positive scalar, ``None`` meaning 1.0; multi-class: ``None`` (or all
+            zeros); for K == 2 also (K,) or (K, K) with a zero diagonal.
+
+    Returns:
+        Probabilities of ``probs``' shape, dtype and device.
+
+    Example::
+
+        >>> q = torch.tensor([0.5])        # a model trained with fn=3, fp=1 says 0.5 ...
+        >>> unweight_probabilities(q, 3.0, 1.0)    # ... which means p = 1/4
+        tensor([0.2500])
+    """
+    q = to_tensor(probs, "probs")
+    if not q.is_floating_point():
+        raise TypeError(f"probs has dtype {q.dtype}; expected floating-point probabilities")
+    work = torch.promote_types(q.dtype, torch.float32)
+    if q.ndim == 1:
+        fn = _positive_scalar(fn_weight, "fn_weight")
+        fp = 1.0 if fp_weight is None else _positive_scalar(fp_weight, "fp_weight")
+        qq = _costmath.probabilities(q, "probs", 2)[:, 1].to(work)
+        p = fp * qq / (fp * qq + fn * (1.0 - qq))
+        return p.to(q.dtype)
+    if q.ndim != 2:
+        raise ValueError(
+            f"probs has shape {tuple(q.shape)}; expected (N,) binary or (N, K) class probabilities"
+        )
+    k = q.shape[1]
+    qq = _costmath.probabilities(q, "probs", k).to(work)
+    fn = to_tensor(fn_weight, "fn_weight").to(q.device, work)
+    if fn.shape == (k, k):
+        check_fn_matrix_diagonal(fn)
+        fn = torch.diagonal(fn)
+    if fn.shape != (k,):
+        raise ValueError(
+            f"fn_weight has shape {tuple(fn.shape)}; expected ({k},) to match probs of shape "
+            f"{tuple(q.shape)}"
+        )
+    if not bool(torch.isfinite(fn).all()) or not bool((fn > 0).all()):
+        raise ValueError(
+            f"fn_weight is {fn.tolist()}; expected finite weights > 0 (a class with weight 0 is "
+            "never learned, so its probability cannot be recovered)"
+        )
+    w = fn
+    if fp_weight is not None:
+        fp = to_tensor(fp_weight, "fp_weight").to(q.device, work)
+        if fp.shape == (k,):
+            fp = fp.expand(k, k) * (1 - torch.eye(k, device=q.device, dtype=work))
+        if fp.shape != (k, k):
+            raise ValueError(
+                f"fp_weight has shape {tuple(fp.shape)}; expected None, ({k},) or ({k}, {k})"
+            )
+        if bool(fp.any()):
+            if k != 2:
+                raise NotImplementedError(
+                    f"unweight_probabilities: a {k}-class model trained with an FP term has no "
+                    "closed-form inverse (its loss minimiser solves a non-linear system); it can "
+                    "be inverted exactly only for binary / 2-class models or with fp_weight=None"
+                )
+            # 2 classes: 1 - q_j is the other class's probability, so the FP term folds into fn.
+            w = fn + fp.sum(dim=1)
+    p = qq / w
+    p = p / p.sum(dim=1, keepdim=True)
+    return p.to(q.dtype)
+
+
 # ---------------------------------------------------------------------- calibration error
 def _check_n_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
@@ -238,8 +337,8 @@ def calibration_bins(
             f"probs has shape {tuple(raw.shape)}; expected (N, K) class probabilities with "
             "K >= 2 or (N,) probabilities of the positive class"
         )
-    p = _probs(raw, "probs", k)
-    t = _labels(target, "target", k, device=p.device)
+    p = _costmath.probabilities(raw, "probs", k)
+    t = _costmath.class_indices(target, "target", k, device=p.device)
     if t.shape != p.shape[:1]:
         raise ValueError(
             f"target has shape {tuple(t.shape)}; expected ({p.shape[0]},) to match probs of "
@@ -312,16 +411,16 @@ def plot_reliability_diagram(
     Returns:
         The ``matplotlib.figure.Figure``.
     """
-    _optional("matplotlib", "plot_reliability_diagram")
+    require("matplotlib", "plot_reliability_diagram")
     from rwwce._io import save_figure
-    from rwwce.metrics import _check_figure_path, _new_figure
+    from rwwce._plotting import check_figure_path, new_figure
 
     if path is not None:
-        _check_figure_path(path)
+        check_figure_path(path)
     acc, conf, count = calibration_bins(probs, target, n_bins)
     ece = float((count * (acc - conf).abs()).sum() / count.sum().clamp(min=1))
     if ax is None:
-        fig, ax = _new_figure(1, 1, (4.2, 4.2))
+        fig, ax = new_figure(1, 1, (4.2, 4.2))
     fig = ax.figure
     width = 1.0 / _check_n_bins(n_bins)
     used = (count > 0).cpu()

@@ -29,48 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from rwwce._validate import check_fn_matrix_diagonal, to_tensor
+from rwwce._validate import (
+    check_class_names,
+    check_finite_nonnegative,
+    check_fn_matrix_diagonal,
+    to_tensor,
+)
 
 __all__ = ["CostMatrix", "as_cost_matrix"]
 
 _CORNER = "truth \\ predicted"
 _MAX_REPR_CLASSES = 12
-
-
-def _check_costs(values: torch.Tensor, name: str) -> None:
-    """Raise ValueError naming the first NaN, infinite or negative entry of ``values``."""
-    bad = ~torch.isfinite(values) | (values < 0)
-    if bool(bad.any()):
-        idx = tuple(int(i) for i in bad.nonzero()[0])
-        v = float(values[idx])
-        where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
-        raise ValueError(f"{where} is {v}; expected a finite cost >= 0")
-
-
-def _check_classes(classes: Sequence[str] | None, k: int) -> tuple[str, ...]:
-    if classes is None:
-        return tuple(str(i) for i in range(k))
-    if isinstance(classes, str):
-        raise TypeError(f"classes is the string {classes!r}; expected a sequence of {k} names")
-    names = tuple(classes)
-    if len(names) != k:
-        raise ValueError(f"classes has {len(names)} names; expected {k}, one per row of the matrix")
-    for i, n in enumerate(names):
-        if not isinstance(n, str):
-            raise TypeError(f"classes[{i}] is {n!r} ({type(n).__name__}); expected a str")
-        if not n.strip() or n != n.strip():
-            raise ValueError(
-                f"classes[{i}] is {n!r}; expected a non-empty name without leading or trailing "
-                "whitespace"
-            )
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):
-        if n in seen:
-            raise ValueError(
-                f"classes[{i}] is {n!r}, the same as classes[{seen[n]}]; names must be unique"
-            )
-        seen[n] = i
-    return names
 
 
 def _validate_matrix(matrix: Any, name: str) -> torch.Tensor:
@@ -83,7 +52,7 @@ def _validate_matrix(matrix: Any, name: str) -> torch.Tensor:
     if m.shape[0] < 2:
         raise ValueError(f"{name} has shape {tuple(m.shape)}; expected at least 2 classes")
     m = m.to(device="cpu", dtype=torch.float64).clone()
-    _check_costs(m, name)
+    check_finite_nonnegative(m, name)
     return m
 
 
@@ -126,7 +95,7 @@ class CostMatrix:
 
     def __init__(self, matrix: Any, classes: Sequence[str] | None = None) -> None:
         self._matrix = _validate_matrix(matrix, "matrix")
-        self._classes = _check_classes(classes, self._matrix.shape[0])
+        self._classes = check_class_names(classes, self._matrix.shape[0])
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -155,16 +124,16 @@ class CostMatrix:
         k = f.shape[0]
         if k < 2:
             raise ValueError(f"fn has shape {tuple(f.shape)}; expected at least 2 classes")
-        _check_costs(f, "fn")
+        check_finite_nonnegative(f, "fn")
         if fp is None:
             full = torch.zeros(k, k, dtype=torch.float64)
         else:
             p = to_tensor(fp, "fp").to(device="cpu", dtype=torch.float64)
             if p.shape == (k,):
-                _check_costs(p, "fp")
+                check_finite_nonnegative(p, "fp")
                 full = p.expand(k, k).clone()
             elif p.shape == (k, k):
-                _check_costs(p, "fp")
+                check_finite_nonnegative(p, "fp")
                 if bool((torch.diagonal(p) != 0).any()):
                     raise ValueError(
                         f"fp has diagonal {torch.diagonal(p).tolist()}; expected a (K, K) matrix "
@@ -385,5 +354,5 @@ def as_cost_matrix(costs: Any, *, name: str = "costs") -> CostMatrix:
         return costs
     cm = CostMatrix.__new__(CostMatrix)
     cm._matrix = _validate_matrix(costs, name)
-    cm._classes = _check_classes(None, cm._matrix.shape[0])
+    cm._classes = check_class_names(None, cm._matrix.shape[0])
     return cm

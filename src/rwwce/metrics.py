@@ -1,4 +1,4 @@
-"""The Real World Cost metric, cost-optimal decisions and probability calibration.
+"""The Real World Cost metric, cost-optimal decisions, the scikit-learn scorer and cost curves.
 
 With a cost matrix ``C`` (``C[i, j]``: the cost of predicting ``j`` when the truth is ``i``) and
 the confusion counts ``count[i, j]`` of ``n`` samples::
@@ -12,7 +12,8 @@ Every ``costs`` argument accepts a :class:`rwwce.CostMatrix` or anything array-l
 tensors on the device of the first tensor argument (the CPU for arrays and lists).
 
 ``RealWorldCost`` (a ``torchmetrics.Metric``) is loaded on first use, so ``import rwwce`` does not
-import torchmetrics.
+import torchmetrics. ``unweight_probabilities`` lives in :mod:`rwwce.calibration` and is
+re-exported here.
 
 Example::
 
@@ -26,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
 import os
@@ -35,8 +35,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from rwwce._validate import check_choice, check_fn_matrix_diagonal, check_num_classes, to_tensor
-from rwwce.costs import CostMatrix, _check_costs, as_cost_matrix
+from rwwce import _costmath
+from rwwce._optional import require
+from rwwce._plotting import check_figure_path, new_figure, thinned
+from rwwce._validate import check_choice, check_num_classes, to_tensor
+from rwwce.calibration import unweight_probabilities
+from rwwce.costs import as_cost_matrix
 
 if TYPE_CHECKING:
     from rwwce._torchmetrics import RealWorldCost
@@ -74,77 +78,6 @@ def __dir__() -> list[str]:
 
 
 # ---------------------------------------------------------------------- input checks
-def _labels(
-    x: Any, name: str, num_classes: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """int64 class indices in [0, K), any shape, on ``device`` (default: where they are)."""
-    t = to_tensor(x, name)
-    if t.dtype == torch.bool or t.numel() == 0:  # [] reads as float64: no values, no doubt
-        t = t.to(torch.int64)
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(
-            f"{name} has dtype {t.dtype}; expected integer class indices (for probabilities or "
-            "scores use bayes_decision(...) or .argmax(dim=1) first)"
-        )
-    t = t.to(device=device if device is not None else t.device, dtype=torch.int64)
-    if t.numel():
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"{name} contains the label {lo if lo < 0 else hi}; expected class indices in "
-                f"[0, {num_classes})"
-            )
-    return t
-
-
-def _float_dtype(t: torch.Tensor) -> torch.dtype:
-    """float64 for the metric arithmetic, float32 where the device lacks float64 (MPS)."""
-    return torch.float32 if t.device.type == "mps" else torch.float64
-
-
-def _probs(x: Any, name: str, k: int) -> torch.Tensor:
-    """Validated (N, K) probabilities (float32 at least); (N,) = P(positive) when K == 2."""
-    p = to_tensor(x, name)
-    if p.is_complex():
-        raise TypeError(f"{name} is complex; expected real probabilities")
-    # rows of 16-bit softmax output sum to 1 only within a few units of their epsilon
-    tol = 1e-2 if p.dtype in (torch.float16, torch.bfloat16) else 1e-4
-    p = p.to(torch.promote_types(p.dtype, torch.float32))
-    if p.ndim == 1:
-        if k != 2:
-            raise ValueError(
-                f"{name} has shape {tuple(p.shape)} (binary probabilities of the positive class) "
-                f"but costs has {k} classes; expected ({p.shape[0]}, {k}) probabilities, or a "
-                "2 x 2 cost matrix"
-            )
-        if not bool(((p >= 0) & (p <= 1)).all()):
-            bad = p[~((p >= 0) & (p <= 1))][0]
-            raise ValueError(
-                f"{name} contains {float(bad)}; expected probabilities in [0, 1] (apply "
-                "torch.sigmoid to logits first)"
-            )
-        return torch.stack([1.0 - p, p], dim=1)
-    if p.ndim != 2 or p.shape[1] != k:
-        raise ValueError(
-            f"{name} has shape {tuple(p.shape)}; expected (N, {k}) class probabilities to match "
-            f"the {k} x {k} cost matrix"
-            + (" or (N,) probabilities of the positive class" if k == 2 else "")
-        )
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-        raise ValueError(
-            f"{name} contains negative, NaN or infinite values; expected probabilities "
-            "(apply softmax to logits first)"
-        )
-    err = (p.sum(dim=1) - 1).abs()
-    if p.shape[0] and float(err.max()) > tol:
-        i = int(err.argmax())
-        raise ValueError(
-            f"{name}[{i}] sums to {float(p[i].sum()):.6g}; expected each row to sum to 1 "
-            f"(within {tol:g}); apply softmax to logits first"
-        )
-    return p
-
-
 # ---------------------------------------------------------------------- confusion and cost
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> torch.Tensor:
     """Confusion counts ``count[i, j] = #{y_true == i and y_pred == j}`` (rows: truth).
@@ -171,8 +104,8 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> torch.Tensor
 
 
 def _label_pair(y_true: Any, y_pred: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = _labels(y_true, "y_true", k)
-    p = _labels(y_pred, "y_pred", k, device=t.device)
+    t = _costmath.class_indices(y_true, "y_true", k)
+    p = _costmath.class_indices(y_pred, "y_pred", k, device=t.device)
     if t.shape != p.shape:
         raise ValueError(
             f"y_true has shape {tuple(t.shape)} and y_pred has shape {tuple(p.shape)}; expected "
@@ -181,55 +114,11 @@ def _label_pair(y_true: Any, y_pred: Any, k: int) -> tuple[torch.Tensor, torch.T
     return t, p
 
 
-def _costs(costs: Any) -> torch.Tensor:
-    """Validated costs: a (K, K) float64 CPU tensor, or (N, K, K) float64 per-sample costs.
-
-    Per-sample costs stay on their device (float32 on MPS). ``CostMatrix`` and 2-D input go
-    through :func:`rwwce.costs.as_cost_matrix`.
-    """
-    if isinstance(costs, CostMatrix):
-        return costs.matrix
-    t = to_tensor(costs, "costs")
-    if t.ndim != 3:
-        if t.ndim != 2:
-            raise ValueError(
-                f"costs has shape {tuple(t.shape)}; expected a (K, K) cost matrix or (N, K, K) "
-                "per-sample cost matrices"
-            )
-        return as_cost_matrix(t).matrix
-    if t.shape[1] != t.shape[2] or t.shape[1] < 2:
-        raise ValueError(
-            f"costs has shape {tuple(t.shape)}; expected (N, K, K) per-sample cost matrices "
-            "with K >= 2"
-        )
-    t = t.to(_float_dtype(t))
-    _check_costs(t, "costs")
-    return t
-
-
-def _check_rows(c: torch.Tensor, n: int, what: str) -> None:
-    if c.ndim == 3 and c.shape[0] != n:
-        raise ValueError(
-            f"costs has shape {tuple(c.shape)} ({c.shape[0]} per-sample matrices) but {what} "
-            f"has {n} samples; expected one (K, K) matrix per sample"
-        )
-
-
-def _element_costs(t: torch.Tensor, p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``C[t, p]`` per element (``C[n, t, p]`` for per-sample costs, broadcast over (N, ...))."""
-    c = c.to(t.device)
-    if c.ndim == 2:
-        return c[t, p]
-    _check_rows(c, t.shape[0] if t.ndim else 1, "y_true")
-    n = torch.arange(c.shape[0], device=t.device).reshape((-1,) + (1,) * (t.ndim - 1))
-    return c[n, t, p]
-
-
 def _decided_costs(
     y_true: Any, y_pred: Any, costs: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(labels, predictions, float64 costs on the labels' device), checked against each other."""
-    c = _costs(costs)
+    c = _costmath.as_costs(costs)
     t, p = _label_pair(y_true, y_pred, c.shape[-1])
     if t.numel() == 0:
         raise ValueError("y_true is empty; expected at least one sample")
@@ -272,10 +161,9 @@ def real_world_cost(
     check_choice("reduction", reduction, ("mean", "sum"))
     t, p, c = _decided_costs(y_true, y_pred, costs)
     if c.ndim == 2:
-        counts = confusion_matrix(t, p, c.shape[0])
-        total = (counts.to(c.dtype) * c).sum()
+        total = _costmath.confusion_costs(confusion_matrix(t, p, c.shape[0]), c).total
     else:
-        total = _element_costs(t, p, c).sum()
+        total = _costmath.element_costs(t, p, c).sum()
     return total / t.numel() if reduction == "mean" else total
 
 
@@ -316,39 +204,17 @@ def real_world_benefit(
     ):
         raise ValueError(f"baseline is {baseline!r}; expected a class index in [0, {k})")
     if c.ndim == 2:
-        counts = confusion_matrix(t, p, k).to(c.dtype)
-        total = (counts.sum(dim=1) * c[:, baseline]).sum() - (counts * c).sum()
+        model = _costmath.confusion_costs(confusion_matrix(t, p, k), c)
+        total = (model.support * c[:, baseline]).sum() - model.total
     else:
-        total = (_element_costs(t, torch.full_like(t, baseline), c) - _element_costs(t, p, c)).sum()
+        total = (
+            _costmath.element_costs(t, torch.full_like(t, baseline), c)
+            - _costmath.element_costs(t, p, c)
+        ).sum()
     return total / t.numel() if reduction == "mean" else total
 
 
-def _masked_confusion(
-    target: torch.Tensor, pred: torch.Tensor, num_classes: int, valid: torch.Tensor
-) -> torch.Tensor:
-    """(K, K) int64 counts of the (target, pred) pairs where ``valid``, on the inputs' device and
-    without a host synchronisation: invalid labels are masked, never indexed with, and the counts
-    use ``index_add_``, not ``bincount`` (whose output size reads the largest label on CUDA).
-
-    ``target``, ``pred`` and ``valid`` share one shape; labels are int64.
-    """
-    k = num_classes
-    index = torch.where(valid, target * k + pred, 0).reshape(-1)
-    counts = torch.zeros(k * k, dtype=torch.int64, device=target.device)
-    return counts.index_add_(0, index, valid.reshape(-1).long()).view(k, k)
-
-
 # ---------------------------------------------------------------------- decisions
-def _expected(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``E[n, j] = sum_i p[n, i] C[i, j]`` (``C[n, i, j]`` per sample); no checks, no syncs.
-
-    ``p`` is (N, K) or (N, M, K) (M elements per sample); ``c`` is (K, K) or (N, K, K).
-    """
-    if c.ndim == 2 or p.ndim == 3:
-        return p @ c
-    return (p.unsqueeze(1) @ c).squeeze(1)
-
-
 def expected_costs(probs: Any, costs: Any) -> torch.Tensor:
     """The expected cost of each decision: ``E[n, j] = sum_i p[n, i] C[i, j]``, i.e. ``probs @ C``.
 
@@ -366,10 +232,10 @@ def expected_costs(probs: Any, costs: Any) -> torch.Tensor:
         >>> expected_costs([[0.9, 0.1]], [[0, 100], [2000, 0]]).tolist()
         [[200.0, 90.0]]
     """
-    c = _costs(costs)
-    p = _probs(probs, "probs", c.shape[-1])
-    _check_rows(c, p.shape[0], "probs")
-    return _expected(p, c.to(p.device, p.dtype))
+    c = _costmath.as_costs(costs)
+    p = _costmath.probabilities(probs, "probs", c.shape[-1])
+    _costmath.check_rows(c, p.shape[0], "probs")
+    return _costmath.expected(p, c.to(p.device, p.dtype))
 
 
 def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
@@ -383,7 +249,8 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
     Args:
         probs: (N, K) class probabilities, or (N,) probabilities of the positive class for 2 x 2
             costs. Feed calibrated probabilities (:mod:`rwwce.calibration`): a model trained with
-            RWWCE already leans towards the costly classes, see :func:`unweight_probabilities`.
+            RWWCE already leans towards the costly classes, see
+            :func:`rwwce.calibration.unweight_probabilities`.
         costs: a :class:`rwwce.CostMatrix`, a (K, K) array-like or (N, K, K) per-sample costs.
 
     Returns:
@@ -394,10 +261,10 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
         >>> bayes_decision([[0.5, 0.3, 0.2]], [[0, 1, 1], [1, 0, 1], [20, 20, 0]]).tolist()
         [2]
     """
-    c = _costs(costs)
+    c = _costmath.as_costs(costs)
     raw = to_tensor(probs, "probs")
     if raw.ndim == 1 and c.shape == (2, 2) and float(c[0, 0]) == 0 and float(c[1, 1]) == 0:
-        p = _probs(raw, "probs", 2)[:, 1]
+        p = _costmath.probabilities(raw, "probs", 2)[:, 1]
         c_fn, c_fp = float(c[1, 0]), float(c[0, 1])
         if c_fn + c_fp == 0:
             return torch.zeros(p.shape, dtype=torch.int64, device=p.device)
@@ -405,160 +272,7 @@ def bayes_decision(probs: Any, costs: Any) -> torch.Tensor:
     return expected_costs(raw, c).argmin(dim=1)
 
 
-# ---------------------------------------------------------------------- calibration
-def _positive_scalar(v: Any, name: str) -> float:
-    t = to_tensor(v, name)
-    if t.numel() != 1:
-        raise ValueError(
-            f"{name} has shape {tuple(t.shape)}; expected a scalar for binary (N,) probabilities"
-        )
-    f = float(t.reshape(()))
-    if not f > 0 or f == float("inf"):
-        raise ValueError(f"{name} is {f}; expected a finite weight > 0")
-    return f
-
-
-def unweight_probabilities(probs: Any, fn_weight: Any, fp_weight: Any = None) -> torch.Tensor:
-    """Undo the lean of a cost-weighted model: recover calibrated probabilities ``p`` from its ``q``.
-
-    A model trained with RWWCE does not learn ``p`` but the loss minimiser ``q``:
-
-    * binary, ``fn * y * softplus(-z) + fp * (1 - y) * softplus(z)``:
-      ``q = fn p / (fn p + fp (1 - p))``, inverted as ``p = fp q / (fp q + fn (1 - q))``;
-    * multi-class with FN weights only (class-weighted cross-entropy): ``q_k ∝ fn_k p_k``,
-      inverted as ``p_k ∝ q_k / fn_k``;
-    * two-class softmax with an FP term: the same with ``fn_k + FP[k, 1 - k]`` in place of ``fn_k``.
-
-    A general multi-class FP term has no closed-form inverse (NotImplementedError).
-
-    Args:
-        probs: (N,) binary probabilities of the positive class (``sigmoid`` output), or (N, K)
-            class probabilities (``softmax`` output).
-        fn_weight: binary: a positive scalar; multi-class: (K,) positive weights or a diagonal
-            (K, K) matrix.
-        fp_weight: binary: a positive scalar, ``None`` meaning 1.0; multi-class: ``None`` (or all
-            zeros); for K == 2 also (K,) or (K, K) with a zero diagonal.
-
-    Returns:
-        Probabilities of ``probs``' shape, dtype and device.
-
-    Example::
-
-        >>> q = torch.tensor([0.5])        # a model trained with fn=3, fp=1 says 0.5 ...
-        >>> unweight_probabilities(q, 3.0, 1.0)    # ... which means p = 1/4
-        tensor([0.2500])
-    """
-    q = to_tensor(probs, "probs")
-    if not q.is_floating_point():
-        raise TypeError(f"probs has dtype {q.dtype}; expected floating-point probabilities")
-    work = torch.promote_types(q.dtype, torch.float32)
-    if q.ndim == 1:
-        fn = _positive_scalar(fn_weight, "fn_weight")
-        fp = 1.0 if fp_weight is None else _positive_scalar(fp_weight, "fp_weight")
-        qq = _probs(q, "probs", 2)[:, 1].to(work)
-        p = fp * qq / (fp * qq + fn * (1.0 - qq))
-        return p.to(q.dtype)
-    if q.ndim != 2:
-        raise ValueError(
-            f"probs has shape {tuple(q.shape)}; expected (N,) binary or (N, K) class probabilities"
-        )
-    k = q.shape[1]
-    qq = _probs(q, "probs", k).to(work)
-    fn = to_tensor(fn_weight, "fn_weight").to(q.device, work)
-    if fn.shape == (k, k):
-        check_fn_matrix_diagonal(fn)
-        fn = torch.diagonal(fn)
-    if fn.shape != (k,):
-        raise ValueError(
-            f"fn_weight has shape {tuple(fn.shape)}; expected ({k},) to match probs of shape "
-            f"{tuple(q.shape)}"
-        )
-    if not bool(torch.isfinite(fn).all()) or not bool((fn > 0).all()):
-        raise ValueError(
-            f"fn_weight is {fn.tolist()}; expected finite weights > 0 (a class with weight 0 is "
-            "never learned, so its probability cannot be recovered)"
-        )
-    w = fn
-    if fp_weight is not None:
-        fp = to_tensor(fp_weight, "fp_weight").to(q.device, work)
-        if fp.shape == (k,):
-            fp = fp.expand(k, k) * (1 - torch.eye(k, device=q.device, dtype=work))
-        if fp.shape != (k, k):
-            raise ValueError(
-                f"fp_weight has shape {tuple(fp.shape)}; expected None, ({k},) or ({k}, {k})"
-            )
-        if bool(fp.any()):
-            if k != 2:
-                raise NotImplementedError(
-                    f"unweight_probabilities: a {k}-class model trained with an FP term has no "
-                    "closed-form inverse (its loss minimiser solves a non-linear system); it can "
-                    "be inverted exactly only for binary / 2-class models or with fp_weight=None"
-                )
-            # 2 classes: 1 - q_j is the other class's probability, so the FP term folds into fn.
-            w = fn + fp.sum(dim=1)
-    p = qq / w
-    p = p / p.sum(dim=1, keepdim=True)
-    return p.to(q.dtype)
-
-
 # ---------------------------------------------------------------------- scikit-learn scorer
-def _label_indices(y: Any, labels: Any, cm: CostMatrix, name: str) -> np.ndarray:
-    """Rows / columns of the cost matrix for labels ``y`` (a 1-D array of indices)."""
-    arr = np.asarray(y).reshape(-1)
-    k = cm.num_classes
-    if labels is not None:
-        lookup = {v: i for i, v in enumerate(np.asarray(labels).reshape(-1).tolist())}
-        out = np.empty(arr.shape[0], dtype=np.int64)
-        for n, v in enumerate(arr.tolist()):
-            if v not in lookup:
-                raise ValueError(
-                    f"{name} contains {v!r}; expected one of the labels {list(lookup)}"
-                )
-            out[n] = lookup[v]
-        return out
-    if arr.dtype.kind in "iub":
-        return _labels(arr.astype(np.int64), name, k).numpy()
-    lookup = {c: i for i, c in enumerate(cm.classes)}
-    out = np.empty(arr.shape[0], dtype=np.int64)
-    for n, v in enumerate(arr.tolist()):
-        if str(v) not in lookup:
-            raise ValueError(
-                f"{name} contains {v!r}, which is not a class of the cost matrix "
-                f"({', '.join(cm.classes)}); pass labels=[...] naming the class of each row"
-            )
-        out[n] = lookup[str(v)]
-    return out
-
-
-def _label_cost(
-    y_true: Any,
-    y_pred: Any,
-    *,
-    costs: Any,
-    labels: Any = None,
-    sample_weight: Any = None,
-) -> float:
-    """The (weighted) mean Real World Cost of label arrays: ``sum_n w_n C[t_n, p_n] / sum_n w_n``."""
-    cm = as_cost_matrix(costs)
-    if labels is not None and len(labels) != cm.num_classes:
-        raise ValueError(
-            f"labels has {len(labels)} entries; expected {cm.num_classes}, one per row of costs"
-        )
-    t = _label_indices(y_true, labels, cm, "y_true")
-    p = _label_indices(y_pred, labels, cm, "y_pred")
-    if t.shape != p.shape or t.size == 0:
-        raise ValueError(
-            f"y_true has {t.size} labels and y_pred {p.size}; expected the same, non-zero number"
-        )
-    per = cm.matrix.numpy()[t, p]
-    if sample_weight is None:
-        return float(per.mean())
-    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-    if w.shape != per.shape:
-        raise ValueError(f"sample_weight has {w.size} entries; expected {per.size}")
-    return float(np.average(per, weights=w))
-
-
 def make_cost_scorer(costs: Any, *, labels: Any = None) -> Any:
     """A scikit-learn scorer: minus the Real World Cost of ``estimator.predict(X)``.
 
@@ -596,15 +310,15 @@ def make_cost_scorer(costs: Any, *, labels: Any = None) -> Any:
             raise ValueError(
                 f"labels has {len(labels)} entries; expected {cm.num_classes}, one per row of costs"
             )
-    _optional("sklearn", "make_cost_scorer", "scikit-learn")
+    require("sklearn", "make_cost_scorer", "scikit-learn")
     from sklearn.metrics import make_scorer
 
-    return make_scorer(_label_cost, greater_is_better=False, costs=cm, labels=labels)
+    return make_scorer(_costmath.label_cost, greater_is_better=False, costs=cm, labels=labels)
 
 
 # ---------------------------------------------------------------------- cost curves
 def _binary_scores(y_true: Any, scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    t = _labels(y_true, "y_true", 2).reshape(-1)
+    t = _costmath.class_indices(y_true, "y_true", 2).reshape(-1)
     s = to_tensor(scores, "scores")
     if s.is_complex():
         raise TypeError("scores is complex; expected real scores")
@@ -683,53 +397,6 @@ def cost_curve(y_true: Any, scores: Any, *, points: int = 101) -> tuple[torch.Te
 
 
 # ---------------------------------------------------------------------- plots
-def _optional(module: str, feature: str, package: str | None = None) -> Any:
-    """Import an optional dependency, or say which extra brings it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ModuleNotFoundError(
-            f"{feature} needs {package or module}, which is not installed; install rwwce's "
-            "experiments extra: pip install 'rwwce[experiments]'"
-        ) from None
-
-
-def _check_figure_path(path: str | os.PathLike[str]) -> None:
-    """Fail before any work on a figure path that cannot be written."""
-    from matplotlib.figure import Figure
-
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path!r} is a directory; expected a file name such as plot.png")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path!r}: no such directory {directory!r}")
-    suffix = os.path.splitext(path)[1].lstrip(".").lower()
-    formats = Figure().canvas.get_supported_filetypes()
-    if suffix not in formats:
-        raise ValueError(
-            f"cannot write {path!r}: unknown figure format {suffix!r}; expected a suffix such "
-            f"as {', '.join('.' + f for f in sorted(formats))}"
-        )
-
-
-def _new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    """A matplotlib Figure without pyplot: no backend is chosen or changed (works headless)."""
-    _optional("matplotlib", "plotting")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(nrows, ncols)
-
-
-def _thinned(*arrays: np.ndarray, limit: int = 4000) -> tuple[np.ndarray, ...]:
-    n = arrays[0].shape[0]
-    if n <= limit:
-        return arrays
-    keep = np.unique(np.linspace(0, n - 1, limit).round().astype(np.int64))
-    return tuple(a[keep] for a in arrays)
-
-
 def plot_cost_curve(
     y_true: Any,
     scores: Any,
@@ -758,11 +425,11 @@ def plot_cost_curve(
     Returns:
         The ``matplotlib.figure.Figure``.
     """
-    _optional("matplotlib", "plot_cost_curve")
+    require("matplotlib", "plot_cost_curve")
     from rwwce._io import save_figure
 
     if path is not None:
-        _check_figure_path(path)
+        check_figure_path(path)
     cm = as_cost_matrix([[0, 1], [1, 0]] if costs is None else costs)
     if cm.num_classes != 2:
         raise ValueError(f"costs has {cm.num_classes} classes; a cost curve needs 2 x 2 costs")
@@ -776,7 +443,7 @@ def plot_cost_curve(
     cost = (fn * c[1, 0] + fp * c[0, 1] + tp * c[1, 1] + tn * c[0, 0]) / n
     thr = thresholds.cpu().numpy()
     if axes is None:
-        fig, axes = _new_figure(1, 2, (9.0, 3.8))
+        fig, axes = new_figure(1, 2, (9.0, 3.8))
     left, right = axes
     fig = left.figure
     pc_np, nec_np = pc.cpu().numpy(), nec.cpu().numpy()
@@ -795,7 +462,7 @@ def plot_cost_curve(
     left.set_title("cost curve")
     left.legend(loc="upper right", fontsize=8)
     finite = np.isfinite(thr)
-    x, y = _thinned(thr[finite], cost[finite])
+    x, y = thinned(thr[finite], cost[finite])
     right.step(x, y, where="post", color="tab:blue", label="predict 1 iff score >= threshold")
     best = int(np.argmin(cost))
     best_thr = thr[best] if np.isfinite(thr[best]) else thr[finite].max()
@@ -838,33 +505,32 @@ def plot_prediction_costs(
     Returns:
         The ``matplotlib.figure.Figure``.
     """
-    _optional("matplotlib", "plot_prediction_costs")
+    require("matplotlib", "plot_prediction_costs")
     from rwwce._io import save_figure
 
     if path is not None:
-        _check_figure_path(path)
+        check_figure_path(path)
     if probs is None and y_pred is None:
         raise ValueError("probs and y_pred are both None; expected at least one of them")
     cm = as_cost_matrix(costs)
     k = cm.num_classes
     if probs is not None:
-        p = _probs(probs, "probs", k)
+        p = _costmath.probabilities(probs, "probs", k)
         if k == 2:
             return plot_cost_curve(y_true, p[:, 1], cm, path=path)
-    t = _labels(y_true, "y_true", k).reshape(-1)
+    t = _costmath.class_indices(y_true, "y_true", k).reshape(-1)
     rules: dict[str, Any] = {}
     if y_pred is not None:
         rules["y_pred"] = y_pred
     if probs is not None:
         rules["arg-max"] = p.argmax(dim=1)
         rules["Bayes decision"] = bayes_decision(p, cm)
-    fig, ax = _new_figure(1, 1, (max(5.0, 0.9 * k + 2.5), 3.8))
+    fig, ax = new_figure(1, 1, (max(5.0, 0.9 * k + 2.5), 3.8))
     width = 0.8 / len(rules)
     x = np.arange(k)
     for r, (name, pred) in enumerate(rules.items()):
-        t2, p2 = _label_pair(t, pred, k)
-        per = _element_costs(t2, p2, cm.matrix)
-        share = torch.zeros(k, dtype=torch.float64).index_add_(0, t2.cpu(), per.cpu()) / t2.numel()
+        share = _costmath.confusion_costs(confusion_matrix(t, pred, k), cm.matrix).class_cost
+        share = share.cpu() / t.numel()
         total = float(share.sum())
         ax.bar(
             x + (r - (len(rules) - 1) / 2) * width,

@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 from collections.abc import Sequence
@@ -30,12 +29,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rwwce import _costmath
 from rwwce import _validate as V
-from rwwce._validate import to_tensor
-from rwwce.costs import _check_classes, as_cost_matrix
+from rwwce._optional import require
+from rwwce._plotting import check_figure_path, new_figure
+from rwwce._validate import check_class_names, to_tensor
+from rwwce.costs import as_cost_matrix
 from rwwce.functional import _as_logits, _classes_last, real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax
-from rwwce.metrics import _expected, _masked_confusion
 
 __all__ = ["CostMonitor", "LossBreakdown", "loss_breakdown"]
 
@@ -218,7 +219,7 @@ def loss_breakdown(
         if sample_weight is not None:
             sample_weight = torch.as_tensor(sample_weight).reshape(1)
     k = input.shape[1]
-    names = _check_classes(classes, k)
+    names = check_class_names(classes, k)
     dtype = torch.float32 if input.device.type == "mps" else torch.float64
     device = input.device
     z = _classes_last(_as_logits(input.detach(), input_type)).to(dtype)
@@ -324,16 +325,15 @@ class CostMonitor:
             isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1
         ):
             raise ValueError(f"patience is {patience!r}; expected None or an int >= 1")
-        V.check_choice("decision", decision, ("argmax", "bayes"))
+        _costmath.check_decision(decision)
         V.check_choice("input_type", input_type, V.INPUT_TYPES)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-            raise TypeError(f"ignore_index must be an int; got {ignore_index!r}")
+        V.check_ignore_index(ignore_index)
         if not isinstance(min_delta, numbers.Real) or not min_delta >= 0:
             raise ValueError(f"min_delta is {min_delta!r}; expected a number >= 0")
         self.classes = (
             self.cost_matrix.classes
             if classes is None
-            else _check_classes(classes, self.num_classes)
+            else check_class_names(classes, self.num_classes)
         )
         self.patience = None if patience is None else int(patience)
         self.decision = decision
@@ -389,19 +389,14 @@ class CostMonitor:
         if self._counts is None:
             with torch.inference_mode(False):  # a normal tensor: updatable in and out of it
                 self._counts = torch.zeros(k * k, dtype=torch.int64, device=t.device)
-        counts = _masked_confusion(t, pred, k, valid).reshape(-1)
+        counts = _costmath.masked_confusion(t, pred, k, valid).reshape(-1)
         self._counts.add_(counts.to(self._counts.device))
 
     def _decide(self, scores: Tensor) -> Tensor:
-        """(N, K, ...) scores -> (N, ...) decisions."""
-        if self.decision == "argmax":
-            return scores.argmax(dim=1)
-        flat = scores.detach().movedim(1, -1).reshape(-1, self.num_classes)
-        probs = flat.float().softmax(dim=1) if self.input_type == "logits" else flat.float()
-        costs = self._costs_on(probs.device)
-        # argmin_j sum_i p_i C[i, j], without bayes_decision's data checks (they synchronise).
-        decision = _expected(probs, costs).argmin(dim=1)
-        return decision.reshape(scores.movedim(1, -1).shape[:-1])
+        """(N, K, ...) scores -> (N, ...) decisions, without bayes_decision's data checks (they
+        synchronise)."""
+        costs = self._costs_on(scores.device) if self.decision == "bayes" else None
+        return _costmath.decide(scores, self.decision, costs, logits=self.input_type == "logits")
 
     def _costs_on(self, device: torch.device) -> Tensor:
         """The cost matrix on ``device`` (float32), copied once, not on every batch."""
@@ -433,13 +428,9 @@ class CostMonitor:
                 "end_epoch() found no validation elements since the last call; call "
                 "update(preds, target) for the validation batches first"
             )
-        c = self.cost_matrix.matrix
-        cost = float((counts.double() * c).sum() / n)
-        rows = counts.sum(dim=1)
-        recall = {
-            name: float(counts[i, i] / rows[i]) if rows[i] > 0 else math.nan
-            for i, name in enumerate(self.classes)
-        }
+        seen = _costmath.confusion_costs(counts, self.cost_matrix.matrix)
+        cost = float(seen.mean)
+        recall = dict(zip(self.classes, seen.recall.tolist(), strict=True))
         previous = self.best_cost
         is_best = previous is None or cost < previous - self.min_delta
         record = {
@@ -530,13 +521,12 @@ class CostMonitor:
         """
         if not self.history:
             raise ValueError("plot() needs at least one end_epoch() record; the history is empty")
-        from matplotlib.figure import Figure
-
+        require("matplotlib", "CostMonitor.plot")
         from rwwce._io import save_figure
 
+        check_figure_path(path)
         epochs = [r["epoch"] for r in self.history]
-        fig = Figure(figsize=(13, 3.8))
-        ax_loss, ax_cost, ax_recall = fig.subplots(1, 3)
+        fig, (ax_loss, ax_cost, ax_recall) = new_figure(1, 3, (13, 3.8))
         for key, label in (("train_loss", "training"), ("val_loss", "validation")):
             pts = [(r["epoch"], r[key]) for r in self.history if r[key] is not None]
             if pts:

@@ -16,10 +16,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rwwce import _costmath
+from rwwce._optional import require
 from rwwce.costs import CostMatrix, as_cost_matrix
-from rwwce.metrics import _label_cost, _optional, bayes_decision
+from rwwce.metrics import bayes_decision
 
-_optional("sklearn", "rwwce.sklearn", "scikit-learn")
+require("sklearn", "rwwce.sklearn", "scikit-learn")
 
 from sklearn.base import (  # noqa: E402
     BaseEstimator,
@@ -202,7 +204,7 @@ class CostSensitiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Minus the (weighted) mean Real World Cost of ``predict(X)`` against ``y``."""
-        return -_label_cost(
+        return -_costmath.label_cost(
             y,
             self.predict(X),
             costs=self.costs_,

@@ -26,7 +26,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from rwwce._validate import check_num_classes, to_tensor
+from rwwce import _costmath
+from rwwce._validate import (
+    check_finite_nonnegative,
+    check_ignore_index,
+    check_num_classes,
+    to_tensor,
+)
 from rwwce.costs import as_cost_matrix
 
 __all__ = ["AdjustedWeights", "adjust_class_weights", "class_weights", "count_classes"]
@@ -151,12 +157,7 @@ def class_weights(
                 "expected them to agree"
             )
         counts = x.to("cpu", torch.float64)
-        bad = ~torch.isfinite(counts) | (counts < 0)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(
-                f"labels_or_counts[{i}] is {float(counts[i])}; expected finite counts >= 0"
-            )
+        check_finite_nonnegative(counts, "labels_or_counts", "finite counts >= 0")
     else:
         labels = _labels_tensor(x, "labels_or_counts")
         if labels.numel() == 0:
@@ -308,10 +309,7 @@ def count_classes(
         [1, 2, 3]
     """
     k = int(check_num_classes(num_classes, required=True) or 0)
-    if ignore_index is not None and (
-        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
-    ):
-        raise ValueError(f"ignore_index is {ignore_index!r}; expected an int or None")
+    ignore_index = check_ignore_index(ignore_index, optional=True)
 
     if isinstance(data, (torch.Tensor, np.ndarray)) or _is_label_list(data):
         counts = _bincount(_labels_tensor(data, "data"), k, "data", ignore_index).cpu()
@@ -483,14 +481,12 @@ def adjust_class_weights(
         raise ValueError(
             f"confusion has shape {tuple(counts.shape)}; expected ({k}, {k}) to match the costs"
         )
-    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
-        raise ValueError("confusion must hold finite, non-negative counts")
+    check_finite_nonnegative(counts, "confusion", "finite, non-negative counts")
     fn_given = to_tensor(fn_weight, "fn_weight")
     fn = fn_given.to("cpu", torch.float64)
-    if fn.shape != (k,) or not bool(torch.isfinite(fn).all()) or bool((fn < 0).any()):
-        raise ValueError(
-            f"fn_weight must be ({k},) finite and non-negative; got shape {tuple(fn.shape)}"
-        )
+    if fn.shape != (k,):
+        raise ValueError(f"fn_weight has shape {tuple(fn.shape)}; expected ({k},)")
+    check_finite_nonnegative(fn, "fn_weight", "finite weights >= 0")
     fp = None if fp_weight is None else to_tensor(fp_weight, "fp_weight").to("cpu", torch.float64)
     if fp is not None and fp.shape not in ((k,), (k, k)):
         raise ValueError(f"fp_weight must be None, ({k},) or ({k}, {k}); got {tuple(fp.shape)}")
@@ -504,10 +500,9 @@ def adjust_class_weights(
     if normalize not in (None, "mean"):
         raise ValueError(f"normalize is {normalize!r}; expected 'mean' or None")
 
-    n_i = counts.sum(dim=1)
-    cost_i = (counts * cm.matrix).sum(dim=1)
-    n, total = float(n_i.sum()), float(cost_i.sum())
-    per_sample = torch.where(n_i > 0, cost_i / n_i.clamp_min(1), math.nan)
+    seen = _costmath.confusion_costs(counts, cm.matrix)
+    n_i, per_sample = seen.support, seen.class_mean  # NaN for a class without samples
+    n, total = float(seen.samples), float(seen.total)
     factors = torch.ones(k, dtype=torch.float64)
     if n > 0 and total > 0:
         ratio = ((per_sample / (total / n) + 1) / 2).clamp(1 / max_factor, max_factor)

@@ -31,12 +31,14 @@ import torch
 import transformers
 from torch import Tensor
 
+from rwwce import _costmath
+from rwwce._validate import check_class_names, check_ignore_index
 from rwwce.costs import as_cost_matrix
 from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
     real_world_weight_cross_entropy,
 )
-from rwwce.metrics import bayes_decision, confusion_matrix, real_world_cost
+from rwwce.metrics import confusion_matrix
 from rwwce.modules import BinaryRWWCELoss, RWWCELoss
 
 __all__ = ["RWWCETrainer", "make_compute_metrics"]
@@ -270,11 +272,9 @@ def make_compute_metrics(
         3.3333333333333335
     """
     cm = as_cost_matrix(costs)
-    if decision not in ("argmax", "bayes"):
-        raise ValueError(f"decision is {decision!r}; expected 'argmax' or 'bayes'")
-    names = cm.classes if classes is None else tuple(classes)
-    if len(names) != cm.num_classes:
-        raise ValueError(f"classes has {len(names)} names; expected {cm.num_classes}")
+    _costmath.check_decision(decision)
+    ignore_index = check_ignore_index(ignore_index)
+    names = cm.classes if classes is None else check_class_names(classes, cm.num_classes)
     k = cm.num_classes
 
     def compute_metrics(eval_pred: Any) -> dict[str, float]:
@@ -298,21 +298,11 @@ def make_compute_metrics(
             )
         keep = target != ignore_index
         scores, target = scores[keep], target[keep]
-        if decision == "argmax":
-            pred = scores.argmax(dim=1)
-        else:
-            pred = bayes_decision(scores.softmax(dim=1), cm)
-        counts = confusion_matrix(target, pred, k).double()
-        n = counts.sum()
-        result = {
-            "real_world_cost": float(real_world_cost(target, pred, cm)),
-            "accuracy": float(counts.diagonal().sum() / n),
-        }
-        rows = counts.sum(dim=1)
-        for i, name in enumerate(names):
-            result[f"recall_{name}"] = (
-                float(counts[i, i] / rows[i]) if rows[i] > 0 else float("nan")
-            )
+        pred = _costmath.decide(scores, decision, cm.matrix, logits=True)
+        seen = _costmath.confusion_costs(confusion_matrix(target, pred, k), cm.matrix)
+        result = {"real_world_cost": float(seen.mean), "accuracy": float(seen.accuracy)}
+        for name, recall in zip(names, seen.recall.tolist(), strict=True):
+            result[f"recall_{name}"] = recall
         return result
 
     return compute_metrics
