@@ -8,7 +8,8 @@ from rwwce.functional import (
     binary_real_world_weight_cross_entropy,
     real_world_weight_cross_entropy,
 )
-from rwwce.modules import BinaryRWWCELoss, RWWCELoss
+from rwwce.linear import linear_real_world_weight_cross_entropy
+from rwwce.modules import BinaryRWWCELoss, LinearRWWCELoss, RWWCELoss
 from rwwce.monitor import CostMonitor, LossBreakdown, loss_breakdown
 from rwwce.weights import adjust_class_weights, class_weights, count_classes
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "BinaryRWWCELoss",
+    "LinearRWWCELoss",
     "RWWCELoss",
     "CostMatrix",
     "CostMonitor",
@@ -29,6 +31,7 @@ __all__ = [
     "integrations",
     "metrics",
     "binary_real_world_weight_cross_entropy",
+    "linear_real_world_weight_cross_entropy",
     "real_world_weight_cross_entropy",
 ]
 

@@ -296,3 +296,114 @@ def _describe(weight: Tensor) -> str:
 
         return fmt(weight.tolist())
     return f"<{tuple(weight.shape)} in [{weight.min().item():g}, {weight.max().item():g}]>"
+
+
+class LinearRWWCELoss(nn.Module):
+    """Fused linear layer + Real-World-Weight Cross-Entropy as a module; see
+    :func:`rwwce.linear_real_world_weight_cross_entropy` for the formula, memory and shapes.
+
+    ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None)`` takes the
+    hidden states and the classifier's parameters (e.g. ``model.lm_head.weight``), so the (N, K)
+    logits are never held. ``fn_weight`` and ``fp_weight`` are buffers, checked once here as in
+    :class:`RWWCELoss`; the data checks follow the same rule (CPU every call, an accelerator on
+    the first call only).
+
+    Args:
+        fn_weight: (K,) or (K, K) diagonal false-negative weights; default all ones.
+        fp_weight: ``None``, (K,) or (K, K) false-positive weights with a zero diagonal.
+        ignore_index, reduction, label_smoothing, chunk_size, validate, backend: as in the
+            function.
+
+    Example::
+
+        >>> import torch, rwwce
+        >>> head = torch.nn.Linear(8, 100, bias=False)
+        >>> fp = torch.zeros(100); fp[:3] = 10.0   # discourage classes 0, 1, 2
+        >>> criterion = rwwce.LinearRWWCELoss(fp_weight=fp)
+        >>> loss = criterion(torch.randn(4, 5, 8), head.weight, torch.randint(0, 100, (4, 5)))
+    """
+
+    fn_weight: Tensor | None
+    fp_weight: Tensor | None
+
+    def __init__(
+        self,
+        fn_weight: Tensor | None = None,
+        fp_weight: Tensor | None = None,
+        *,
+        ignore_index: int = -100,
+        reduction: V.Reduction = "mean",
+        label_smoothing: float = 0.0,
+        chunk_size: int | None = None,
+        validate: bool | None = None,
+        backend: V.Backend = "auto",
+    ) -> None:
+        super().__init__()
+        # RWWCELoss owns the checks of the options and the cost buffers; take its buffers.
+        checked = RWWCELoss(
+            fn_weight,
+            fp_weight,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            validate=validate,
+            backend=backend,
+        )
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
+        self.register_buffer("fn_weight", checked.fn_weight)
+        self.register_buffer("fp_weight", checked.fp_weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
+        self.validate = validate
+        self.backend = backend
+        self._checked = False
+
+    def forward(
+        self,
+        input: Tensor,
+        linear_weight: Tensor,
+        target: Tensor,
+        linear_bias: Tensor | None = None,
+        sample_weight: Tensor | None = None,
+    ) -> Tensor:
+        from rwwce.linear import linear_real_world_weight_cross_entropy
+
+        loss = linear_real_world_weight_cross_entropy(
+            input,
+            linear_weight,
+            target,
+            self.fn_weight,
+            self.fp_weight,
+            linear_bias=linear_bias,
+            sample_weight=sample_weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+            chunk_size=self.chunk_size,
+            backend=self.backend,
+            validate=_data_check_mode(self),
+        )
+        self._checked = True
+        return loss
+
+    def extra_repr(self) -> str:
+        parts = []
+        if self.fn_weight is not None:
+            parts.append(f"fn_weight={_describe(self.fn_weight)}")
+        if self.fp_weight is not None:
+            parts.append(f"fp_weight={_describe(self.fp_weight)}")
+        parts.append(f"reduction={self.reduction!r}")
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        if self.chunk_size is not None:
+            parts.append(f"chunk_size={self.chunk_size}")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)

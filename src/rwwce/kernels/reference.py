@@ -44,7 +44,7 @@ from torch import Tensor
 
 from rwwce.kernels import BackendOptions, Problem
 
-__all__ = ["rwwce_loss", "log_one_minus_softmax", "compute_dtype", "is_traced"]
+__all__ = ["rwwce_loss", "rwwce_loss_and_grad", "log_one_minus_softmax", "compute_dtype", "is_traced"]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
@@ -91,6 +91,74 @@ def is_traced() -> bool:
     )
 
 
+def rwwce_loss_and_grad(problem: Problem, *, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The scaled row losses and their gradient w.r.t. the logits, computed without autograd.
+
+    For callers that need the gradient of a piece of a larger problem where autograd does not run
+    (inside a ``torch.library`` operator: the fused linear loss). ``problem.reduce`` is ignored.
+
+    Args:
+        problem: the flat problem (see :mod:`rwwce.kernels`).
+        out: optional (M, K) contiguous buffer in the compute dtype that receives the gradient
+            (reused across calls by the fused linear loss, so no (M, K) buffer is allocated per
+            chunk).
+
+    Returns:
+        ``row_scale * loss_row`` (M,) and ``row_scale[:, None] * d loss_row / d logits`` (M, K),
+        both in the compute dtype (float32, or float64 for float64 logits).
+    """
+    logits = problem.logits
+    grad = out
+    if grad is None:
+        grad = torch.empty(logits.shape, dtype=compute_dtype(logits.dtype), device=logits.device)
+    row_loss = _scaled_row_losses(
+        logits, problem.target, problem.fn_weight, problem.fp_weight, problem.row_scale,
+        problem.fn_rows, problem.fp_rows, float(problem.label_smoothing), grad,
+    )  # fmt: skip
+    # Rows with row_scale 0 hold a finite gradient (see _rows_forward), so this zeroes them exactly.
+    grad.mul_(problem.row_scale.to(grad.dtype).unsqueeze(1))
+    return row_loss, grad
+
+
+def _scaled_row_losses(
+    logits: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    fn_rows: Tensor | None,
+    fp_rows: Tensor | None,
+    smoothing: float,
+    row_grad: Tensor | None,
+) -> Tensor:
+    """``row_scale * loss_row`` (M,), chunk by chunk; writes d loss_row / d logits (unscaled)
+    into ``row_grad`` when one is given."""
+    num_rows, num_classes = logits.shape
+    dtype = compute_dtype(logits.dtype)
+    row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
+    inactive = (row_scale == 0).unsqueeze(1)
+    chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
+    chunk_rows = max(1, chunk_elements // max(num_classes, 1))
+    for start in range(0, num_rows, chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        _rows_forward(
+            logits[rows].to(dtype),
+            target[rows],
+            fn_weight,
+            fp_weight,
+            smoothing,
+            fn_rows=None if fn_rows is None else fn_rows[rows],
+            fp_rows=None if fp_rows is None else fp_rows[rows],
+            out_loss=row_loss[rows],
+            out_grad=row_grad[rows] if row_grad is not None else None,
+            inactive=inactive[rows],
+        )
+    # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
+    # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
+    # by ``_rows_forward``, so the backward's scale zeroes it.
+    return torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
+
+
 class _RWWCEFunction(torch.autograd.Function):
     """Forward computes the loss and, when needed, d loss_row / d logits; backward scales it.
 
@@ -101,36 +169,15 @@ class _RWWCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, options):
-        num_rows, num_classes = logits.shape
-        dtype = compute_dtype(logits.dtype)
-        needs_grad = ctx.needs_input_grad[0]
-        row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
         row_grad = (
-            torch.empty(num_rows, num_classes, dtype=dtype, device=logits.device)
-            if needs_grad
+            torch.empty(logits.shape, dtype=compute_dtype(logits.dtype), device=logits.device)
+            if ctx.needs_input_grad[0]
             else None
         )
-        inactive = (row_scale == 0).unsqueeze(1)
-        chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
-        chunk_rows = max(1, chunk_elements // max(num_classes, 1))
-        for start in range(0, num_rows, chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            _rows_forward(
-                logits[rows].to(dtype),
-                target[rows],
-                fn_weight,
-                fp_weight,
-                options.label_smoothing,
-                fn_rows=None if fn_rows is None else fn_rows[rows],
-                fp_rows=None if fp_rows is None else fp_rows[rows],
-                out_loss=row_loss[rows],
-                out_grad=row_grad[rows] if needs_grad else None,
-                inactive=inactive[rows],
-            )
-        # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
-        # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
-        # by ``_rows_forward``, so the backward's scale zeroes it.
-        row_loss = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
+        row_loss = _scaled_row_losses(
+            logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows,
+            options.label_smoothing, row_grad,
+        )  # fmt: skip
         ctx.save_for_backward(
             logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, row_grad
         )

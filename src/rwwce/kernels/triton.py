@@ -49,7 +49,7 @@ from torch import Tensor
 
 from rwwce.kernels import Problem
 
-__all__ = ["is_available", "supports", "rwwce_loss"]
+__all__ = ["is_available", "supports", "rwwce_loss", "rwwce_loss_and_grad"]
 
 try:  # triton is an optional dependency (the `gpu` extra)
     import triton
@@ -278,6 +278,20 @@ def _block_sizes(num_classes: int, block_k: int | None) -> tuple[int, int, int]:
     tile = block_m * block_k
     num_warps = min(32, max(4, tile // 256))
     return block_m, block_k, num_warps
+
+
+def rwwce_loss_and_grad(problem: Problem) -> tuple[Tensor, Tensor]:
+    """The scaled row losses (M,) in float32 and their gradient w.r.t. the logits (M, K) in the
+    logits' dtype, from one launch and without autograd (as
+    :func:`rwwce.kernels.reference.rwwce_loss_and_grad`; used inside the fused linear loss's
+    operator, where autograd does not run). ``problem.reduce`` is ignored."""
+    reason = supports(problem)
+    if reason is not None:
+        raise ValueError(f"the Triton RWWCE kernel cannot run this call: {reason}")
+    return _launch_forward(
+        problem.logits, problem.target, problem.fn_weight, problem.fp_weight, problem.row_scale,
+        problem.fn_rows, problem.fp_rows, float(problem.label_smoothing), problem.block_k, True,
+    )  # fmt: skip
 
 
 def _launch_forward(

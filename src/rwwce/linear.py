@@ -1,0 +1,527 @@
+"""Fused linear layer + RWWCE: the loss of ``F.linear(input, linear_weight, linear_bias)`` without
+ever holding the (N, K) logits or their gradient.
+
+A classifier head with many classes (a language model's vocabulary, a product catalogue) spends
+most of its memory on the logits and their gradient: 1 GiB each at 8192 x 32768 in float32. Here
+the rows are processed in chunks. For each chunk the logits are computed, the backend gives the
+chunk's loss and logit gradient g in the same pass (no autograd), and the three gradients are
+formed at once::
+
+    grad_input[chunk] = g @ W        grad_weight += g^T @ x[chunk]        grad_bias += sum_rows g
+
+(``grad_weight`` and ``grad_bias`` accumulate in float32, float64 for float64 input). Only one
+chunk's logits and gradient exist at a time. The reduction's denominator ('mean',
+'weighted_mean') is computed for the whole batch before the chunks, so the result does not depend
+on the chunk size beyond rounding.
+
+The work runs inside a ``torch.library`` operator (opaque to ``torch.compile``, with a fake
+implementation for tracing). For a reduced loss the gradients are computed in the forward pass
+and the backward multiplies them by the upstream gradient, so a training step costs the three
+matrix products of the unfused layer. For ``reduction='none'`` the upstream gradient is a vector
+known only in the backward, which therefore recomputes the logits chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rwwce import _validate as V
+from rwwce.kernels import Problem, reference
+from rwwce.kernels.reference import compute_dtype
+
+__all__ = ["linear_real_world_weight_cross_entropy"]
+
+# Rows per chunk: about H, so that a chunk's logits (R x K) take about what the weight's gradient
+# (K x H) takes anyway; at least enough rows for efficient matrix products; and at most a bound on
+# the chunk's logit elements (CUDA prefers larger tiles).
+_MIN_CHUNK_ROWS = 64
+_MAX_CHUNK_ELEMENTS = {"cuda": 1 << 26}
+_MAX_CHUNK_ELEMENTS_DEFAULT = 1 << 23
+
+
+def linear_real_world_weight_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    fn_weight: Tensor | None = None,
+    fp_weight: Tensor | None = None,
+    *,
+    linear_bias: Tensor | None = None,
+    sample_weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: V.Reduction = "mean",
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+    backend: V.Backend = "auto",
+    validate: bool | None = None,
+) -> Tensor:
+    r"""Real-World-Weight Cross-Entropy of a linear layer's output, without materialising it.
+
+    Equal to ``real_world_weight_cross_entropy(F.linear(input, linear_weight, linear_bias),
+    target, fn_weight, fp_weight, ...)`` (with the rows flattened for a (B, T, H) input), values
+    and gradients to ``input``, ``linear_weight`` and ``linear_bias``: for logits
+    z = x W^T + b, p = softmax(z) and target class t, each row's loss is
+
+    .. math::
+        \ell = -\,fn_t \log p_t \;-\; \sum_{j \ne t} FP_{t,j} \log(1 - p_j)
+
+    Reductions as in :func:`rwwce.real_world_weight_cross_entropy`: ``'none'`` (the target's
+    shape), ``'sum'``, ``'mean'`` (divided by the number of non-ignored rows) and
+    ``'weighted_mean'`` (divided by :math:`\sum_i s_i fn_{t_i}` over non-ignored rows; with
+    ``fp_weight=None`` exactly ``F.linear_cross_entropy(weight=fn_weight)``). A batch whose
+    denominator is 0 gives 0.
+
+    With an FP vector over a vocabulary, the FP term is token-level unlikelihood training: it
+    penalises probability put on the chosen tokens wherever they are not the target.
+
+    Memory: one chunk of rows at a time holds its (R, K) logits and gradient; R is chosen from N,
+    H and K (about H rows, so a chunk's logits take about what the weight's gradient takes, at
+    most 2**23 logit elements on the CPU and 2**26 on CUDA) unless ``chunk_size`` is given. A reduced loss
+    computes the parameter gradients in the forward pass whenever one of ``input``,
+    ``linear_weight``, ``linear_bias`` requires grad (run evaluation under ``torch.no_grad()``).
+
+    Args:
+        input: hidden states, float16, bfloat16, float32 or float64.
+        linear_weight: (K, H) as ``nn.Linear`` stores it, the input's dtype and device.
+        target: class indices (an integer dtype); ``ignore_index`` marks rows to skip.
+        fn_weight: (K,) false-negative weights, or the (K, K) diagonal form. Default all ones.
+        fp_weight: ``None`` (no FP term), (K,) meaning FP[t, j] = v[j] for j != t, or (K, K) with
+            a zero diagonal.
+        linear_bias: (K,) or ``None``.
+        sample_weight: non-negative weight per row, the target's shape (or (B,) for (B, T)
+            targets, one weight per sequence).
+        ignore_index: targets equal to it contribute nothing. Default -100.
+        reduction: ``'none'`` | ``'sum'`` | ``'mean'`` | ``'weighted_mean'``. Default ``'mean'``.
+        label_smoothing: e in [0, 1]. Default 0.
+        chunk_size: rows per chunk; ``None`` chooses it.
+        backend: ``'auto'`` (the Triton kernel for CUDA inputs when available, else PyTorch),
+            ``'torch'`` or ``'triton'`` for each chunk's loss and gradient.
+        validate: check the data (target range, weight values) before the chunks. ``None``
+            (default) checks CPU tensors, except while ``torch.compile`` traces (the checks read
+            values, which would break the graph); ``True`` always checks.
+
+    Only ``input``, ``linear_weight`` and ``linear_bias`` receive gradients; cost or sample
+    weights that require grad raise a RuntimeError (use the unfused loss for those). Double
+    backward is not supported (RuntimeError).
+
+    Shape:
+        - input: (H,), (N, H) or (B, T, H) (any leading dimensions).
+        - linear_weight: (K, H). linear_bias: (K,).
+        - target: the input's leading shape: (), (N) or (B, T).
+        - output: the target's shape for ``reduction='none'``, in the input's dtype; else a
+          scalar in float32 (float64 for float64 input).
+
+    Example::
+
+        >>> import torch, rwwce
+        >>> hidden, head = torch.randn(6, 4), torch.nn.Linear(4, 10)
+        >>> target = torch.tensor([1, 2, 3, 4, 5, -100])
+        >>> fp = torch.zeros(10); fp[7] = 5.0   # penalise probability on class 7
+        >>> loss = rwwce.linear_real_world_weight_cross_entropy(
+        ...     hidden, head.weight, target, fp_weight=fp, linear_bias=head.bias, chunk_size=2)
+        >>> loss.backward()
+    """
+    _check_linear_arguments(input, linear_weight, linear_bias, target)
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    V.check_choice("backend", backend, V.BACKENDS)
+    V.check_label_smoothing(label_smoothing)
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
+    for name, value in (
+        ("fn_weight", fn_weight),
+        ("fp_weight", fp_weight),
+        ("sample_weight", sample_weight),
+    ):
+        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{name} requires grad, but linear_real_world_weight_cross_entropy gives gradients "
+                "to input, linear_weight and linear_bias only; detach it, or use "
+                "real_world_weight_cross_entropy(F.linear(...)) for a gradient to it"
+            )
+
+    num_classes, hidden = linear_weight.shape
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fn = V.fn_weight_vector(fn_given, num_classes)
+    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    V.check_fp_weight_shape(fp, num_classes)
+    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    weights = _sample_weight_per_row(weights, target.shape)
+
+    if validate is None and torch.compiler.is_compiling():
+        validate = False
+    if V.should_check_data(validate, input, target, fn_given, fp, weights):
+        V.check_weight_values("fn_weight", fn_given)
+        V.check_fn_matrix_diagonal(fn_given)
+        V.check_weight_values("fp_weight", fp)
+        V.check_fp_diagonal(fp)
+        V.check_weight_values("sample_weight", weights)
+        V.check_class_targets(target, num_classes, ignore_index)
+
+    if fn is None:
+        fn = torch.ones(num_classes, dtype=dtype, device=device)
+    flat_target, row_scale = _rows(target, weights, fn, ignore_index, reduction)
+
+    grad_on = torch.is_grad_enabled()
+    loss = torch.ops.rwwce.fused_linear_rwwce(
+        input.reshape(-1, hidden),
+        linear_weight,
+        linear_bias,
+        flat_target,
+        fn,
+        fp,
+        row_scale,
+        float(label_smoothing),
+        chunk_size or 0,
+        reduction != "none",
+        grad_on and input.requires_grad,
+        grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+        _resolve_backend(backend, input, num_classes, flat_target, fp),
+    )[0]
+    if reduction == "none":
+        return loss.reshape(target.shape).to(input.dtype)
+    return loss
+
+
+def _rows(
+    target: Tensor, weights: Tensor | None, fn: Tensor, ignore_index: int, reduction: str
+) -> tuple[Tensor, Tensor]:
+    """The flat problem's per-row tensors, for the whole batch, before any chunk: the targets (M,)
+    with ignored rows on placeholder class 0, and ``row_scale`` (M,) = ignore mask x sample weight
+    / the reduction's denominator ('mean': the non-ignored rows; 'weighted_mean': the sum of
+    sample_weight * fn[target] over them), 0 when the denominator is 0."""
+    flat = target.reshape(-1).long()
+    valid = flat != ignore_index
+    flat = torch.where(valid, flat, torch.zeros_like(flat))
+    row_weight = valid.to(fn.dtype)
+    if weights is not None:
+        row_weight = row_weight * weights.reshape(-1)
+    if reduction == "mean":
+        denominator = valid.sum().to(fn.dtype)
+    elif reduction == "weighted_mean":
+        # Unchecked targets (validate=False) must not index past fn: out of range gives NaN.
+        num_classes = fn.shape[0]
+        in_range = (flat >= 0) & (flat < num_classes)
+        fn_target = torch.where(in_range, fn[flat.clamp(0, num_classes - 1)], float("nan"))
+        denominator = (row_weight * fn_target).sum()
+    else:
+        return flat, row_weight
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return flat, torch.where(denominator > 0, row_weight / safe, torch.zeros_like(row_weight))
+
+
+def _check_linear_arguments(
+    input: object, linear_weight: object, linear_bias: object, target: object
+) -> None:
+    """Types, dtypes, devices and shapes of the tensors (metadata only, no data read)."""
+    V.check_input(input)
+    V.check_input(linear_weight, "linear_weight")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    if input.dim() == 0:
+        raise ValueError("input must have a feature dimension: shape (H,), (N, H) or (B, T, H)")
+    if linear_weight.dim() != 2:
+        raise ValueError(
+            f"linear_weight must have shape (K, H) as nn.Linear stores it; got "
+            f"{tuple(linear_weight.shape)}"
+        )
+    num_classes, hidden = linear_weight.shape
+    if input.shape[-1] != hidden:
+        raise ValueError(
+            f"linear_weight has shape {tuple(linear_weight.shape)} (K, H): its H = {hidden} must "
+            f"equal the input's last dimension; got input of shape {tuple(input.shape)}"
+        )
+    if num_classes == 0:
+        raise ValueError("linear_weight has 0 rows: the layer must output at least one class")
+    if linear_weight.dtype != input.dtype or linear_weight.device != input.device:
+        raise ValueError(
+            f"linear_weight is {linear_weight.dtype} on {linear_weight.device}; expected the "
+            f"input's dtype and device ({input.dtype} on {input.device})"
+        )
+    if linear_bias is not None:
+        V.check_input(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (num_classes,):
+            raise ValueError(
+                f"linear_bias must have shape ({num_classes},) for linear_weight of shape "
+                f"{tuple(linear_weight.shape)}; got {tuple(linear_bias.shape)}"
+            )
+        if linear_bias.dtype != input.dtype or linear_bias.device != input.device:
+            raise ValueError(
+                f"linear_bias is {linear_bias.dtype} on {linear_bias.device}; expected the "
+                f"input's dtype and device ({input.dtype} on {input.device})"
+            )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold class indices (an integer dtype); got dtype {target.dtype}. "
+            "Probability targets are (N, K) themselves: use "
+            "real_world_weight_cross_entropy(F.linear(...), target)"
+        )
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(
+            f"target must have the input's leading shape {tuple(input.shape[:-1])} (one class "
+            f"per row of input {tuple(input.shape)}); got {tuple(target.shape)}"
+        )
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but the input is on {input.device}")
+
+
+def _sample_weight_per_row(weights: Tensor | None, target_shape: torch.Size) -> Tensor | None:
+    """The target's shape, or (B,) for a (B, T, ...) target (one weight per sequence)."""
+    if weights is None:
+        return None
+    if tuple(weights.shape) == tuple(target_shape):
+        return weights
+    if len(target_shape) > 1 and tuple(weights.shape) == (target_shape[0],):
+        return weights.reshape(-1, *([1] * (len(target_shape) - 1))).expand(target_shape)
+    raise ValueError(
+        f"sample_weight must have the target's shape {tuple(target_shape)}"
+        + (f" or ({target_shape[0]},)" if len(target_shape) > 1 else "")
+        + f"; got {tuple(weights.shape)}"
+    )
+
+
+def _resolve_backend(
+    backend: str, input: Tensor, num_classes: int, target: Tensor, fp: Tensor | None
+) -> str:
+    """'torch' or 'triton' for the chunks: 'auto' takes Triton for CUDA inputs it supports."""
+    if backend == "torch" or (backend == "auto" and not input.is_cuda):
+        return "torch"
+    from rwwce.kernels import triton as triton_backend
+
+    if not triton_backend.is_available():
+        reason = (
+            "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 is not set"
+        )
+    else:
+        # The kernel's checks read only metadata: an empty chunk of rows stands for them all.
+        empty = input.new_empty((0, num_classes))
+        reason = triton_backend.supports(
+            Problem(empty, target[:0], empty.new_ones(num_classes), fp, empty.new_empty(0))
+        )
+    if reason is None:
+        return "triton"
+    if backend == "triton":
+        raise ValueError(
+            f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
+        )
+    return "torch"
+
+
+def _chunk_rows(num_rows: int, hidden: int, num_classes: int, device: torch.device) -> int:
+    """Rows per chunk: about H, at least a few dozen, within the element bound, at most N."""
+    most = _MAX_CHUNK_ELEMENTS.get(device.type, _MAX_CHUNK_ELEMENTS_DEFAULT) // num_classes
+    return max(1, min(num_rows, max(_MIN_CHUNK_ROWS, hidden), most))
+
+
+@torch.library.custom_op("rwwce::fused_linear_rwwce", mutates_args=())
+def _fused_linear_rwwce(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    row_scale: Tensor,
+    label_smoothing: float,
+    chunk_size: int,
+    reduce: bool,
+    grad_input: bool,
+    grad_weight: bool,
+    grad_bias: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, grad_input, grad_weight, grad_bias) of the flat problem x (M, H), W (K, H).
+
+    ``loss`` is the 0-dim sum of ``row_scale * loss_row`` (``reduce``) or that (M,) vector. The
+    gradients of the reduced loss are computed when ``reduce`` and their flag are set (else an
+    empty tensor stands in their place). ``chunk_size`` 0 means automatic.
+    """
+    num_rows, hidden = input.shape
+    num_classes = weight.shape[0]
+    dtype = compute_dtype(input.dtype)
+    rows = chunk_size or _chunk_rows(num_rows, hidden, num_classes, input.device)
+    with_grad = reduce and (grad_input or grad_weight or grad_bias)
+
+    row_loss = torch.empty(num_rows, dtype=dtype, device=input.device)
+    out_input = torch.empty_like(input) if with_grad and grad_input else input.new_empty(0)
+    acc_weight = (
+        torch.zeros(weight.shape, dtype=dtype, device=input.device)
+        if with_grad and grad_weight
+        else None
+    )
+    acc_bias = (
+        torch.zeros(num_classes, dtype=dtype, device=input.device)
+        if with_grad and grad_bias
+        else None
+    )
+    # One logits buffer and one gradient buffer, reused by every chunk.
+    logits_buffer = input.new_empty((min(rows, num_rows), num_classes))
+    grad_buffer = (
+        torch.empty(logits_buffer.shape, dtype=dtype, device=input.device)
+        if with_grad and backend == "torch"
+        else None
+    )
+
+    for start in range(0, num_rows, rows):
+        stop = min(start + rows, num_rows)
+        x = input[start:stop]
+        logits = logits_buffer[: stop - start]
+        if bias is None:
+            torch.mm(x, weight.t(), out=logits)
+        else:
+            torch.addmm(bias, x, weight.t(), out=logits)
+        # Every per-row tensor is sliced with its rows (per-row costs would travel the same way).
+        problem = Problem(
+            logits,
+            target[start:stop],
+            fn_weight,
+            fp_weight,
+            row_scale[start:stop],
+            label_smoothing=label_smoothing,
+            reduce=False,
+        )
+        if not with_grad:
+            row_loss[start:stop] = _backend_module(backend).rwwce_loss(problem)
+            continue
+        if backend == "torch":
+            loss, grad = reference.rwwce_loss_and_grad(problem, out=grad_buffer[: stop - start])
+        else:
+            loss, grad = _backend_module(backend).rwwce_loss_and_grad(problem)
+        row_loss[start:stop] = loss
+        if acc_bias is not None:
+            acc_bias.add_(grad.sum(dim=0, dtype=dtype))
+        grad = grad.to(input.dtype)  # the unfused layer's logit gradient has the logits' dtype
+        if grad_input:
+            torch.mm(grad, weight, out=out_input[start:stop])
+        if acc_weight is not None:
+            if grad.dtype == dtype:
+                acc_weight.addmm_(grad.t(), x)
+            else:  # half precision: each chunk's product in its dtype, the sum in float32
+                acc_weight.add_(torch.mm(grad.t(), x))
+
+    loss = row_loss.sum() if reduce else row_loss
+    out_weight = acc_weight.to(weight.dtype) if acc_weight is not None else weight.new_empty(0)
+    out_bias = acc_bias.to(bias.dtype) if acc_bias is not None else input.new_empty(0)
+    return loss, out_input, out_weight, out_bias
+
+
+@_fused_linear_rwwce.register_fake
+def _(
+    input,
+    weight,
+    bias,
+    target,
+    fn_weight,
+    fp_weight,
+    row_scale,
+    label_smoothing,
+    chunk_size,
+    reduce,
+    grad_input,
+    grad_weight,
+    grad_bias,
+    backend,
+):
+    dtype = compute_dtype(input.dtype)
+    loss = input.new_empty(() if reduce else (input.shape[0],), dtype=dtype)
+    with_grad = reduce and (grad_input or grad_weight or grad_bias)
+    out_input = input.new_empty(input.shape) if with_grad and grad_input else input.new_empty(0)
+    out_weight = (
+        weight.new_empty(weight.shape) if with_grad and grad_weight else weight.new_empty(0)
+    )
+    out_bias = (
+        bias.new_empty(bias.shape)
+        if with_grad and grad_bias and bias is not None
+        else input.new_empty(0)
+    )
+    return loss, out_input, out_weight, out_bias
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, weight, bias, target, fn_weight, fp_weight, row_scale = inputs[:7]
+    smoothing, chunk, reduce, backend = inputs[7], inputs[8], inputs[9], inputs[13]
+    ctx.reduce = reduce
+    if reduce:  # the gradients are ready: keep them, not the inputs
+        ctx.save_for_backward(*output[1:])
+    else:
+        ctx.save_for_backward(input, weight, bias, target, fn_weight, fp_weight, row_scale)
+        ctx.options = (smoothing, chunk, backend)
+
+
+def _backward(ctx, grad_loss, *_):
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "linear_real_world_weight_cross_entropy cannot be differentiated twice (a backward "
+            "with create_graph=True); use real_world_weight_cross_entropy(F.linear(...)) with "
+            "backend='torch', whose double backward is exact"
+        )
+    want_input, want_weight, want_bias = ctx.needs_input_grad[:3]
+    if ctx.reduce:
+        grads = ctx.saved_tensors
+        # Unless a later backward needs them unscaled, the saved gradients are ours to consume:
+        # scaling them in place spares a second copy of grad_weight at the backward's peak.
+        in_place = not _graph_is_retained()
+    else:
+        # The upstream gradient weights each row: recompute chunk by chunk with it folded into
+        # the row scale, as a reduced loss whose gradients are the ones wanted.
+        input, weight, bias, target, fn_weight, fp_weight, row_scale = ctx.saved_tensors
+        label_smoothing, chunk_size, backend = ctx.options
+        grads = torch.ops.rwwce.fused_linear_rwwce(
+            input,
+            weight,
+            bias,
+            target,
+            fn_weight,
+            fp_weight,
+            row_scale * grad_loss.to(row_scale.dtype),
+            label_smoothing,
+            chunk_size,
+            True,
+            want_input,
+            want_weight,
+            want_bias,
+            backend,
+        )[1:]
+        grad_loss = None
+    scaled = []
+    for wanted, grad in zip((want_input, want_weight, want_bias), grads, strict=True):
+        if not wanted:
+            scaled.append(None)
+        elif grad_loss is None:
+            scaled.append(grad)
+        elif in_place:
+            scaled.append(grad.mul_(grad_loss.to(grad.dtype)))
+        else:
+            scaled.append(grad * grad_loss.to(grad.dtype))
+    return (*scaled, *([None] * 11))
+
+
+_fused_linear_rwwce.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _graph_is_retained() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``, where a later
+    backward needs the saved gradients unscaled); True when torch cannot tell, e.g. while
+    ``torch.compile`` traces the backward."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if probe is None:  # pragma: no cover - older torch
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:  # not inside an engine-run backward
+        return True
+
+
+def _backend_module(backend: str):
+    if backend == "triton":
+        from rwwce.kernels import triton as triton_backend
+
+        return triton_backend
+    return reference
