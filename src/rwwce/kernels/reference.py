@@ -58,7 +58,7 @@ def rwwce_loss(problem: Problem) -> Tensor:
     Returns:
         0-dim (``problem.reduce``) or (M,) tensor in float32 (float64 for float64 logits).
     """
-    if is_traced():
+    if is_traced() and not (torch.compiler.is_compiling() and _logits_grad_only(problem)):
         return _composite_loss(problem)
     options = BackendOptions(float(problem.label_smoothing), bool(problem.reduce))
     return _RWWCEFunction.apply(
@@ -71,6 +71,13 @@ def rwwce_loss(problem: Problem) -> Tensor:
         problem.fp_rows,
         options,
     )
+
+
+def _logits_grad_only(problem: Problem) -> bool:
+    """No input but the logits requires grad."""
+    others = (problem.target, problem.fn_weight, problem.fp_weight, problem.row_scale)
+    others += (problem.fn_rows, problem.fp_rows)
+    return not any(x is not None and x.requires_grad for x in others)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -113,8 +120,10 @@ class _RWWCEFunction(torch.autograd.Function):
         inactive = (row_scale == 0).unsqueeze(1)
         chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
         chunk_rows = max(1, chunk_elements // max(num_classes, 1))
-        for start in range(0, num_rows, chunk_rows):
-            rows = slice(start, start + chunk_rows)
+        # Compiled, one chunk: the compiler fuses it, and M stays symbolic (no loop over it).
+        starts = [0] if torch.compiler.is_compiling() else range(0, num_rows, chunk_rows)
+        for start in starts:
+            rows = slice(None) if torch.compiler.is_compiling() else slice(start, start + chunk_rows)
             _rows_forward(
                 logits[rows].to(dtype),
                 target[rows],
