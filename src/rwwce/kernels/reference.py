@@ -29,9 +29,12 @@ Two paths compute the same function:
   ever built. When another input needs a gradient (soft targets, weights, ``row_scale``), or
   under ``create_graph=True``, backward recomputes the row losses with composite operations and
   differentiates them with autograd: exact, and differentiable again.
-* under ``torch.compile`` and ``torch.func`` transforms, the composite operations themselves
-  (:func:`_composite_loss`): the compiler fuses them and derives their backward, and every
-  transform (grad, vmap, jacrev, jacfwd, hessian) composes with them.
+* under ``torch.compile`` with only the logits needing a gradient, the same ``autograd.Function``
+  traced as one chunk (its forward and analytic backward become graph code the compiler fuses;
+  no loop over M, so the batch size stays symbolic);
+* under ``torch.func`` transforms, and compiled when another input needs a gradient, the
+  composite operations themselves (:func:`_composite_loss`): every transform (grad, vmap,
+  jacrev, jacfwd, hessian) composes with them and the compiler derives their backward.
 """
 
 from __future__ import annotations
