@@ -29,9 +29,12 @@ Two paths compute the same function:
   ever built. When another input needs a gradient (soft targets, weights, ``row_scale``), or
   under ``create_graph=True``, backward recomputes the row losses with composite operations and
   differentiates them with autograd: exact, and differentiable again.
-* under ``torch.compile`` and ``torch.func`` transforms, the composite operations themselves
-  (:func:`_composite_loss`): the compiler fuses them and derives their backward, and every
-  transform (grad, vmap, jacrev, jacfwd, hessian) composes with them.
+* under ``torch.compile`` with only the logits needing a gradient, the same ``autograd.Function``
+  traced as one chunk (its forward and analytic backward become graph code the compiler fuses;
+  no loop over M, so the batch size stays symbolic);
+* under ``torch.func`` transforms, and compiled when another input needs a gradient, the
+  composite operations themselves (:func:`_composite_loss`): every transform (grad, vmap,
+  jacrev, jacfwd, hessian) composes with them and the compiler derives their backward.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def rwwce_loss(problem: Problem) -> Tensor:
     Returns:
         0-dim (``problem.reduce``) or (M,) tensor in float32 (float64 for float64 logits).
     """
-    if is_traced():
+    if is_traced() and not (torch.compiler.is_compiling() and _logits_grad_only(problem)):
         return _composite_loss(problem)
     options = BackendOptions(float(problem.label_smoothing), bool(problem.reduce))
     return _RWWCEFunction.apply(
@@ -71,6 +74,13 @@ def rwwce_loss(problem: Problem) -> Tensor:
         problem.fp_rows,
         options,
     )
+
+
+def _logits_grad_only(problem: Problem) -> bool:
+    """No input but the logits requires grad."""
+    others = (problem.target, problem.fn_weight, problem.fp_weight, problem.row_scale)
+    others += (problem.fn_rows, problem.fp_rows)
+    return not any(x is not None and x.requires_grad for x in others)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -139,8 +149,10 @@ def _scaled_row_losses(
     inactive = (row_scale == 0).unsqueeze(1)
     chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
-    for start in range(0, num_rows, chunk_rows):
-        rows = slice(start, start + chunk_rows)
+    # Compiled, one chunk: the compiler fuses it, and M stays symbolic (no loop over it).
+    starts = [0] if torch.compiler.is_compiling() else range(0, num_rows, chunk_rows)
+    for start in starts:
+        rows = slice(None) if torch.compiler.is_compiling() else slice(start, start + chunk_rows)
         _rows_forward(
             logits[rows].to(dtype),
             target[rows],
