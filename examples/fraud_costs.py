@@ -35,6 +35,7 @@ Needs scipy (for the paired test).
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
 import torch
 

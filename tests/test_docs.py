@@ -183,3 +183,17 @@ def test_fraud_costs_example_loss_weighs_each_mistake_by_its_cost():
     matrices = ns["cost_matrices"](amount)
     assert torch.equal(matrices[torch.arange(64), y, 1 - y], weight)
     assert torch.equal(matrices.diagonal(dim1=1, dim2=2), torch.zeros(64, 2, dtype=torch.float64))
+
+
+def test_readme_quotes_every_arm_of_fraud_costs():
+    """The README's summary of examples/fraud_costs.py gives every mean of the table in
+    docs/decisions.md, and the table has one row per arm the example prints."""
+    root = Path(__file__).parents[1]
+    arms = runpy.run_path(str(root / "examples" / "fraud_costs.py"))["ARMS"]
+    doc = (root / "docs" / "decisions.md").read_text()
+    section = doc[doc.index("### Per-sample costs: in training or in the decision") :]
+    means = re.findall(r"^\| [^|]+ \| \**(\d+\.\d{3})\** \(", section, re.M)
+    assert len(means) == len(arms) == 5
+    readme = (root / "README.md").read_text()
+    summary = readme[readme.index("`python examples/fraud_costs.py`") :].split("\n\n")[0]
+    assert all(m in summary for m in means), (means, summary)
