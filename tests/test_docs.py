@@ -131,3 +131,69 @@ def test_readme_quotes_every_arm_of_decide_by_cost():
     summary = readme[readme.index("`python examples/decide_by_cost.py`") :].split("\n\n")[0]
     for mean in means:
         assert mean in summary, (mean, summary)
+
+
+@pytest.mark.slow
+def test_fraud_costs_example_prints_every_arm():
+    """examples/fraud_costs.py on two small seeds: a row per arm with finite costs, the per-sample
+    RWWCE arm as the reference, and deciding by per-sample cost beating the arg-max of plain CE."""
+    pytest.importorskip("scipy")
+    stdout = _run_example("fraud_costs.py", "--seeds", "2", "--samples", "3000", "--steps", "60")
+    path = Path(__file__).parents[1] / "examples" / "fraud_costs.py"
+    arms = runpy.run_path(str(path))["ARMS"]
+    means, diffs = {}, {}
+    for arm in arms:
+        row = re.search(rf"^  {re.escape(arm)} +(\S+)  \[ *(\S+), +(\S+)\]  (.*)$", stdout, re.M)
+        assert row, stdout
+        mean, lo, hi = (float(v) for v in row.group(1, 2, 3))
+        assert all(np.isfinite([mean, lo, hi])) and 0 <= lo <= mean <= hi, row.group(0)
+        means[arm] = mean
+        if arm == "RWWCE, per sample":
+            assert row.group(4).strip() == "(reference)"
+        else:  # paired difference, its interval, p and the per-sample arm's wins out of 2 seeds
+            diff, dlo, dhi, p, wins = re.fullmatch(
+                r" *([-+]\S+)  \[ *([-+]\S+), +([-+]\S+)\] +(\S+)  (\d)/2", row.group(4)
+            ).groups()
+            assert float(dlo) <= float(diff) <= float(dhi) and 0 <= float(p) <= 1
+            diffs[arm] = float(diff)
+    assert set(means) == set(arms) and "RWWCE, per sample" in means
+    for arm, diff in diffs.items():  # the mean paired difference is the difference of the means
+        assert abs(diff - (means["RWWCE, per sample"] - means[arm])) <= 2e-3, (arm, stdout)
+    assert means["CE + Bayes"] < means["CE"]
+
+
+def test_fraud_costs_example_loss_weighs_each_mistake_by_its_cost():
+    """For two classes, RWWCE with the example's sample_costs rows (amount, 5) is cross-entropy
+    weighted by the cost of the element's own mistake: its amount for a fraud, 5 otherwise
+    (PyTorch's own cross-entropy as the oracle); the (N, 2, 2) matrices say the same."""
+    import torch
+
+    import rwwce
+
+    ns = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "fraud_costs.py"))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 2, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 2, (64,), generator=g)
+    amount = torch.exp(torch.randn(64, dtype=torch.float64, generator=g) * 1.5 + 4)
+    rows = ns["per_sample_costs"](amount)
+    loss = rwwce.RWWCELoss()(logits, y, sample_costs=rows)
+    weight = torch.where(y == 1, amount, 5.0)
+    expected = (weight * torch.nn.functional.cross_entropy(logits, y, reduction="none")).mean()
+    torch.testing.assert_close(loss, expected)
+    matrices = ns["cost_matrices"](amount)
+    assert torch.equal(matrices[torch.arange(64), y, 1 - y], weight)
+    assert torch.equal(matrices.diagonal(dim1=1, dim2=2), torch.zeros(64, 2, dtype=torch.float64))
+
+
+def test_readme_quotes_every_arm_of_fraud_costs():
+    """The README's summary of examples/fraud_costs.py gives every mean of the table in
+    docs/decisions.md, and the table has one row per arm the example prints."""
+    root = Path(__file__).parents[1]
+    arms = runpy.run_path(str(root / "examples" / "fraud_costs.py"))["ARMS"]
+    doc = (root / "docs" / "decisions.md").read_text()
+    section = doc[doc.index("### Per-sample costs: in training or in the decision") :]
+    means = re.findall(r"^\| [^|]+ \| \**(\d+\.\d{3})\** \(", section, re.M)
+    assert len(means) == len(arms) == 5
+    readme = (root / "README.md").read_text()
+    summary = readme[readme.index("`python examples/fraud_costs.py`") :].split("\n\n")[0]
+    assert all(m in summary for m in means), (means, summary)
