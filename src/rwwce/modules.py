@@ -302,9 +302,11 @@ class LinearRWWCELoss(nn.Module):
     """Fused linear layer + Real-World-Weight Cross-Entropy as a module; see
     :func:`rwwce.linear_real_world_weight_cross_entropy` for the formula, memory and shapes.
 
-    ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None)`` takes the
-    hidden states and the classifier's parameters (e.g. ``model.lm_head.weight``), so the (N, K)
-    logits are never held. ``fn_weight`` and ``fp_weight`` are buffers, checked once here as in
+    ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None,
+    sample_costs=None)`` takes the hidden states and the classifier's parameters (e.g.
+    ``model.lm_head.weight``), so the (N, K) logits are never held; ``sample_costs`` (the
+    target's shape plus (K,)) gives each row its own cost row, for a module built without
+    ``fn_weight`` / ``fp_weight``. ``fn_weight`` and ``fp_weight`` are buffers, checked once here as in
     :class:`RWWCELoss`; the data checks follow the same rule (CPU every call, an accelerator on
     the first call only).
 
@@ -370,6 +372,7 @@ class LinearRWWCELoss(nn.Module):
         target: Tensor,
         linear_bias: Tensor | None = None,
         sample_weight: Tensor | None = None,
+        sample_costs: Tensor | None = None,
     ) -> Tensor:
         from rwwce.linear import linear_real_world_weight_cross_entropy
 
@@ -381,6 +384,7 @@ class LinearRWWCELoss(nn.Module):
             self.fp_weight,
             linear_bias=linear_bias,
             sample_weight=sample_weight,
+            sample_costs=sample_costs,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
