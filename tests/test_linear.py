@@ -516,58 +516,35 @@ def test_backend_triton_without_triton_says_why():
         lrce(x, weight, target, backend="triton")
 
 
-def test_triton_backend_matches_torch_backend_in_the_interpreter():
-    """The chunks' loss and gradient from the Triton kernel (interpreted on the CPU)."""
+@pytest.mark.parametrize(
+    "options, reductions",
+    [
+        ("None, torch.rand(7), label_smoothing=0.1", ("mean", "none")),
+        ("sample_costs=torch.rand(10, 7) * 4", ("weighted_mean", "none")),
+    ],
+    ids=["fp_vector_smoothed", "sample_costs"],
+)
+def test_triton_backend_matches_torch_backend_in_the_interpreter(options, reductions):
+    """The chunks' loss and gradient from the Triton kernel (interpreted on the CPU); with
+    ``sample_costs``, each chunk's rows of fn_rows / fp_rows reach the kernel."""
     pytest.importorskip("triton")
     script = textwrap.dedent(
-        """
+        f"""
         import torch, rwwce
         torch.manual_seed(0)
         x = torch.randn(10, 6, requires_grad=True)
         w = torch.randn(7, 6, requires_grad=True)
         b = torch.randn(7, requires_grad=True)
         t = torch.randint(0, 7, (10,)); t[3] = -100
-        fp = torch.rand(7)
-        out = {}
+        out = {{}}
         for backend in ("torch", "triton"):
-            for reduction in ("mean", "none"):
+            torch.manual_seed(1)
+            for reduction in {reductions!r}:
                 loss = rwwce.linear_real_world_weight_cross_entropy(
-                    x, w, t, None, fp, linear_bias=b, reduction=reduction, chunk_size=4,
-                    backend=backend, label_smoothing=0.1)
+                    x, w, t, {options}, linear_bias=b, reduction=reduction, chunk_size=4,
+                    backend=backend)
                 out[backend, reduction] = (loss, *torch.autograd.grad(loss.sum(), (x, w, b)))
-        for reduction in ("mean", "none"):
-            for a, c in zip(out["torch", reduction], out["triton", reduction]):
-                torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
-        print("same")
-        """
-    )
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 0 and "same" in done.stdout, done.stderr[-3000:]
-
-
-def test_triton_backend_with_sample_costs_matches_torch_backend_in_the_interpreter():
-    """Each chunk's rows of fn_rows / fp_rows reach the Triton kernel (interpreted on the CPU)."""
-    pytest.importorskip("triton")
-    script = textwrap.dedent(
-        """
-        import torch, rwwce
-        torch.manual_seed(0)
-        x = torch.randn(10, 6, requires_grad=True)
-        w = torch.randn(7, 6, requires_grad=True)
-        b = torch.randn(7, requires_grad=True)
-        t = torch.randint(0, 7, (10,)); t[3] = -100
-        costs = torch.rand(10, 7) * 4
-        out = {}
-        for backend in ("torch", "triton"):
-            for reduction in ("weighted_mean", "none"):
-                loss = rwwce.linear_real_world_weight_cross_entropy(
-                    x, w, t, linear_bias=b, sample_costs=costs, reduction=reduction,
-                    chunk_size=4, backend=backend)
-                out[backend, reduction] = (loss, *torch.autograd.grad(loss.sum(), (x, w, b)))
-        for reduction in ("weighted_mean", "none"):
+        for reduction in {reductions!r}:
             for a, c in zip(out["torch", reduction], out["triton", reduction]):
                 torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
         print("same")
