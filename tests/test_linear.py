@@ -607,6 +607,52 @@ def test_module_takes_sample_costs():
         rwwce.LinearRWWCELoss(fp_weight=random_fp("vector"))(x, weight, target, sample_costs=costs)
 
 
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda x, w, t: lrce(x, w, t, weight=torch.ones(NUM_CLASSES)),
+            r"linear_real_world_weight_cross_entropy\(\) got PyTorch's keyword argument weight=; "
+            r"in rwwce write fn_weight=w",
+        ),
+        (
+            lambda x, w, t: lrce(x, w, t, reduce=False),
+            r"keyword argument reduce=; in rwwce write reduction=",
+        ),
+        (
+            lambda x, w, t: rwwce.LinearRWWCELoss(weight=torch.ones(NUM_CLASSES)),
+            r"LinearRWWCELoss\(\) got PyTorch's keyword argument weight=; in rwwce write "
+            r"fn_weight=w",
+        ),
+    ],
+    ids=["function_weight", "function_reduce", "module_weight"],
+)
+def test_pytorch_keyword_names_name_the_rwwce_argument(call, match):
+    x, weight, b, target = problem()
+    with pytest.raises(TypeError, match=match):
+        call(x, weight, target)
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16"])
+def test_module_cost_buffers_keep_their_dtype_under_a_parents_cast(cast):
+    fn = torch.full((NUM_CLASSES,), 2001.0)  # bfloat16 rounds 2001 to 2000
+    fp = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    fp[:2] = 1e5  # float16 turns 1e5 into inf
+    criterion = rwwce.LinearRWWCELoss(fn, fp)
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(HIDDEN, NUM_CLASSES), "loss": criterion})
+    getattr(model, cast)()
+    low = model["head"].weight.dtype
+    assert low == getattr(torch, cast)
+    assert criterion.fn_weight.dtype == torch.float32 and criterion.fp_weight.dtype == torch.float64
+    assert torch.equal(criterion.fn_weight, fn) and torch.equal(criterion.fp_weight, fp)
+    x, _, _, target = problem(dtype=low)
+    loss = criterion(x, model["head"].weight, target, model["head"].bias)
+    expected = lrce(
+        x, model["head"].weight, target, fn, fp, linear_bias=model["head"].bias
+    )  # the function with the original costs
+    assert torch.isfinite(loss) and torch.equal(loss, expected)
+
+
 def test_module_checks_its_weights_once():
     fp = torch.ones(4, 4)
     with pytest.raises(ValueError, match="zero diagonal"):

@@ -41,6 +41,7 @@ _MAX_CHUNK_ELEMENTS = {"cuda": 1 << 26}
 _MAX_CHUNK_ELEMENTS_DEFAULT = 1 << 23
 
 
+@V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
 def linear_real_world_weight_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
