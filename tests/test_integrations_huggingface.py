@@ -109,6 +109,25 @@ def train_one_step(model, loss, x, y, tmp_path, accumulation=4, batch=8, **argum
     return trainer, result
 
 
+def one_sgd_step_arguments(tmp_path, **extra):
+    """TrainingArguments for one plain SGD step of 4 accumulated micro-batches of 8 on the CPU."""
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=4,
+        max_steps=1,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
 def reference_step(model, loss, x, y):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     value = loss(model(x).logits, y)
@@ -194,23 +213,9 @@ def test_sample_costs_from_the_batch_accumulated_step_equals_full_batch_step(tmp
     reference = copy.deepcopy(model)
     expected_loss = plain_step(reference, x, y, costs, reduction)
 
-    args = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=4,
-        max_steps=1,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
     trainer = RWWCETrainer(
         model=model,
-        args=transformers.TrainingArguments(**args),
+        args=one_sgd_step_arguments(tmp_path),
         train_dataset=CostDataset(x, y, costs),
         loss=rwwce.RWWCELoss(reduction=reduction),
     )
@@ -234,21 +239,7 @@ def test_sample_costs_for_token_classification_and_evaluation(tmp_path):
     model = make_model()
     reference = copy.deepcopy(model)
     plain_step(reference, x, y, costs, "weighted_mean")
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=N,
-        gradient_accumulation_steps=4,
-        max_steps=1,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = one_sgd_step_arguments(tmp_path, per_device_eval_batch_size=N)
     data = CostDataset(x, y, costs)
     trainer = RWWCETrainer(
         model=model,
@@ -323,20 +314,7 @@ def test_token_classification_with_tiny_bert(tmp_path):
     opt = torch.optim.SGD(reference.parameters(), lr=LR)
     loss(reference(input_ids=ids).logits.movedim(-1, 1), labels).backward()
     opt.step()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=4,
-        max_steps=1,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = one_sgd_step_arguments(tmp_path)
     trainer = RWWCETrainer(
         model=model, args=args, train_dataset=TokenDataset(ids, labels), loss=loss
     )
