@@ -686,6 +686,27 @@ def test_torch_compile_fullgraph_without_graph_breaks(reduction):
     )
 
 
+def test_torch_compile_fullgraph_with_sample_costs():
+    x, weight, b, target = problem(dtype=torch.float32)
+    costs = random_costs(target.shape, dtype=torch.float32)
+
+    def step(x, w, b):
+        return lrce(
+            x, w, target, linear_bias=b, sample_costs=costs, reduction="weighted_mean", chunk_size=5
+        )
+
+    explanation = torch._dynamo.explain(step)(x, weight, b)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert_same(
+        loss_and_grads(compiled, x, weight, b),
+        loss_and_grads(step, x, weight, b),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+
 # --- the worked example ---------------------------------------------------------------------------
 
 
