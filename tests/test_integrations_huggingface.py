@@ -109,6 +109,25 @@ def train_one_step(model, loss, x, y, tmp_path, accumulation=4, batch=8, **argum
     return trainer, result
 
 
+def one_sgd_step_arguments(tmp_path, **extra):
+    """TrainingArguments for one plain SGD step of 4 accumulated micro-batches of 8 on the CPU."""
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=4,
+        max_steps=1,
+        learning_rate=LR,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
 def reference_step(model, loss, x, y):
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     value = loss(model(x).logits, y)
@@ -146,6 +165,120 @@ def test_accumulated_step_equals_full_batch_step(tmp_path, reduction, fp):
     assert result.training_loss == pytest.approx(float(expected_loss), rel=1e-5)
 
 
+# --- per-sample costs from the batch --------------------------------------------------------------
+
+
+class CostDataset(ListDataset):
+    """ListDataset with a ``sample_costs`` entry per sample (the model's forward does not take it:
+    the default ``remove_unused_columns`` would drop it unless the Trainer keeps it)."""
+
+    def __init__(self, features, labels, costs):
+        super().__init__(features, labels)
+        self.costs = costs
+
+    def __getitem__(self, i):
+        return {**super().__getitem__(i), "sample_costs": self.costs[i]}
+
+
+def make_costs(shape, seed=11):
+    """Per-sample cost rows: a heavy-tailed cost of missing the true class (an 'amount') and
+    small costs of the other mistakes, so fn_i varies a lot between samples."""
+    g = torch.Generator().manual_seed(seed)
+    costs = torch.rand(*shape, K, generator=g) + 0.1
+    amount = torch.distributions.Pareto(1.0, 1.5).sample(shape) * 2
+    costs[..., 0] = amount  # predicting class 0 (say, 'legitimate') misses the amount
+    return costs
+
+
+def plain_step(model, x, y, costs, reduction):
+    """One SGD step on the whole batch with the plain functional loss and its sample_costs."""
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    logits = model(x).logits
+    if logits.dim() == 3:  # (N, L, K) -> the loss's classes-second layout
+        logits, costs = logits.movedim(-1, 1), costs.movedim(-1, 1)
+    value = rwwce.real_world_weight_cross_entropy(
+        logits, y, sample_costs=costs, reduction=reduction
+    )
+    value.backward()
+    opt.step()
+    return value.detach()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "sum"])
+def test_sample_costs_from_the_batch_accumulated_step_equals_full_batch_step(tmp_path, reduction):
+    x, y = make_data()
+    costs = make_costs((N,))
+    model = make_model()
+    start = params(model)
+    reference = copy.deepcopy(model)
+    expected_loss = plain_step(reference, x, y, costs, reduction)
+
+    trainer = RWWCETrainer(
+        model=model,
+        args=one_sgd_step_arguments(tmp_path),
+        train_dataset=CostDataset(x, y, costs),
+        loss=rwwce.RWWCELoss(reduction=reduction),
+    )
+    result = trainer.train()
+    assert (params(reference) - start).abs().max() > 1e-3
+    torch.testing.assert_close(params(model), params(reference), rtol=1e-5, atol=1e-6)
+    assert result.training_loss == pytest.approx(float(expected_loss), rel=1e-5)
+    if reduction == "weighted_mean":  # the costs matter: without them the step differs
+        without = make_model()
+        reference_step(without, rwwce.RWWCELoss(reduction=reduction), x, y)
+        assert not torch.allclose(params(without), params(reference), rtol=1e-4, atol=1e-6)
+
+
+def test_sample_costs_for_token_classification_and_evaluation(tmp_path):
+    """(N, L, K) logits with (N, L) labels and (N, L, K) costs; evaluate() uses them too."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N, 3, F, generator=g)
+    y = torch.randint(0, K, (N, 3), generator=g)
+    y[torch.rand(N, 3, generator=g) < 0.25] = -100
+    costs = make_costs((N, 3))
+    model = make_model()
+    reference = copy.deepcopy(model)
+    plain_step(reference, x, y, costs, "weighted_mean")
+    args = one_sgd_step_arguments(tmp_path, per_device_eval_batch_size=N)
+    data = CostDataset(x, y, costs)
+    trainer = RWWCETrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data,
+        loss=rwwce.RWWCELoss(reduction="weighted_mean"),
+    )
+    trainer.train()
+    torch.testing.assert_close(params(model), params(reference), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        expected = rwwce.real_world_weight_cross_entropy(
+            model(x).logits.movedim(-1, 1),
+            y,
+            sample_costs=costs.movedim(-1, 1),
+            reduction="weighted_mean",
+        )
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_bad_sample_costs_in_the_batch(tmp_path):
+    x, y = make_data()
+    costs = make_costs((N,))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=N, report_to=[], use_cpu=True
+    )
+
+    def evaluate(loss, data):
+        return RWWCETrainer(model=make_model(), args=args, eval_dataset=data, loss=loss).evaluate()
+
+    with pytest.raises(ValueError, match="sample_costs replaces fn_weight and fp_weight"):
+        evaluate(rwwce.RWWCELoss(FN, FP), CostDataset(x, y, costs))
+    with pytest.raises(ValueError, match=r"'sample_costs' must have shape \(32, 4\)"):
+        evaluate(rwwce.RWWCELoss(), CostDataset(x, y, costs[:, :3]))
+    xb, yb = make_data(binary=True)
+    with pytest.raises(ValueError, match="needs a multi-class rwwce.RWWCELoss"):
+        evaluate(rwwce.BinaryRWWCELoss(2.0, 1.0), CostDataset(xb, yb, costs))
+
+
 class TokenDataset(torch.utils.data.Dataset):
     def __init__(self, input_ids, labels):
         self.input_ids, self.labels = input_ids, labels
@@ -181,20 +314,7 @@ def test_token_classification_with_tiny_bert(tmp_path):
     opt = torch.optim.SGD(reference.parameters(), lr=LR)
     loss(reference(input_ids=ids).logits.movedim(-1, 1), labels).backward()
     opt.step()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=4,
-        max_steps=1,
-        learning_rate=LR,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = one_sgd_step_arguments(tmp_path)
     trainer = RWWCETrainer(
         model=model, args=args, train_dataset=TokenDataset(ids, labels), loss=loss
     )

@@ -225,6 +225,114 @@ def test_result_does_not_depend_on_the_chunk_size(rows, chunk, fp_kind, reductio
     assert_same(run(chunk), run(rows), rtol=1e-12, atol=1e-13)
 
 
+# --- per-sample costs ----------------------------------------------------------------------------
+
+
+def random_costs(leading, dtype=torch.float64):
+    """(..., K) cost rows, with ties in the off-target minimum in some rows."""
+    costs = torch.rand(*leading, NUM_CLASSES, dtype=dtype) * 4
+    costs.view(-1, NUM_CLASSES)[::4, :3] = 0.5
+    return costs
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "weighted_mean"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sample_costs_equal_the_materialised_loss(reduction, bias, weighted):
+    x, weight, b, target = problem(bias=bias)
+    costs = random_costs(target.shape)
+    sample_weight = torch.rand(target.shape, dtype=torch.float64) if weighted else None
+    options = dict(sample_costs=costs, sample_weight=sample_weight, reduction=reduction)
+    ours = loss_and_grads(
+        lambda x, w, b: lrce(x, w, target, linear_bias=b, chunk_size=4, **options), x, weight, b
+    )
+    theirs = loss_and_grads(lambda x, w, b: rce(F.linear(x, w, b), target, **options), x, weight, b)
+    assert_same(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["none", "weighted_mean"])
+def test_sample_costs_of_a_batch_time_input_are_rows(reduction):
+    x, weight, b, target = problem(leading=(3, 5))
+    costs = random_costs((3, 5))
+    ours = loss_and_grads(
+        lambda x, w, b: lrce(
+            x, w, target, linear_bias=b, sample_costs=costs, reduction=reduction, chunk_size=4
+        ),
+        x,
+        weight,
+        b,
+    )
+    theirs = loss_and_grads(
+        lambda x, w, b: rce(
+            F.linear(x, w, b).reshape(-1, NUM_CLASSES),
+            target.reshape(-1),
+            sample_costs=costs.reshape(-1, NUM_CLASSES),
+            reduction=reduction,
+        ).reshape(ours_shape(reduction)),
+        x,
+        weight,
+        b,
+    )
+    assert ours[0].shape == ours_shape(reduction)
+    assert_same(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_sample_costs_rows_of_one_matrix_equal_its_class_weights():
+    x, weight, b, target = problem()
+    matrix = torch.rand(NUM_CLASSES, NUM_CLASSES, dtype=torch.float64) * 5
+    matrix.fill_diagonal_(0)
+    fn, fp = rwwce.CostMatrix(matrix).loss_weights(dtype=torch.float64)
+    per_row = matrix[target.clamp_min(0)]  # the matrix's row of each row's true class
+    for reduction in ("sum", "weighted_mean"):
+        by_rows = lrce(x, weight, target, sample_costs=per_row, reduction=reduction, chunk_size=5)
+        by_class = lrce(x, weight, target, fn, fp, reduction=reduction, chunk_size=5)
+        torch.testing.assert_close(by_rows, by_class, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    rows=st.integers(1, 30),
+    chunk=st.integers(1, 35),
+    reduction=st.sampled_from(["none", "sum", "mean", "weighted_mean"]),
+)
+def test_sample_costs_result_does_not_depend_on_the_chunk_size(rows, chunk, reduction):
+    x, weight, b, target = problem(rows=rows)
+    costs = random_costs(target.shape)
+
+    def run(chunk_size):
+        return loss_and_grads(
+            lambda x, w, b: lrce(
+                x,
+                w,
+                target,
+                linear_bias=b,
+                sample_costs=costs,
+                reduction=reduction,
+                chunk_size=chunk_size,
+            ),
+            x,
+            weight,
+            b,
+        )
+
+    assert_same(run(chunk), run(rows), rtol=1e-12, atol=1e-13)
+
+
+def test_bad_sample_costs_name_themselves():
+    x, weight, b, target = problem()
+    costs = random_costs(target.shape)
+    with pytest.raises(ValueError, match="sample_costs replaces fn_weight and fp_weight"):
+        lrce(x, weight, target, None, random_fp("vector"), sample_costs=costs)
+    with pytest.raises(ValueError, match="sample_costs cannot be combined with label_smoothing"):
+        lrce(x, weight, target, sample_costs=costs, label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"sample_costs must have shape \(23, 9\)"):
+        lrce(x, weight, target, sample_costs=costs[:, :4])
+    with pytest.raises(ValueError, match="sample_costs.*non-negative"):
+        lrce(x, weight, target, sample_costs=-costs)
+    with pytest.raises(RuntimeError, match="sample_costs requires grad"):
+        lrce(x, weight, target, sample_costs=costs.requires_grad_())
+
+
 def largest_allocation(run) -> int:
     """Bytes of the largest single CPU allocation made while ``run()`` executes."""
     with torch.profiler.profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -408,26 +516,35 @@ def test_backend_triton_without_triton_says_why():
         lrce(x, weight, target, backend="triton")
 
 
-def test_triton_backend_matches_torch_backend_in_the_interpreter():
-    """The chunks' loss and gradient from the Triton kernel (interpreted on the CPU)."""
+@pytest.mark.parametrize(
+    "options, reductions",
+    [
+        ("None, torch.rand(7), label_smoothing=0.1", ("mean", "none")),
+        ("sample_costs=torch.rand(10, 7) * 4", ("weighted_mean", "none")),
+    ],
+    ids=["fp_vector_smoothed", "sample_costs"],
+)
+def test_triton_backend_matches_torch_backend_in_the_interpreter(options, reductions):
+    """The chunks' loss and gradient from the Triton kernel (interpreted on the CPU); with
+    ``sample_costs``, each chunk's rows of fn_rows / fp_rows reach the kernel."""
     pytest.importorskip("triton")
     script = textwrap.dedent(
-        """
+        f"""
         import torch, rwwce
         torch.manual_seed(0)
         x = torch.randn(10, 6, requires_grad=True)
         w = torch.randn(7, 6, requires_grad=True)
         b = torch.randn(7, requires_grad=True)
         t = torch.randint(0, 7, (10,)); t[3] = -100
-        fp = torch.rand(7)
-        out = {}
+        out = {{}}
         for backend in ("torch", "triton"):
-            for reduction in ("mean", "none"):
+            torch.manual_seed(1)
+            for reduction in {reductions!r}:
                 loss = rwwce.linear_real_world_weight_cross_entropy(
-                    x, w, t, None, fp, linear_bias=b, reduction=reduction, chunk_size=4,
-                    backend=backend, label_smoothing=0.1)
+                    x, w, t, {options}, linear_bias=b, reduction=reduction, chunk_size=4,
+                    backend=backend)
                 out[backend, reduction] = (loss, *torch.autograd.grad(loss.sum(), (x, w, b)))
-        for reduction in ("mean", "none"):
+        for reduction in {reductions!r}:
             for a, c in zip(out["torch", reduction], out["triton", reduction]):
                 torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
         print("same")
@@ -467,6 +584,75 @@ def test_module_equals_the_function():
     assert_same(ours, theirs, rtol=1e-12, atol=1e-13)
 
 
+def test_module_takes_sample_costs():
+    x, weight, b, target = problem(leading=(2, 7))
+    costs = random_costs(target.shape)
+    criterion = rwwce.LinearRWWCELoss(reduction="weighted_mean", chunk_size=3)
+    ours = loss_and_grads(
+        lambda x, w, b: criterion(x, w, target, b, sample_costs=costs), x, weight, b
+    )
+    theirs = loss_and_grads(
+        lambda x, w, b: rce(
+            F.linear(x, w, b).reshape(-1, NUM_CLASSES),
+            target.reshape(-1),
+            sample_costs=costs.reshape(-1, NUM_CLASSES),
+            reduction="weighted_mean",
+        ),
+        x,
+        weight,
+        b,
+    )
+    assert_same(ours, theirs, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="sample_costs replaces fn_weight and fp_weight"):
+        rwwce.LinearRWWCELoss(fp_weight=random_fp("vector"))(x, weight, target, sample_costs=costs)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda x, w, t: lrce(x, w, t, weight=torch.ones(NUM_CLASSES)),
+            r"linear_real_world_weight_cross_entropy\(\) got PyTorch's keyword argument weight=; "
+            r"in rwwce write fn_weight=w",
+        ),
+        (
+            lambda x, w, t: lrce(x, w, t, reduce=False),
+            r"keyword argument reduce=; in rwwce write reduction=",
+        ),
+        (
+            lambda x, w, t: rwwce.LinearRWWCELoss(weight=torch.ones(NUM_CLASSES)),
+            r"LinearRWWCELoss\(\) got PyTorch's keyword argument weight=; in rwwce write "
+            r"fn_weight=w",
+        ),
+    ],
+    ids=["function_weight", "function_reduce", "module_weight"],
+)
+def test_pytorch_keyword_names_name_the_rwwce_argument(call, match):
+    x, weight, b, target = problem()
+    with pytest.raises(TypeError, match=match):
+        call(x, weight, target)
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16"])
+def test_module_cost_buffers_keep_their_dtype_under_a_parents_cast(cast):
+    fn = torch.full((NUM_CLASSES,), 2001.0)  # bfloat16 rounds 2001 to 2000
+    fp = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    fp[:2] = 1e5  # float16 turns 1e5 into inf
+    criterion = rwwce.LinearRWWCELoss(fn, fp)
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(HIDDEN, NUM_CLASSES), "loss": criterion})
+    getattr(model, cast)()
+    low = model["head"].weight.dtype
+    assert low == getattr(torch, cast)
+    assert criterion.fn_weight.dtype == torch.float32 and criterion.fp_weight.dtype == torch.float64
+    assert torch.equal(criterion.fn_weight, fn) and torch.equal(criterion.fp_weight, fp)
+    x, _, _, target = problem(dtype=low)
+    loss = criterion(x, model["head"].weight, target, model["head"].bias)
+    expected = lrce(
+        x, model["head"].weight, target, fn, fp, linear_bias=model["head"].bias
+    )  # the function with the original costs
+    assert torch.isfinite(loss) and torch.equal(loss, expected)
+
+
 def test_module_checks_its_weights_once():
     fp = torch.ones(4, 4)
     with pytest.raises(ValueError, match="zero diagonal"):
@@ -487,6 +673,27 @@ def test_torch_compile_fullgraph_without_graph_breaks(reduction):
     def step(x, w, b):  # a hidden layer, then the fused head
         loss = lrce(layer(x).tanh(), w, target, None, fp, linear_bias=b, reduction=reduction)
         return loss.sum()
+
+    explanation = torch._dynamo.explain(step)(x, weight, b)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    assert_same(
+        loss_and_grads(compiled, x, weight, b),
+        loss_and_grads(step, x, weight, b),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+
+
+def test_torch_compile_fullgraph_with_sample_costs():
+    x, weight, b, target = problem(dtype=torch.float32)
+    costs = random_costs(target.shape, dtype=torch.float32)
+
+    def step(x, w, b):
+        return lrce(
+            x, w, target, linear_bias=b, sample_costs=costs, reduction="weighted_mean", chunk_size=5
+        )
 
     explanation = torch._dynamo.explain(step)(x, weight, b)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1

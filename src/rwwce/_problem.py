@@ -374,6 +374,13 @@ def _check_sample_costs_call(
         raise ValueError(
             "sample_costs needs class-index targets (an integer dtype); got class probabilities"
         )
+    check_sample_costs_options(fn_weight, fp_weight, label_smoothing)
+
+
+def check_sample_costs_options(
+    fn_weight: object, fp_weight: object, label_smoothing: float
+) -> None:
+    """``sample_costs`` replaces ``fn_weight`` and ``fp_weight`` and excludes label smoothing."""
     if fn_weight is not None or fp_weight is not None:
         given = [
             n for n, w in (("fn_weight", fn_weight), ("fp_weight", fp_weight)) if w is not None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rwwce import _problem
 from rwwce import _validate as V
 from rwwce.kernels import Problem, reference
 from rwwce.kernels.reference import compute_dtype
@@ -40,6 +41,7 @@ _MAX_CHUNK_ELEMENTS = {"cuda": 1 << 26}
 _MAX_CHUNK_ELEMENTS_DEFAULT = 1 << 23
 
 
+@V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
 def linear_real_world_weight_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
@@ -49,6 +51,7 @@ def linear_real_world_weight_cross_entropy(
     *,
     linear_bias: Tensor | None = None,
     sample_weight: Tensor | None = None,
+    sample_costs: Tensor | None = None,
     ignore_index: int = -100,
     reduction: V.Reduction = "mean",
     label_smoothing: float = 0.0,
@@ -72,6 +75,12 @@ def linear_real_world_weight_cross_entropy(
     ``fp_weight=None`` exactly ``F.linear_cross_entropy(weight=fn_weight)``). A batch whose
     denominator is 0 gives 0.
 
+    With ``sample_costs`` c, each row carries its own cost row, as in the plain loss:
+    :math:`fn_i = \min_{j \ne t_i} c_{ij}` replaces :math:`fn_t` and
+    :math:`FP_{i,j} = c_{ij} - fn_i` replaces :math:`FP_{t,j}` (the entry at the true class is
+    ignored), and ``'weighted_mean'`` divides by :math:`\sum_i s_i fn_i`. Each chunk reads only
+    its own rows of them.
+
     With an FP vector over a vocabulary, the FP term is token-level unlikelihood training: it
     penalises probability put on the chosen tokens wherever they are not the target.
 
@@ -91,6 +100,9 @@ def linear_real_world_weight_cross_entropy(
         linear_bias: (K,) or ``None``.
         sample_weight: non-negative weight per row, the target's shape (or (B,) for (B, T)
             targets, one weight per sequence).
+        sample_costs: non-negative cost of predicting each class for each row, the target's
+            shape plus (K,): (N, K) or (B, T, K). Replaces ``fn_weight`` and ``fp_weight`` (a
+            ValueError if either is given, or ``label_smoothing``).
         ignore_index: targets equal to it contribute nothing. Default -100.
         reduction: ``'none'`` | ``'sum'`` | ``'mean'`` | ``'weighted_mean'``. Default ``'mean'``.
         label_smoothing: e in [0, 1]. Default 0.
@@ -101,14 +113,15 @@ def linear_real_world_weight_cross_entropy(
             (default) checks CPU tensors, except while ``torch.compile`` traces (the checks read
             values, which would break the graph); ``True`` always checks.
 
-    Only ``input``, ``linear_weight`` and ``linear_bias`` receive gradients; cost or sample
-    weights that require grad raise a RuntimeError (use the unfused loss for those). Double
+    Only ``input``, ``linear_weight`` and ``linear_bias`` receive gradients; cost weights,
+    ``sample_weight`` or ``sample_costs`` that require grad raise a RuntimeError (use the unfused loss for those). Double
     backward is not supported (RuntimeError).
 
     Shape:
         - input: (H,), (N, H) or (B, T, H) (any leading dimensions).
         - linear_weight: (K, H). linear_bias: (K,).
         - target: the input's leading shape: (), (N) or (B, T).
+        - sample_costs: the target's shape plus (K,): (K,), (N, K) or (B, T, K).
         - output: the target's shape for ``reduction='none'``, in the input's dtype; else a
           scalar in float32 (float64 for float64 input).
 
@@ -136,6 +149,7 @@ def linear_real_world_weight_cross_entropy(
         ("fn_weight", fn_weight),
         ("fp_weight", fp_weight),
         ("sample_weight", sample_weight),
+        ("sample_costs", sample_costs),
     ):
         if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(
@@ -153,20 +167,33 @@ def linear_real_world_weight_cross_entropy(
     V.check_fp_weight_shape(fp, num_classes)
     weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
     weights = _sample_weight_per_row(weights, target.shape)
+    costs = V.as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
+    if costs is not None:
+        _problem.check_sample_costs_options(fn_given, fp, label_smoothing)
+        expected = (*target.shape, num_classes)
+        if tuple(costs.shape) != expected:
+            raise ValueError(
+                f"sample_costs must have shape {expected} (the target's shape plus the K = "
+                f"{num_classes} classes of linear_weight); got {tuple(costs.shape)}"
+            )
+        costs = costs.reshape(-1, num_classes)
 
     if validate is None and torch.compiler.is_compiling():
         validate = False
-    if V.should_check_data(validate, input, target, fn_given, fp, weights):
+    if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
         V.check_weight_values("fn_weight", fn_given)
         V.check_fn_matrix_diagonal(fn_given)
         V.check_weight_values("fp_weight", fp)
         V.check_fp_diagonal(fp)
         V.check_weight_values("sample_weight", weights)
+        V.check_weight_values("sample_costs", costs)
         V.check_class_targets(target, num_classes, ignore_index)
 
     if fn is None:
         fn = torch.ones(num_classes, dtype=dtype, device=device)
-    flat_target, row_scale = _rows(target, weights, fn, ignore_index, reduction)
+    flat_target, row_scale, fn_rows, fp_rows = _rows(
+        target, weights, fn, costs, ignore_index, reduction
+    )
 
     grad_on = torch.is_grad_enabled()
     loss = torch.ops.rwwce.fused_linear_rwwce(
@@ -177,13 +204,15 @@ def linear_real_world_weight_cross_entropy(
         fn,
         fp,
         row_scale,
+        fn_rows,
+        fp_rows,
         float(label_smoothing),
         chunk_size or 0,
         reduction != "none",
         grad_on and input.requires_grad,
         grad_on and linear_weight.requires_grad,
         grad_on and linear_bias is not None and linear_bias.requires_grad,
-        _resolve_backend(backend, input, num_classes, flat_target, fp),
+        _resolve_backend(backend, input, num_classes, flat_target, fp, fn_rows, fp_rows),
     )[0]
     if reduction == "none":
         return loss.reshape(target.shape).to(input.dtype)
@@ -191,30 +220,27 @@ def linear_real_world_weight_cross_entropy(
 
 
 def _rows(
-    target: Tensor, weights: Tensor | None, fn: Tensor, ignore_index: int, reduction: str
-) -> tuple[Tensor, Tensor]:
-    """The flat problem's per-row tensors, for the whole batch, before any chunk: the targets (M,)
-    with ignored rows on placeholder class 0, and ``row_scale`` (M,) = ignore mask x sample weight
-    / the reduction's denominator ('mean': the non-ignored rows; 'weighted_mean': the sum of
-    sample_weight * fn[target] over them), 0 when the denominator is 0."""
-    flat = target.reshape(-1).long()
-    valid = flat != ignore_index
-    flat = torch.where(valid, flat, torch.zeros_like(flat))
+    target: Tensor,
+    weights: Tensor | None,
+    fn: Tensor,
+    costs: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The flat problem's per-row tensors, for the whole batch, before any chunk, built by the
+    plain loss's own helpers (:mod:`rwwce._problem`): the targets (M,) with ignored rows on
+    placeholder class 0; ``row_scale`` (M,) = ignore mask x sample weight / the reduction's
+    denominator, 0 when the denominator is 0; and ``fn_rows`` (M,), ``fp_rows`` (M, K) from the
+    (M, K) cost rows (``None`` without them)."""
+    valid, flat = _problem.index_rows(target, ignore_index)
     row_weight = valid.to(fn.dtype)
     if weights is not None:
         row_weight = row_weight * weights.reshape(-1)
-    if reduction == "mean":
-        denominator = valid.sum().to(fn.dtype)
-    elif reduction == "weighted_mean":
-        # Unchecked targets (validate=False) must not index past fn: out of range gives NaN.
-        num_classes = fn.shape[0]
-        in_range = (flat >= 0) & (flat < num_classes)
-        fn_target = torch.where(in_range, fn[flat.clamp(0, num_classes - 1)], float("nan"))
-        denominator = (row_weight * fn_target).sum()
-    else:
-        return flat, row_weight
-    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-    return flat, torch.where(denominator > 0, row_weight / safe, torch.zeros_like(row_weight))
+    fn_rows = fp_rows = None
+    if costs is not None:
+        fn_rows, fp_rows = _problem.cost_rows(costs, flat)
+    total = _problem.denominator(reduction, row_weight, flat, valid, fn, fn_rows)
+    return flat, _problem.row_scale(row_weight, total, False), fn_rows, fp_rows
 
 
 def _check_linear_arguments(
@@ -288,7 +314,13 @@ def _sample_weight_per_row(weights: Tensor | None, target_shape: torch.Size) -> 
 
 
 def _resolve_backend(
-    backend: str, input: Tensor, num_classes: int, target: Tensor, fp: Tensor | None
+    backend: str,
+    input: Tensor,
+    num_classes: int,
+    target: Tensor,
+    fp: Tensor | None,
+    fn_rows: Tensor | None = None,
+    fp_rows: Tensor | None = None,
 ) -> str:
     """'torch' or 'triton' for the chunks: 'auto' takes Triton for CUDA inputs it supports."""
     if backend == "torch" or (backend == "auto" and not input.is_cuda):
@@ -303,7 +335,15 @@ def _resolve_backend(
         # The kernel's checks read only metadata: an empty chunk of rows stands for them all.
         empty = input.new_empty((0, num_classes))
         reason = triton_backend.supports(
-            Problem(empty, target[:0], empty.new_ones(num_classes), fp, empty.new_empty(0))
+            Problem(
+                empty,
+                target[:0],
+                empty.new_ones(num_classes),
+                fp,
+                empty.new_empty(0),
+                fn_rows=None if fn_rows is None else fn_rows[:0],
+                fp_rows=None if fp_rows is None else fp_rows[:0],
+            )
         )
     if reason is None:
         return "triton"
@@ -329,6 +369,8 @@ def _fused_linear_rwwce(
     fn_weight: Tensor,
     fp_weight: Tensor | None,
     row_scale: Tensor,
+    fn_rows: Tensor | None,
+    fp_rows: Tensor | None,
     label_smoothing: float,
     chunk_size: int,
     reduce: bool,
@@ -377,13 +419,15 @@ def _fused_linear_rwwce(
             torch.mm(x, weight.t(), out=logits)
         else:
             torch.addmm(bias, x, weight.t(), out=logits)
-        # Every per-row tensor is sliced with its rows (per-row costs would travel the same way).
+        # Every per-row tensor is sliced with its rows.
         problem = Problem(
             logits,
             target[start:stop],
             fn_weight,
             fp_weight,
             row_scale[start:stop],
+            fn_rows=None if fn_rows is None else fn_rows[start:stop],
+            fp_rows=None if fp_rows is None else fp_rows[start:stop],
             label_smoothing=label_smoothing,
             reduce=False,
         )
@@ -421,6 +465,8 @@ def _(
     fn_weight,
     fp_weight,
     row_scale,
+    fn_rows,
+    fp_rows,
     label_smoothing,
     chunk_size,
     reduce,
@@ -445,13 +491,15 @@ def _(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    input, weight, bias, target, fn_weight, fp_weight, row_scale = inputs[:7]
-    smoothing, chunk, reduce, backend = inputs[7], inputs[8], inputs[9], inputs[13]
+    input, weight, bias, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows = inputs[:9]
+    smoothing, chunk, reduce, backend = inputs[9], inputs[10], inputs[11], inputs[15]
     ctx.reduce = reduce
     if reduce:  # the gradients are ready: keep them, not the inputs
         ctx.save_for_backward(*output[1:])
     else:
-        ctx.save_for_backward(input, weight, bias, target, fn_weight, fp_weight, row_scale)
+        ctx.save_for_backward(
+            input, weight, bias, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows
+        )
         ctx.options = (smoothing, chunk, backend)
 
 
@@ -471,7 +519,9 @@ def _backward(ctx, grad_loss, *_):
     else:
         # The upstream gradient weights each row: recompute chunk by chunk with it folded into
         # the row scale, as a reduced loss whose gradients are the ones wanted.
-        input, weight, bias, target, fn_weight, fp_weight, row_scale = ctx.saved_tensors
+        input, weight, bias, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows = (
+            ctx.saved_tensors
+        )
         label_smoothing, chunk_size, backend = ctx.options
         grads = torch.ops.rwwce.fused_linear_rwwce(
             input,
@@ -481,6 +531,8 @@ def _backward(ctx, grad_loss, *_):
             fn_weight,
             fp_weight,
             row_scale * grad_loss.to(row_scale.dtype),
+            fn_rows,
+            fp_rows,
             label_smoothing,
             chunk_size,
             True,
@@ -500,7 +552,7 @@ def _backward(ctx, grad_loss, *_):
             scaled.append(grad.mul_(grad_loss.to(grad.dtype)))
         else:
             scaled.append(grad * grad_loss.to(grad.dtype))
-    return (*scaled, *([None] * 11))
+    return (*scaled, *([None] * 13))
 
 
 _fused_linear_rwwce.register_autograd(_backward, setup_context=_setup_context)

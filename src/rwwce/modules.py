@@ -298,15 +298,18 @@ def _describe(weight: Tensor) -> str:
     return f"<{tuple(weight.shape)} in [{weight.min().item():g}, {weight.max().item():g}]>"
 
 
-class LinearRWWCELoss(nn.Module):
+class LinearRWWCELoss(_CostBuffers):
     """Fused linear layer + Real-World-Weight Cross-Entropy as a module; see
     :func:`rwwce.linear_real_world_weight_cross_entropy` for the formula, memory and shapes.
 
-    ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None)`` takes the
-    hidden states and the classifier's parameters (e.g. ``model.lm_head.weight``), so the (N, K)
-    logits are never held. ``fn_weight`` and ``fp_weight`` are buffers, checked once here as in
-    :class:`RWWCELoss`; the data checks follow the same rule (CPU every call, an accelerator on
-    the first call only).
+    ``forward(input, linear_weight, target, linear_bias=None, sample_weight=None,
+    sample_costs=None)`` takes the hidden states and the classifier's parameters (e.g.
+    ``model.lm_head.weight``), so the (N, K) logits are never held; ``sample_costs`` (the
+    target's shape plus (K,)) gives each row its own cost row, for a module built without
+    ``fn_weight`` / ``fp_weight``. ``fn_weight`` and ``fp_weight`` are buffers, checked once
+    here as in :class:`RWWCELoss`, and like its buffers they follow the module's device but keep
+    float32 (float64 when given so) under a parent's ``.half()`` / ``.bfloat16()``. The data
+    checks follow the same rule (CPU every call, an accelerator on the first call only).
 
     Args:
         fn_weight: (K,) or (K, K) diagonal false-negative weights; default all ones.
@@ -326,6 +329,7 @@ class LinearRWWCELoss(nn.Module):
     fn_weight: Tensor | None
     fp_weight: Tensor | None
 
+    @V.torch_keywords(V.CROSS_ENTROPY_KEYWORDS)
     def __init__(
         self,
         fn_weight: Tensor | None = None,
@@ -370,6 +374,7 @@ class LinearRWWCELoss(nn.Module):
         target: Tensor,
         linear_bias: Tensor | None = None,
         sample_weight: Tensor | None = None,
+        sample_costs: Tensor | None = None,
     ) -> Tensor:
         from rwwce.linear import linear_real_world_weight_cross_entropy
 
@@ -381,6 +386,7 @@ class LinearRWWCELoss(nn.Module):
             self.fp_weight,
             linear_bias=linear_bias,
             sample_weight=sample_weight,
+            sample_costs=sample_costs,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,

@@ -32,7 +32,7 @@ import transformers
 from torch import Tensor
 
 from rwwce import _costmath
-from rwwce._problem import denominator, index_rows
+from rwwce._problem import cost_rows, denominator, index_rows
 from rwwce._validate import check_class_names, check_ignore_index
 from rwwce.costs import as_cost_matrix
 from rwwce.functional import (
@@ -65,6 +65,14 @@ class RWWCETrainer(transformers.Trainer):
     the forward passes and summed over processes once per optimiser step.
 
     During evaluation the loss is each batch's own mean (as the loss module computes it).
+
+    Per-sample costs: a batch entry ``sample_costs`` (the logits' shape: (N, K), or (N, L, K) for
+    token classification; ``sample_costs[i, j]`` is the cost of predicting class j for sample i)
+    is taken out of the inputs before the model's forward and passed to the loss as its
+    ``sample_costs`` (see :func:`rwwce.real_world_weight_cross_entropy`), with a loss built
+    without ``fn_weight`` / ``fp_weight``. ``"weighted_mean"``'s D is then the sum of each
+    non-ignored sample's own fn_i = min_{j != label} c_ij over the global batch. The column is
+    kept by ``remove_unused_columns``.
 
     Layout: ``logits`` (N, K) with ``labels`` (N,) of class indices, or (N, L, K) with (N, L)
     (token classification); labels of the logits' shape and a floating dtype are class
@@ -122,6 +130,13 @@ class RWWCETrainer(transformers.Trainer):
         self.rwwce_loss = loss
         self._global_denominator: Tensor | None = None
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """The model's forward arguments and the labels (the base class's), plus ``sample_costs``,
+        which the loss reads: ``remove_unused_columns`` must keep it."""
+        super()._set_signature_columns_if_needed()
+        if "sample_costs" not in self._signature_columns:
+            self._signature_columns.append("sample_costs")
+
     # ---------------------------------------------------------------- denominators
     def get_batch_samples(
         self, epoch_iterator: Any, num_batches: int, *args: Any, **kwargs: Any
@@ -136,15 +151,20 @@ class RWWCETrainer(transformers.Trainer):
             labels = batch.get("labels") if isinstance(batch, dict) else None
             if labels is None:
                 raise ValueError("RWWCETrainer needs a 'labels' entry in every training batch")
-            total = total + self._denominator(labels.to(device)).to(torch.float64)
+            costs = batch.get("sample_costs")
+            costs = None if costs is None else costs.to(device)
+            total = total + self._denominator(labels.to(device), costs).to(torch.float64)
         if self.accelerator.num_processes > 1:
             total = self.accelerator.reduce(total, reduction="sum")
         self._global_denominator = total
         return batch_samples, total
 
-    def _denominator(self, labels: Tensor) -> Tensor:
-        """What the loss's reduction divides by, for one batch of labels."""
+    def _denominator(self, labels: Tensor, sample_costs: Tensor | None = None) -> Tensor:
+        """What the loss's reduction divides by, for one batch of labels (and its per-sample
+        costs, classes last, when the batch has them)."""
         loss = self.rwwce_loss
+        if sample_costs is not None:
+            self._check_sample_costs(labels, sample_costs)
         if loss.reduction == "sum":  # no denominator: counted as 0 per batch, used as 1
             return torch.zeros((), device=labels.device)
         if isinstance(loss, BinaryRWWCELoss):
@@ -161,7 +181,33 @@ class RWWCETrainer(transformers.Trainer):
             valid, classes = index_rows(labels, loss.ignore_index)
             row_weight = valid.to(torch.float64)
         fn = None if loss.fn_weight is None else loss.fn_weight.to(labels.device, torch.float64)
-        return denominator(loss.reduction, row_weight, classes, valid, fn)
+        fn_rows = None
+        if sample_costs is not None:
+            costs = sample_costs.reshape(-1, sample_costs.shape[-1]).to(torch.float64)
+            fn_rows = cost_rows(costs, classes)[0]
+        return denominator(loss.reduction, row_weight, classes, valid, fn, fn_rows)
+
+    def _check_sample_costs(
+        self, labels: Tensor, sample_costs: Tensor, num_classes: int | None = None
+    ) -> None:
+        """A batch's ``sample_costs``: a multi-class loss and shape (*labels, K) (K unchecked
+        when ``num_classes`` is None, before the forward)."""
+        if isinstance(self.rwwce_loss, BinaryRWWCELoss):
+            raise ValueError(
+                "the batch has 'sample_costs', which needs a multi-class rwwce.RWWCELoss; got "
+                "rwwce.BinaryRWWCELoss"
+            )
+        shape = tuple(getattr(sample_costs, "shape", ()))
+        expected = (*labels.shape, num_classes if num_classes is not None else "K")
+        if (
+            not isinstance(sample_costs, Tensor)
+            or shape[:-1] != tuple(labels.shape)
+            or (num_classes is not None and shape[-1:] != (num_classes,))
+        ):
+            raise ValueError(
+                f"the batch's 'sample_costs' must have shape {expected} (the labels' shape plus "
+                f"the classes: the logits' shape); got {shape}"
+            )
 
     # ---------------------------------------------------------------- loss
     def compute_loss(
@@ -177,10 +223,18 @@ class RWWCETrainer(transformers.Trainer):
         labels = inputs.pop("labels", None)
         if labels is None:
             raise ValueError("RWWCETrainer needs 'labels' in the batch")
+        sample_costs = inputs.pop("sample_costs", None)
+        if sample_costs is not None:
+            self._check_sample_costs(labels, sample_costs)
         outputs = model(**inputs)
         logits = _logits_of(outputs)
         input, target = self._layout(logits, labels)
-        total = self._sum_loss(input, target)
+        if sample_costs is not None:
+            self._check_sample_costs(
+                labels, sample_costs, logits.shape[-1]
+            )  # classes last like the logits: rows like them
+            sample_costs = sample_costs.to(input.device).reshape(input.shape)
+        total = self._sum_loss(input, target, sample_costs)
         if (
             model.training
             and num_items_in_batch is not None
@@ -188,7 +242,7 @@ class RWWCETrainer(transformers.Trainer):
         ):
             denominator, scale = num_items_in_batch, self.accelerator.num_processes
         else:  # evaluation, or called outside the training loop: this batch alone
-            denominator, scale = self._denominator(target), 1
+            denominator, scale = self._denominator(target, sample_costs), 1
         denominator = denominator.to(total.device, total.dtype)
         if self.rwwce_loss.reduction == "sum":
             denominator = torch.ones_like(denominator)
@@ -210,7 +264,7 @@ class RWWCETrainer(transformers.Trainer):
             return logits.reshape(-1, k), labels.reshape(-1)
         return logits, labels
 
-    def _sum_loss(self, input: Tensor, target: Tensor) -> Tensor:
+    def _sum_loss(self, input: Tensor, target: Tensor, sample_costs: Tensor | None) -> Tensor:
         loss = self.rwwce_loss
         if loss.fn_weight is not None and loss.fn_weight.device != input.device:
             loss.to(input.device)
@@ -237,6 +291,7 @@ class RWWCETrainer(transformers.Trainer):
             input_type=loss.input_type,
             validate=loss.validate,
             backend=loss.backend,
+            sample_costs=sample_costs,
         )
 
 
