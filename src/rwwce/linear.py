@@ -28,7 +28,7 @@ from torch import Tensor
 
 from rwwce import _problem
 from rwwce import _validate as V
-from rwwce.kernels import Problem, reference
+from rwwce.kernels import Problem, graph_is_retained, reference
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["linear_real_world_weight_cross_entropy"]
@@ -515,7 +515,7 @@ def _backward(ctx, grad_loss, *_):
         grads = ctx.saved_tensors
         # Unless a later backward needs them unscaled, the saved gradients are ours to consume:
         # scaling them in place spares a second copy of grad_weight at the backward's peak.
-        in_place = not _graph_is_retained()
+        in_place = not graph_is_retained()
     else:
         # The upstream gradient weights each row: recompute chunk by chunk with it folded into
         # the row scale, as a reduced loss whose gradients are the ones wanted.
@@ -556,19 +556,6 @@ def _backward(ctx, grad_loss, *_):
 
 
 _fused_linear_rwwce.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _graph_is_retained() -> bool:
-    """Whether the running backward keeps the graph (``retain_graph=True``, where a later
-    backward needs the saved gradients unscaled); True when torch cannot tell, e.g. while
-    ``torch.compile`` traces the backward."""
-    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if probe is None:  # pragma: no cover - older torch
-        return True
-    try:
-        return bool(probe())
-    except RuntimeError:  # not inside an engine-run backward
-        return True
 
 
 def _backend_module(backend: str):

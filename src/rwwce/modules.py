@@ -166,23 +166,12 @@ class RWWCELoss(_CostBuffers):
         return loss
 
     def extra_repr(self) -> str:
-        parts = []
-        if self.fn_weight is not None:
-            parts.append(f"fn_weight={_describe(self.fn_weight)}")
-        if self.fp_weight is not None:
-            parts.append(f"fp_weight={_describe(self.fp_weight)}")
-        parts.append(f"reduction={self.reduction!r}")
-        if self.ignore_index != -100:
-            parts.append(f"ignore_index={self.ignore_index}")
-        if self.label_smoothing:
-            parts.append(f"label_smoothing={self.label_smoothing}")
+        extra = []
         if self.input_type != "logits":
-            parts.append(f"input_type={self.input_type!r}")
+            extra.append(f"input_type={self.input_type!r}")
         if self.global_normalize:
-            parts.append("global_normalize=True")
-        if self.backend != "auto":
-            parts.append(f"backend={self.backend!r}")
-        return ", ".join(parts)
+            extra.append("global_normalize=True")
+        return _multiclass_repr(self, extra)
 
 
 class BinaryRWWCELoss(_CostBuffers):
@@ -281,6 +270,25 @@ def _mark_checked(module: nn.Module) -> None:
     recompilation."""
     if not torch.compiler.is_compiling():
         module._checked = True
+
+
+def _multiclass_repr(module: nn.Module, extra: list[str]) -> str:
+    """The options a multi-class loss module shows: weights, reduction, what differs from the
+    defaults, then ``extra`` (the module's own options) and the backend."""
+    parts = []
+    if module.fn_weight is not None:
+        parts.append(f"fn_weight={_describe(module.fn_weight)}")
+    if module.fp_weight is not None:
+        parts.append(f"fp_weight={_describe(module.fp_weight)}")
+    parts.append(f"reduction={module.reduction!r}")
+    if module.ignore_index != -100:
+        parts.append(f"ignore_index={module.ignore_index}")
+    if module.label_smoothing:
+        parts.append(f"label_smoothing={module.label_smoothing}")
+    parts.extend(extra)
+    if module.backend != "auto":
+        parts.append(f"backend={module.backend!r}")
+    return ", ".join(parts)
 
 
 def _describe(weight: Tensor) -> str:
@@ -394,22 +402,9 @@ class LinearRWWCELoss(_CostBuffers):
             backend=self.backend,
             validate=_data_check_mode(self),
         )
-        self._checked = True
+        _mark_checked(self)
         return loss
 
     def extra_repr(self) -> str:
-        parts = []
-        if self.fn_weight is not None:
-            parts.append(f"fn_weight={_describe(self.fn_weight)}")
-        if self.fp_weight is not None:
-            parts.append(f"fp_weight={_describe(self.fp_weight)}")
-        parts.append(f"reduction={self.reduction!r}")
-        if self.ignore_index != -100:
-            parts.append(f"ignore_index={self.ignore_index}")
-        if self.label_smoothing:
-            parts.append(f"label_smoothing={self.label_smoothing}")
-        if self.chunk_size is not None:
-            parts.append(f"chunk_size={self.chunk_size}")
-        if self.backend != "auto":
-            parts.append(f"backend={self.backend!r}")
-        return ", ".join(parts)
+        extra = [] if self.chunk_size is None else [f"chunk_size={self.chunk_size}"]
+        return _multiclass_repr(self, extra)

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-__all__ = ["Problem", "BackendOptions"]
+__all__ = ["Problem", "BackendOptions", "graph_is_retained"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,16 @@ class BackendOptions:
     label_smoothing: float
     reduce: bool
     block_k: int | None = None
+
+
+def graph_is_retained() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``, where a later backward
+    needs saved gradients unscaled, so they must not be scaled in place); True when torch cannot
+    tell, e.g. while ``torch.compile`` traces the backward or outside an engine-run backward."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if probe is None:  # pragma: no cover - older torch
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:  # not inside an engine-run backward
+        return True

@@ -47,7 +47,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rwwce.kernels import Problem
+from rwwce.kernels import Problem, graph_is_retained
 
 __all__ = ["is_available", "supports", "rwwce_loss", "rwwce_loss_and_grad"]
 
@@ -218,7 +218,7 @@ def _backward(ctx, grad_row_loss, _grad_of_grad):
     (grad,) = ctx.saved_tensors
     grads = [None] * 10
     if ctx.needs_input_grad[0] and grad.dim() == 2:
-        if _eager(grad) and not _graph_is_retained():
+        if _eager(grad) and not graph_is_retained():
             # The graph is freed after this backward, so the buffer is ours to consume: scale
             # it in place (a no-op for an upstream factor of exactly 1, decided on the device).
             grads[0] = _launch_scale(grad, grad_row_loss, in_place=True)
@@ -236,17 +236,6 @@ def _eager(tensor: Tensor) -> bool:
         and not torch.compiler.is_compiling()
         and torch._C._len_torch_dispatch_stack() == 0
     )
-
-
-def _graph_is_retained() -> bool:
-    """Whether the running backward keeps the graph (True when torch cannot tell us)."""
-    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if probe is None:  # pragma: no cover - older torch
-        return True
-    try:
-        return bool(probe())
-    except RuntimeError:  # pragma: no cover - not inside an engine-run backward
-        return True
 
 
 # ---------------------------------------------------------------------------------------------
