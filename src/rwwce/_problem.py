@@ -116,10 +116,7 @@ def check_call(
 
     dtype = compute_dtype(input.dtype) if dtype is None else dtype
     device = input.device
-    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
-    fn = V.fn_weight_vector(fn_given, num_classes)
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
-    V.check_fp_weight_shape(fp, num_classes)
+    fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
     weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
     weights = _sample_weight_per_element(weights, element_shape)
     costs = V.as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
@@ -128,12 +125,7 @@ def check_call(
 
     if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
         with torch.no_grad():  # values only: no autograd history on the check's results
-            V.check_weight_values("fn_weight", fn_given)
-            V.check_fn_matrix_diagonal(fn_given)
-            V.check_weight_values("fp_weight", fp)
-            V.check_fp_diagonal(fp)
-            V.check_weight_values("sample_weight", weights)
-            V.check_weight_values("sample_costs", costs)
+            check_weight_data(fn_given, fp, weights, costs)
             if input_type == "probs":
                 V.check_probabilities(input)
             else:
@@ -375,6 +367,31 @@ def _check_sample_costs_call(
             "sample_costs needs class-index targets (an integer dtype); got class probabilities"
         )
     check_sample_costs_options(fn_weight, fp_weight, label_smoothing)
+
+
+def weight_tensors(
+    fn_weight: object, fp_weight: object, num_classes: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The class weights as tensors, shapes checked: ``fn_weight`` as given, as a (K,) vector
+    (``None`` for all ones), and ``fp_weight`` (``None``, (K,) or (K, K))."""
+    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fn = V.fn_weight_vector(fn_given, num_classes)
+    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    V.check_fp_weight_shape(fp, num_classes)
+    return fn_given, fn, fp
+
+
+def check_weight_data(
+    fn_given: Tensor | None, fp: Tensor | None, weights: Tensor | None, costs: Tensor | None
+) -> None:
+    """The data checks of the weights: finite and >= 0, an FN matrix diagonal, a zero FP
+    diagonal (reads values: callers decide when, see :func:`rwwce._validate.should_check_data`)."""
+    V.check_weight_values("fn_weight", fn_given)
+    V.check_fn_matrix_diagonal(fn_given)
+    V.check_weight_values("fp_weight", fp)
+    V.check_fp_diagonal(fp)
+    V.check_weight_values("sample_weight", weights)
+    V.check_weight_values("sample_costs", costs)
 
 
 def check_sample_costs_options(

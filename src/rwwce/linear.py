@@ -161,10 +161,7 @@ def linear_real_world_weight_cross_entropy(
     num_classes, hidden = linear_weight.shape
     dtype = compute_dtype(input.dtype)
     device = input.device
-    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
-    fn = V.fn_weight_vector(fn_given, num_classes)
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
-    V.check_fp_weight_shape(fp, num_classes)
+    fn_given, fn, fp = _problem.weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
     weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
     weights = _sample_weight_per_row(weights, target.shape)
     costs = V.as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
@@ -181,12 +178,7 @@ def linear_real_world_weight_cross_entropy(
     if validate is None and torch.compiler.is_compiling():
         validate = False
     if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
-        V.check_weight_values("fn_weight", fn_given)
-        V.check_fn_matrix_diagonal(fn_given)
-        V.check_weight_values("fp_weight", fp)
-        V.check_fp_diagonal(fp)
-        V.check_weight_values("sample_weight", weights)
-        V.check_weight_values("sample_costs", costs)
+        _problem.check_weight_data(fn_given, fp, weights, costs)
         V.check_class_targets(target, num_classes, ignore_index)
 
     if fn is None:
