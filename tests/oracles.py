@@ -35,3 +35,15 @@ def smoothed_onehot(target, num_classes, smoothing=0.0):
     return torch.nn.functional.one_hot(target, num_classes).double() * (1 - smoothing) + (
         smoothing / num_classes
     )
+
+
+def random_fp(kind, num_classes, dtype=torch.float32):
+    """Test data: no FP term (``kind=None``), a (K,) ``"vector"`` or a (K, K) ``"matrix"`` with a
+    zero diagonal, entries uniform in [0, 3)."""
+    if kind is None:
+        return None
+    if kind == "vector":
+        return torch.rand(num_classes, dtype=dtype) * 3
+    fp = torch.rand(num_classes, num_classes, dtype=dtype) * 3
+    fp.fill_diagonal_(0)
+    return fp

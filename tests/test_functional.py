@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rwwce
-from oracles import fp_as_matrix, rwwce_float64, smoothed_onehot
+from oracles import fp_as_matrix, random_fp, rwwce_float64, smoothed_onehot
 
 rwce = rwwce.real_world_weight_cross_entropy
 brwce = rwwce.binary_real_world_weight_cross_entropy
@@ -23,16 +23,6 @@ def grads(loss_fn, x, upstream=None):
         upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape).to(loss)
     (grad,) = torch.autograd.grad(loss, x, upstream)
     return loss.detach(), grad
-
-
-def random_fp(num_classes, kind, dtype=torch.float32):
-    if kind is None:
-        return None
-    if kind == "vector":
-        return torch.rand(num_classes, dtype=dtype) * 3
-    fp = torch.rand(num_classes, num_classes, dtype=dtype) * 3
-    fp.fill_diagonal_(0)
-    return fp
 
 
 # --- parity with F.cross_entropy (no FP term) -------------------------------------------------
@@ -140,7 +130,7 @@ def test_full_loss_matches_float64_definition(fp_kind, smoothing, soft):
     num_rows, num_classes = 33, 6
     x = torch.randn(num_rows, num_classes, dtype=torch.float64) * 5
     fn = torch.rand(num_classes, dtype=torch.float64) * 2
-    fp = random_fp(num_classes, fp_kind, torch.float64)
+    fp = random_fp(fp_kind, num_classes, torch.float64)
     if soft:
         target = torch.softmax(torch.randn(num_rows, num_classes, dtype=torch.float64), 1)
         y = target * (1 - smoothing) + smoothing / num_classes
@@ -175,7 +165,7 @@ def test_paper_formula_with_probabilities_and_one_hot_matrices():
 def test_gradcheck_float64(fp_kind, soft):
     x = torch.randn(5, 4, 2, dtype=torch.float64, requires_grad=True)
     fn = torch.rand(4, dtype=torch.float64) + 0.5
-    fp = random_fp(4, fp_kind, torch.float64)
+    fp = random_fp(fp_kind, 4, torch.float64)
     if soft:
         target = torch.softmax(torch.randn(5, 4, 2, dtype=torch.float64), dim=1)
     else:
@@ -230,7 +220,7 @@ def test_confident_correct_prediction_costs_nothing():
 )
 def test_loss_and_gradient_finite_for_extreme_logits(dtype, values, target, fp_kind):
     x = torch.tensor(values, dtype=dtype).reshape(2, 4)
-    fp = random_fp(4, fp_kind)
+    fp = random_fp(fp_kind, 4)
     loss, grad = grads(
         lambda z: rce(z, torch.tensor(target), torch.rand(4) + 0.1, fp, label_smoothing=0.05), x
     )
@@ -242,7 +232,7 @@ def test_loss_and_gradient_finite_for_extreme_logits(dtype, values, target, fp_k
 def test_half_precision_inputs_are_computed_in_float32():
     x32 = torch.randn(64, 10) * 8
     target = torch.randint(0, 10, (64,))
-    fp = random_fp(10, "matrix")
+    fp = random_fp("matrix", 10)
     for dtype in (torch.float16, torch.bfloat16):
         x = x32.to(dtype)
         loss, grad = grads(
@@ -281,7 +271,7 @@ def test_sample_weight_scales_each_element():
     x = torch.randn(6, 4, 3)
     target = torch.randint(0, 4, (6, 3))
     target[0, 0] = -100
-    fp = random_fp(4, "matrix")
+    fp = random_fp("matrix", 4)
     per_sample = torch.rand(6)
     per_element = torch.rand(6, 3)
     unweighted = rce(x, target, None, fp, reduction="none")
@@ -301,7 +291,7 @@ def test_sample_weight_scales_each_element():
 def test_probability_input_matches_logits():
     x = torch.randn(8, 5, dtype=torch.float64)
     target = torch.randint(0, 5, (8,))
-    fp = random_fp(5, "matrix", torch.float64)
+    fp = random_fp("matrix", 5, torch.float64)
     from_logits = rce(x, target, None, fp)
     from_probs = rce(torch.softmax(x, 1), target, None, fp, input_type="probs")
     torch.testing.assert_close(from_probs, from_logits, rtol=1e-10, atol=1e-12)
@@ -337,7 +327,7 @@ def test_fp_vector_equals_its_matrix():
 def test_global_normalize_without_process_group_is_a_no_op():
     x = torch.randn(6, 3)
     target = torch.tensor([0, 1, -100, 2, 1, 0])
-    fp = random_fp(3, "vector")
+    fp = random_fp("vector", 3)
     torch.testing.assert_close(
         rce(x, target, None, fp, global_normalize=True), rce(x, target, None, fp)
     )
@@ -355,7 +345,7 @@ def test_weights_as_lists_and_arrays():
 def test_torch_compile_parity():
     x = torch.randn(8, 5)
     target = torch.randint(0, 5, (8,))
-    fp = random_fp(5, "matrix")
+    fp = random_fp("matrix", 5)
 
     def loss_fn(z):
         return rce(z, target, None, fp, validate=False)
@@ -371,7 +361,7 @@ def test_torch_compile_parity():
 def test_caller_logits_are_not_modified():
     x = torch.randn(6, 4, requires_grad=True)
     before = x.detach().clone()
-    rce(x, torch.randint(0, 4, (6,)), None, random_fp(4, "matrix")).backward()
+    rce(x, torch.randint(0, 4, (6,)), None, random_fp("matrix", 4)).backward()
     assert torch.equal(x.detach(), before)
 
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity
 
+import oracles
 import rwwce
 from oracles import rwwce_float64, smoothed_onehot
 
@@ -24,13 +25,7 @@ NUM_CLASSES, HIDDEN = 9, 6
 
 
 def random_fp(kind, num_classes=NUM_CLASSES, dtype=torch.float64):
-    if kind is None:
-        return None
-    if kind == "vector":
-        return torch.rand(num_classes, dtype=dtype) * 3
-    fp = torch.rand(num_classes, num_classes, dtype=dtype) * 3
-    fp.fill_diagonal_(0)
-    return fp
+    return oracles.random_fp(kind, num_classes, dtype)
 
 
 def problem(rows=23, dtype=torch.float64, bias=True, leading=None):
@@ -674,16 +669,16 @@ def test_torch_compile_fullgraph_without_graph_breaks(reduction):
         loss = lrce(layer(x).tanh(), w, target, None, fp, linear_bias=b, reduction=reduction)
         return loss.sum()
 
-    explanation = torch._dynamo.explain(step)(x, weight, b)
+    assert_compiles_like_eager(step, x, weight, b)
+
+
+def assert_compiles_like_eager(step, *args):
+    """One graph, no break, and ``torch.compile(fullgraph=True)`` gives eager's loss and grads."""
+    explanation = torch._dynamo.explain(step)(*args)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    assert_same(
-        loss_and_grads(compiled, x, weight, b),
-        loss_and_grads(step, x, weight, b),
-        rtol=1e-6,
-        atol=1e-7,
-    )
+    assert_same(loss_and_grads(compiled, *args), loss_and_grads(step, *args), rtol=1e-6, atol=1e-7)
 
 
 def test_torch_compile_fullgraph_with_sample_costs():
@@ -695,16 +690,7 @@ def test_torch_compile_fullgraph_with_sample_costs():
             x, w, target, linear_bias=b, sample_costs=costs, reduction="weighted_mean", chunk_size=5
         )
 
-    explanation = torch._dynamo.explain(step)(x, weight, b)
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-    torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    assert_same(
-        loss_and_grads(compiled, x, weight, b),
-        loss_and_grads(step, x, weight, b),
-        rtol=1e-6,
-        atol=1e-7,
-    )
+    assert_compiles_like_eager(step, x, weight, b)
 
 
 # --- the worked example ---------------------------------------------------------------------------

@@ -47,7 +47,13 @@ from torch import Tensor
 
 from rwwce.kernels import BackendOptions, Problem
 
-__all__ = ["rwwce_loss", "rwwce_loss_and_grad", "log_one_minus_softmax", "compute_dtype", "is_traced"]
+__all__ = [
+    "rwwce_loss",
+    "rwwce_loss_and_grad",
+    "log_one_minus_softmax",
+    "compute_dtype",
+    "is_traced",
+]
 
 # Elements per row chunk: small enough that a chunk's temporaries stay in the CPU's L2 cache,
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
