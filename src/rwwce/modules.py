@@ -99,23 +99,8 @@ class RWWCELoss(_CostBuffers):
         backend: V.Backend = "auto",
     ) -> None:
         super().__init__()
-        V.check_choice("reduction", reduction, V.REDUCTIONS)
         V.check_choice("input_type", input_type, V.INPUT_TYPES)
-        V.check_choice("backend", backend, V.BACKENDS)
-        V.check_label_smoothing(label_smoothing)
-        fn = _weight_buffer("fn_weight", fn_weight)
-        fp = _weight_buffer("fp_weight", fp_weight)
-        if fn is not None:
-            if fn.dim() not in (1, 2) or (fn.dim() == 2 and fn.shape[0] != fn.shape[1]):
-                raise ValueError(f"fn_weight must have shape (K,) or (K, K); got {tuple(fn.shape)}")
-            V.check_fn_matrix_diagonal(fn)
-            fn = V.fn_weight_vector(fn, fn.shape[0]).clone()
-        if fp is not None:
-            if fp.dim() not in (1, 2) or (fp.dim() == 2 and fp.shape[0] != fp.shape[1]):
-                raise ValueError(f"fp_weight must have shape (K,) or (K, K); got {tuple(fp.shape)}")
-            V.check_fp_diagonal(fp)
-        if fn is not None and fp is not None and fn.shape[0] != fp.shape[0]:
-            raise ValueError(f"fn_weight has {fn.shape[0]} classes but fp_weight has {fp.shape[0]}")
+        fn, fp = _multiclass_buffers(fn_weight, fp_weight, reduction, label_smoothing, backend)
         self.register_buffer("fn_weight", fn)
         self.register_buffer("fp_weight", fp)
         self.ignore_index = ignore_index
@@ -272,6 +257,30 @@ def _mark_checked(module: nn.Module) -> None:
         module._checked = True
 
 
+def _multiclass_buffers(
+    fn_weight: object, fp_weight: object, reduction: str, label_smoothing: float, backend: str
+) -> tuple[Tensor | None, Tensor | None]:
+    """The checks a multi-class loss module runs once, at construction, and its cost buffers:
+    fn as (K,) (the paper's diagonal form reduced), fp as given."""
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
+    V.check_choice("backend", backend, V.BACKENDS)
+    V.check_label_smoothing(label_smoothing)
+    fn = _weight_buffer("fn_weight", fn_weight)
+    fp = _weight_buffer("fp_weight", fp_weight)
+    if fn is not None:
+        if fn.dim() not in (1, 2) or (fn.dim() == 2 and fn.shape[0] != fn.shape[1]):
+            raise ValueError(f"fn_weight must have shape (K,) or (K, K); got {tuple(fn.shape)}")
+        V.check_fn_matrix_diagonal(fn)
+        fn = V.fn_weight_vector(fn, fn.shape[0]).clone()
+    if fp is not None:
+        if fp.dim() not in (1, 2) or (fp.dim() == 2 and fp.shape[0] != fp.shape[1]):
+            raise ValueError(f"fp_weight must have shape (K,) or (K, K); got {tuple(fp.shape)}")
+        V.check_fp_diagonal(fp)
+    if fn is not None and fp is not None and fn.shape[0] != fp.shape[0]:
+        raise ValueError(f"fn_weight has {fn.shape[0]} classes but fp_weight has {fp.shape[0]}")
+    return fn, fp
+
+
 def _multiclass_repr(module: nn.Module, extra: list[str]) -> str:
     """The options a multi-class loss module shows: weights, reduction, what differs from the
     defaults, then ``extra`` (the module's own options) and the backend."""
@@ -351,22 +360,13 @@ class LinearRWWCELoss(_CostBuffers):
         backend: V.Backend = "auto",
     ) -> None:
         super().__init__()
-        # RWWCELoss owns the checks of the options and the cost buffers; take its buffers.
-        checked = RWWCELoss(
-            fn_weight,
-            fp_weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            validate=validate,
-            backend=backend,
-        )
+        fn, fp = _multiclass_buffers(fn_weight, fp_weight, reduction, label_smoothing, backend)
         if chunk_size is not None and (
             isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
         ):
             raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
-        self.register_buffer("fn_weight", checked.fn_weight)
-        self.register_buffer("fp_weight", checked.fp_weight)
+        self.register_buffer("fn_weight", fn)
+        self.register_buffer("fp_weight", fp)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
