@@ -42,10 +42,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from rwwce.kernels import BackendOptions, Problem
+from rwwce.kernels import BackendOptions, Problem, graph_is_retained
 
 __all__ = [
     "rwwce_loss",
@@ -67,10 +66,12 @@ def rwwce_loss(problem: Problem) -> Tensor:
     Returns:
         0-dim (``problem.reduce``) or (M,) tensor in float32 (float64 for float64 logits).
     """
-    if is_traced() and not (torch.compiler.is_compiling() and _logits_grad_only(problem)):
+    compiled_fast = torch.compiler.is_compiling() and _logits_grad_only(problem)
+    if is_traced() and not compiled_fast:
         return _composite_loss(problem)
     options = BackendOptions(float(problem.label_smoothing), bool(problem.reduce))
-    return _RWWCEFunction.apply(
+    function = _TracedRWWCEFunction if compiled_fast else _RWWCEFunction
+    return function.apply(
         problem.logits,
         problem.target,
         problem.fn_weight,
@@ -155,10 +156,8 @@ def _scaled_row_losses(
     inactive = (row_scale == 0).unsqueeze(1)
     chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
-    # Compiled, one chunk: the compiler fuses it, and M stays symbolic (no loop over it).
-    starts = [0] if torch.compiler.is_compiling() else range(0, num_rows, chunk_rows)
-    for start in starts:
-        rows = slice(None) if torch.compiler.is_compiling() else slice(start, start + chunk_rows)
+    for start in range(0, num_rows, chunk_rows):
+        rows = slice(start, start + chunk_rows)
         _rows_forward(
             logits[rows].to(dtype),
             target[rows],
@@ -227,12 +226,137 @@ class _RWWCEFunction(torch.autograd.Function):
             for i, grad in zip(composite, found, strict=True):
                 grads[i] = grad
         if needs[0] and not create_graph:
-            # Out of place: the saved gradient must survive a second backward (retain_graph=True).
             scale = (row_scale.detach() * grad_output.to(row_scale.dtype)).unsqueeze(1)
-            grads[0] = row_grad * scale
+            # In place unless a later backward needs the saved gradient (retain_graph=True).
+            grads[0] = row_grad * scale if graph_is_retained() else row_grad.mul_(scale)
         if grads[0] is not None:
             grads[0] = grads[0].to(logits.dtype)
         return tuple(grads)
+
+
+class _TracedRWWCEFunction(torch.autograd.Function):
+    """What ``torch.compile`` traces when only the logits need a gradient.
+
+    Forward computes the row losses and keeps a few row statistics (R, 1); backward recomputes
+    the gradient from them and the logits. Each is element-wise work and row reductions
+    (:func:`_traced_forward`, :func:`_traced_grad`) that inductor fuses into a few loops over
+    the logits, storing no (M, K) intermediate. The function is the eager one's; only the form
+    differs (the eager sweep's arg-max, scatters and in-place buffers fuse badly).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, options):
+        z = logits.to(compute_dtype(logits.dtype))
+        row_loss, stats = _traced_forward(
+            z, target, fn_weight, fp_weight, fn_rows, fp_rows, options.label_smoothing
+        )
+        ctx.save_for_backward(
+            logits, target, fn_weight, fp_weight, fn_rows, fp_rows, row_scale, *stats
+        )
+        ctx.options = options
+        scaled = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
+        return scaled.sum() if options.reduce else scaled
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, target, fn_weight, fp_weight, fn_rows, fp_rows, row_scale, *stats = (
+            ctx.saved_tensors
+        )
+        z = logits.to(compute_dtype(logits.dtype))
+        grad = _traced_grad(
+            z, target, fn_weight, fp_weight, fn_rows, fp_rows, ctx.options.label_smoothing, stats
+        )
+        scale = (row_scale * grad_output.to(row_scale.dtype)).unsqueeze(1)
+        grad = torch.where(scale == 0, torch.zeros_like(grad), grad * scale)
+        return (grad.to(logits.dtype),) + (None,) * 7
+
+
+def _traced_forward(
+    z: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    fn_rows: Tensor | None,
+    fp_rows: Tensor | None,
+    smoothing: float,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Row losses (R,) of logits z (R, K) and the row statistics :func:`_traced_grad` needs.
+
+    The maximal classes are the set z_j == max(z) (c of them: ties are exact), and d is the
+    log-odds of each, with e^-d = (c - 1) + sum_{z_j < max} exp(z_j - max). Then
+    p_max = sigmoid(d), log(1 - p_max) = -softplus(d) (never through 1 - p_max), and the other
+    classes have p_j = sigmoid(d) exp(z_j - max) <= 1/2, so log1p(-p_j) is accurate. For a
+    unique maximum d is taken from the sum relative to the second-largest logit, which cannot
+    underflow: exact at any logit gap.
+    """
+    z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
+    _, _, fn_total, fn_dot = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
+    if fp_weight is None and fp_rows is None:
+        log_total = torch.exp(z - z_max).sum(dim=1, keepdim=True).log()
+        return (fn_total * log_total - fn_dot).squeeze(1), (z_max, log_total)
+    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, z.shape[1])
+    is_max = z == z_max
+    count = is_max.to(z.dtype).sum(dim=1, keepdim=True)
+    z_second = _finite_or_zero(torch.where(is_max, float("-inf"), z).amax(dim=1, keepdim=True))
+    w_max = torch.where(is_max, w, 0.0).sum(dim=1, keepdim=True)
+    near = torch.where(is_max, 0.0, torch.exp(z - z_max)).sum(dim=1, keepdim=True)
+    # Taken relative to the maximum, d underflows once the gap to the second logit passes ~87
+    # (float32); it serves the probabilities below, which are 0 and 1 there anyway.
+    d_near = -torch.log((count - 1) + near)
+    e = torch.where(is_max, 0.0, torch.exp(z - z_second))
+    p = e * (torch.sigmoid(d_near) * torch.exp(z_second - z_max))  # 0 at the maximal classes
+    sum_others = e.sum(dim=1, keepdim=True)
+    log_not_p = (w * torch.log1p(-p)).sum(dim=1, keepdim=True)
+    r_sum = (w * p / (1.0 - p)).sum(dim=1, keepdim=True)
+    d = torch.where(count > 1, d_near, (z_max - z_second) - torch.log(sum_others))
+    log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
+    loss = fn_total * _softplus(-d) - fn_dot - log_not_p - w_max * log_not_p_max
+    return loss.squeeze(1), (z_max, z_second, count, d, sum_others, r_sum, w_max)
+
+
+def _traced_grad(
+    z: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fp_weight: Tensor | None,
+    fn_rows: Tensor | None,
+    fp_rows: Tensor | None,
+    smoothing: float,
+    stats: list[Tensor],
+) -> Tensor:
+    """d loss_row / d z (R, K) from the logits and :func:`_traced_forward`'s row statistics.
+
+    With the maximal classes M (c of them), W = sum_{j in M} w_j, r_j = w_j p_j / (1 - p_j) and
+    R = sum_{j not in M} r_j, the FP term -sum_j w_j log(1 - p_j) has the gradient
+        j not in M:  r_j - p_j R - W p_max exp(z_j - z_second) / S'
+        j in M:      p_max (W - R) + [c > 1] e^d (w_j - W)
+    with S' = (c - 1) exp(z_max - z_second) + sum_{j not in M} exp(z_j - z_second); every factor
+    is bounded (r_m = w_m p_m / (1 - p_m) itself, unbounded, is never formed). The FN term adds
+    p_j sum_k a_k - a_j.
+    """
+    z_max = stats[0]
+    # The row sum fn_dot goes unused here; the compiler drops it.
+    fn_coef, fn_t, fn_total, _ = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
+    if fp_weight is None and fp_rows is None:
+        _, log_total = stats
+        grad = torch.exp(z - z_max - log_total) * fn_total
+    else:
+        _, z_second, count, d, sum_others, r_sum, w_max = stats
+        w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, z.shape[1])
+        # Not ``z == z_max`` as in the forward: an expression of its own makes the compiler
+        # recompute the mask here rather than store an (M, K) one for the backward.
+        is_max = z >= z_max
+        ties = count > 1
+        p_max = torch.sigmoid(d)
+        e = torch.where(is_max, 0.0, torch.exp(z - z_second))
+        p = torch.where(is_max, p_max, e * (p_max * torch.exp(z_second - z_max)))
+        spread = torch.where(ties, (count - 1) * torch.exp(z_max - z_second), 0.0) + sum_others
+        from_max = p_max * w_max / spread.clamp_min(torch.finfo(z.dtype).tiny)
+        at_max = p_max * (w_max - r_sum) + torch.where(ties, torch.exp(d) * (w - w_max), 0.0)
+        others = w * p / (1.0 - p) - p * r_sum - e * from_max
+        grad = torch.where(is_max, at_max, others) + p * fn_total
+    _subtract_fn_coefficients(grad, fn_coef, target, fn_t, fn_weight, smoothing)
+    return grad
 
 
 _FIELDS = ("logits", "target", "fn_weight", "fp_weight", "row_scale", "fn_rows", "fp_rows")
@@ -316,12 +440,9 @@ def _differentiable_row_loss(
         loss = -_times(coef, log_p_t)
         if smoothing:
             loss = loss - (smoothing / num_classes) * _weighted_sum(fn_weight, log_p)
-    if fp_rows is not None:
-        w = fp_rows.scatter(1, target.unsqueeze(1), 0.0)
-    elif fp_weight is not None:
-        w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
-    else:
+    if fp_weight is None and fp_rows is None:
         return loss
+    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, num_classes)
     return loss - _weighted_sum(w, log_one_minus_softmax(z, log_p))
 
 
@@ -346,7 +467,7 @@ def log_one_minus_softmax(z: Tensor, log_p: Tensor | None = None) -> Tensor:
     has_others = torch.isfinite(others).any(dim=1, keepdim=True)
     others = torch.where(has_others, others, torch.zeros_like(others))  # no all -inf logsumexp
     d = z.gather(1, argmax) - torch.logsumexp(others, dim=1, keepdim=True)
-    log_not_p_max = torch.where(has_others, -F.softplus(d), float("-inf"))
+    log_not_p_max = torch.where(has_others, -_softplus(d), float("-inf"))
     return torch.where(is_max, log_not_p_max, log_not_p)
 
 
@@ -430,38 +551,21 @@ def _rows_forward(
     # domain log p_k = z_k - z_max - log_total with log_total = softplus(-d).
     d = (z_max - second_max) - sum_others.log()
     sum_others = sum_others.clamp_min(tiny)  # as a divisor: q = 0 there anyway
-    log_total = F.softplus(-d)
+    log_total = _softplus(-d)
     p_max = torch.sigmoid(d)
     p = q * (torch.sigmoid(-d) / sum_others)  # p_j = (1 - p_m) q_j / S for j != m
     p.scatter_(1, argmax, p_max)
 
-    # FN term: -sum_k a_k log p_k with a = y * fn.
-    fn_coef = fn_t = None
-    if soft:
-        fn_coef = target * fn_weight  # a, (R, K)
-        fn_total = fn_coef.sum(dim=1, keepdim=True)
-        out_loss.copy_(fn_total.squeeze(1) * log_total.squeeze(1))
-        out_loss.sub_(_weighted_sum(fn_coef, z - z_max))
-    else:
-        t = target.unsqueeze(1)
-        fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
-        log_p_t = (z.gather(1, t) - z_max) - log_total
-        loss = -(1.0 - smoothing) * fn_t * log_p_t
-        if smoothing:
-            sum_log_p = ((z - z_max) @ fn_weight).unsqueeze(1) - log_total * fn_weight.sum()
-            loss -= (smoothing / num_classes) * sum_log_p
-        out_loss.copy_(loss.squeeze(1))
-        fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
+    # FN term: -sum_k a_k log p_k = fn_total * log_total - fn_dot, with a = y * fn.
+    fn_coef, fn_t, fn_total, fn_dot = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
+    torch.sub(fn_total * log_total, fn_dot, out=out_loss.unsqueeze(1))
 
     # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights).
-    if fp_rows is not None:
-        w = fp_rows.scatter(1, target.unsqueeze(1), 0.0)
-    else:
-        w = _fp_coefficients(target, fp_weight, smoothing, num_classes, z.shape[0])
+    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, num_classes)
     one_minus_p = torch.neg(p)
     log_not_p = torch.log1p(one_minus_p)
     # log(1 - p_m) = -softplus(d); capped so that a zero weight times it stays 0 when d = +inf.
-    log_not_p_max = (-F.softplus(d)).clamp_min(torch.finfo(z.dtype).min)
+    log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     log_not_p.scatter_(1, argmax, log_not_p_max)
     out_loss.sub_(log_not_p.mul_(w).sum(dim=1))
     if out_grad is None:
@@ -518,9 +622,16 @@ def _subtract_fn_coefficients(
 
 
 def _fp_coefficients(
-    target: Tensor, fp_weight: Tensor, smoothing: float, num_classes: int, num_rows: int
+    target: Tensor,
+    fp_weight: Tensor | None,
+    fp_rows: Tensor | None,
+    smoothing: float,
+    num_classes: int,
 ) -> Tensor:
-    """w = y @ FP for a chunk: (R, K). A (K,) ``fp_weight`` v means FP[t, j] = v[j] for j != t."""
+    """w = y @ FP for a chunk: (R, K); the rows' own FP weights ``fp_rows`` with 0 at the target
+    when given. A (K,) ``fp_weight`` v means FP[t, j] = v[j] for j != t."""
+    if fp_rows is not None:
+        return fp_rows.scatter(1, target.unsqueeze(1), 0.0)
     if target.dim() == 2:  # soft targets
         if fp_weight.dim() == 2:
             return target @ fp_weight
@@ -532,7 +643,43 @@ def _fp_coefficients(
             w = w * (1.0 - smoothing) + uniform * fp_weight.sum(dim=0)
         return w
     # (y @ FP)_j = v_j * (1 - y_j) with y = (1 - e) onehot(t) + e / K.
-    w = (fp_weight * (1.0 - uniform)).expand(num_rows, num_classes)
+    w = (fp_weight * (1.0 - uniform)).expand(target.shape[0], num_classes)
     return w.scatter_add(
         1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1)
     )
+
+
+def _fn_terms(
+    z: Tensor,
+    z_max: Tensor,
+    target: Tensor,
+    fn_weight: Tensor,
+    fn_rows: Tensor | None,
+    smoothing: float,
+) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+    """The FN coefficients a = y * fn of rows z (R, K) and their two row sums.
+
+    Returns ``(fn_coef, fn_t, fn_total, fn_dot)``: for soft targets ``fn_coef`` is a (R, K) and
+    ``fn_t`` None; for class indices ``fn_coef`` is None and ``fn_t`` (R, 1) is each row's FN
+    weight of its target (a = (1 - e) fn_t onehot(t) + e fn / K). ``fn_total`` = sum_k a_k and
+    ``fn_dot`` = sum_k a_k (z_k - z_max), both (R, 1), so that the FN loss is
+    -sum_k a_k log p_k = fn_total * log(sum_k exp(z_k - z_max)) - fn_dot.
+    """
+    if target.dim() == 2:
+        fn_coef = target * fn_weight
+        fn_dot = _weighted_sum(fn_coef, z - z_max).unsqueeze(1)
+        return fn_coef, None, fn_coef.sum(dim=1, keepdim=True), fn_dot
+    fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
+    fn_total = (1.0 - smoothing) * fn_t
+    fn_dot = fn_total * (z.gather(1, target.unsqueeze(1)) - z_max)
+    if smoothing:
+        uniform = smoothing / z.shape[1]
+        fn_total = fn_total + uniform * fn_weight.sum()
+        fn_dot = fn_dot + uniform * _weighted_sum(fn_weight, z - z_max).unsqueeze(1)
+    return None, fn_t, fn_total, fn_dot
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)), exact at every x (``F.softplus`` returns x itself above 20, off by up to
+    2e-9, visible in float64)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
