@@ -33,8 +33,8 @@ from . import report, store
 from .datasets import Dataset, check_split, load_dataset, paper_note
 from .scenarios import SCENARIOS, Scenario, get
 from .scenarios.base import ArmDef, Group
-from .spec import ALL, BATCH_SIZE, MIN_STEPS, PAPER_EPOCHS, EpochSelection, Settings
-from .training import ArmResult, binary_loss, multiclass_loss, train_group
+from .spec import ALL, BATCH_SIZE, MIN_STEPS, PAPER_EPOCHS, EpochSelection, Settings, SplitMode
+from .training import ArmResult, group_loss, train_group
 
 __all__ = [
     "Job",
@@ -120,19 +120,32 @@ def dataset_key(name: str) -> str:
     return name if name in ("digits", "breast-cancer") else os.path.abspath(name)
 
 
-def scenarios_for(data: Dataset, name: str) -> list[Scenario]:
-    if name == ALL:
-        return [s for s in SCENARIOS.values() if s.applies_to(data)]
-    sc = get(name)
-    sc.check(data)
-    return [sc]
+def scenarios_for(data: Dataset, settings: Settings) -> list[tuple[Scenario, SplitMode]]:
+    """The scenarios asked for (those that apply to ``data`` for ``all``), each with its split
+    mode; a scenario or a split that cannot run on ``data`` is a ValueError naming the option."""
+    if settings.scenario == ALL:
+        chosen = [s for s in SCENARIOS.values() if s.applies_to(data)]
+    else:
+        chosen = [get(settings.scenario)]
+        chosen[0].check(data)
+    out = []
+    for sc in chosen:
+        mode = sc.split_for(data, settings.split)
+        check_split(data, mode)
+        out.append((sc, mode))
+    return out
 
 
-def plan(data: Dataset, settings: Settings, done: set[str]) -> Iterator[Job]:
-    """Every group of every scenario asked for, with the runs not in ``done`` (lazily)."""
+def plan(
+    data: Dataset,
+    scenarios: list[tuple[Scenario, SplitMode]],
+    settings: Settings,
+    done: set[str],
+) -> Iterator[Job]:
+    """Every group of the ``scenarios`` (:func:`scenarios_for`), with the runs not in ``done``
+    (lazily)."""
     ds = dataset_key(settings.dataset)
-    for sc in scenarios_for(data, settings.scenario):
-        split_mode = sc.split_for(data, settings.split)
+    for sc, split_mode in scenarios:
         for group in sc.groups(data, list(range(settings.seeds)), settings.quick, split_mode):
             epochs, per, rule = budget(len(group.models[0].spec.train_idx), settings.epochs)
 
@@ -162,22 +175,6 @@ def plan(data: Dataset, settings: Settings, done: set[str]) -> Iterator[Job]:
 
 
 # ------------------------------------------------------------------------------------ training
-def _loss_for(group: Group, model_ids: list[int]):
-    defs = [group.models[i] for i in model_ids]
-    if group.binary:
-        return binary_loss(
-            torch.tensor([float(d.fn) for d in defs]), torch.tensor([float(d.fp) for d in defs])
-        )
-    k = group.sizes[-1]
-    fn = torch.tensor(np.stack([d.fn for d in defs]), dtype=torch.float32)
-    if all(d.fp is None for d in defs):
-        return multiclass_loss(fn, None)
-    fp = torch.tensor(
-        np.stack([np.zeros((k, k)) if d.fp is None else d.fp for d in defs]), dtype=torch.float32
-    )
-    return multiclass_loss(fn, fp)
-
-
 # Below this many multiply-adds per step a group's tensors are too small for several threads to pay
 # off (and on a busy machine OpenMP's thread hand-offs cost more than the work): use one thread.
 SMALL_STEP = 1e8
@@ -200,10 +197,10 @@ def train(
     group = job.group
     model_ids = sorted({a.spec.model for a in job.todo})
     remap = {m: i for i, m in enumerate(model_ids)}
-    specs = [group.models[m].spec for m in model_ids]
+    models = [group.models[m] for m in model_ids]
     arms = [type(a.spec)(remap[a.spec.model], a.spec.decision, a.spec.costs) for a in job.todo]
     if settings.device == "cpu":
-        torch.set_num_threads(_threads_for(group, len(specs), settings.threads))
+        torch.set_num_threads(_threads_for(group, len(models), settings.threads))
     ckpt = job.checkpoint(settings.out)
     state = store.load_checkpoint(ckpt, job.keys)
     resumed = state.epoch if state is not None else 0
@@ -211,9 +208,9 @@ def train(
         advance(resumed * job.steps_per_epoch)
     results = train_group(
         torch.as_tensor(group.pool, device=settings.device),
-        specs,
+        [m.spec for m in models],
         arms,
-        _loss_for(group, model_ids),
+        group_loss([(m.fn, m.fp) for m in models], group.binary),
         group.sizes,
         epochs=job.epochs,
         batch_size=BATCH_SIZE,
@@ -387,12 +384,9 @@ def run_experiment(settings: Settings, console=None) -> report.Report:
     # Every input is checked before anything is created.
     store.check_output_path(settings.out)
     data = load_dataset(settings.dataset)
-    scenarios = scenarios_for(data, settings.scenario)
-    for sc in scenarios:
-        check_split(data, sc.split_for(data, settings.split))
-    store.check_output(settings.out)
-    results_path = store.results_path(settings.out)
-    records, note = store.load_records(results_path)
+    compared_to_paper = paper_note(data)
+    scenarios = scenarios_for(data, settings)
+    records, note = store.open_output(settings.out)
     if note:
         console.print(f"note: {note}", highlight=False)
     by_key = {r["key"]: r for r in records}
@@ -401,7 +395,7 @@ def run_experiment(settings: Settings, console=None) -> report.Report:
     skipped = ran = 0
     t0 = time.time()
     with _cpu_math_settings(settings.device), JobProgress(console) as progress:
-        for job in plan(data, settings, set(by_key)):
+        for job in plan(data, scenarios, settings, set(by_key)):
             covered += job.all_keys
             skipped += len(job.all_keys) - len(job.todo)
             if not job.todo:
@@ -423,11 +417,13 @@ def run_experiment(settings: Settings, console=None) -> report.Report:
         f"{settings.threads or 'auto'}",
         "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
     }
-    rep = report.build(mine, scenarios, header, paper_note(data))
+    rep = report.build(mine, [sc for sc, _ in scenarios], header, compared_to_paper)
     report.draw_plots(rep, settings.out, data.classes)
-    store.write_report(settings.out, report.markdown(rep))
+    text = report.markdown(rep)
+    store.write_report(settings.out, text)
     console.print(
-        f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
+        f"{ran} runs done, {skipped} already in {store.results_path(settings.out)} (skipped), "
+        f"{time.time() - t0:.1f} s",
         highlight=False,
     )
     return rep

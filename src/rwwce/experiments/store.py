@@ -1,16 +1,17 @@
 """The output folder (``--out``): its checks, the results file, the checkpoints and the report file.
 
-* :func:`check_output_path` (creates nothing) and :func:`check_output` (creates the folder and
-  proves it writable) run before any training, so a mistake costs no work and leaves no folder.
+* :func:`check_output_path` (creates nothing) and :func:`open_output` (creates the folder, proves
+  it writable and reads the runs done before) run before any training, so a mistake costs no work
+  and leaves no folder.
 * ``results.jsonl`` (:data:`RESULTS`) is append-only JSONL, one record per run: whole lines,
-  fsynced (:func:`append_records`); :func:`load_records` drops a last line cut short by a crash
+  fsynced (:func:`append_records`); :func:`load_records` cuts off a last line cut short by a crash
   and refuses a file that is not ours (:class:`ResultsFileError`), never rewriting it otherwise.
 * A checkpoint (``.checkpoint-<scenario>-<job>.pt``) holds a group's training state after its
   latest epoch; it is replaced atomically and removed once the group's runs are appended.
 * ``report.md`` (:data:`REPORT`) is written whole (:func:`write_report`).
 
-Every file goes through :mod:`rwwce._io`: written whole or not at all, with the mode the user's
-umask gives.
+Every file rwwce writes whole goes through :mod:`rwwce._io` (written whole or not at all, with the
+mode the user's umask gives); the results file only grows by whole lines, or loses a cut-off one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "checkpoint_path",
     "load_checkpoint",
     "load_records",
+    "open_output",
     "remove_checkpoint",
     "results_path",
     "save_checkpoint",
@@ -99,6 +101,13 @@ def check_output(out: str) -> None:
             raise OSError(f"{results!r} is not writable ({e.strerror})") from None
 
 
+def open_output(out: str) -> tuple[list[dict], str | None]:
+    """Create ``out`` and check it (:func:`check_output`), then read its results file
+    (:func:`load_records`): the records of the runs done before, and a note for the user."""
+    check_output(out)
+    return load_records(results_path(out))
+
+
 def results_path(out: str) -> str:
     """The results file of the output folder ``out``."""
     return os.path.join(out, RESULTS)
@@ -139,7 +148,7 @@ def load_records(path: str) -> tuple[list[dict], str | None]:
                 rec, ok = None, False
             if not ok:
                 if last and rec is None:  # no newline after it: an interrupted append
-                    atomic_write(path, raw[:offset])
+                    _truncate(path, offset)
                     return records, (
                         f"{path!r} line {n} was cut short (an interrupted write): dropped it"
                     )
@@ -150,6 +159,15 @@ def load_records(path: str) -> tuple[list[dict], str | None]:
             records.append(rec)
         offset += len(line) + 1
     return records, None
+
+
+def _truncate(path: str, size: int) -> None:
+    """Cut ``path`` to its first ``size`` bytes in place (one system call, fsynced): the file
+    keeps its mode and owner, and its other bytes are not rewritten."""
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def append_records(path: str, records: Iterable[dict]) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "ModelSpec",
     "binary_loss",
     "f1_best_threshold",
+    "group_loss",
     "multiclass_loss",
     "train_group",
 ]
@@ -216,6 +217,29 @@ def binary_loss(fn: torch.Tensor, fp: torch.Tensor) -> LossFn:
         return out.mean(1)
 
     return loss
+
+
+def group_loss(weights: Sequence[tuple[Any, Any]], binary: bool) -> LossFn:
+    """The per-model loss of G models from each one's own weights ``weights[g] = (fn, fp)``.
+
+    Binary models: fn and fp are numbers (:func:`binary_loss`). Multi-class models: fn (K,) and
+    fp (K, K) or None, no FP term (:func:`multiclass_loss`; beside models with an FP term, None
+    is a zero matrix, which adds nothing to the loss).
+    """
+    if binary:
+        return binary_loss(
+            torch.tensor([float(fn) for fn, _ in weights]),
+            torch.tensor([float(fp) for _, fp in weights]),
+        )
+    fn = torch.tensor(np.stack([fn for fn, _ in weights]), dtype=torch.float32)
+    if all(fp is None for _, fp in weights):
+        return multiclass_loss(fn, None)
+    k = fn.shape[1]
+    fp = torch.tensor(
+        np.stack([np.zeros((k, k)) if fp is None else fp for _, fp in weights]),
+        dtype=torch.float32,
+    )
+    return multiclass_loss(fn, fp)
 
 
 # ----------------------------------------------------------------------------------- the group
