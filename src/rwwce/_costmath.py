@@ -1,6 +1,6 @@
 """Cost arithmetic shared by the metrics, ``RealWorldCost``, ``CostMonitor``, the Hugging Face
-metrics and the class-weight tools: label and probability coercion, confusion counts, expected
-costs.
+metrics, the class-weight tools and the experiments' training: label and probability coercion,
+confusion counts, expected costs.
 
 Private: the public faces are :mod:`rwwce.metrics`, :class:`rwwce.metrics.RealWorldCost`,
 :class:`rwwce.CostMonitor`, :func:`rwwce.integrations.huggingface.make_compute_metrics` and

@@ -1,4 +1,5 @@
-"""Plotting set-up shared by every figure rwwce draws (metrics, calibration, the cost monitor).
+"""Plotting set-up shared by every figure rwwce draws (metrics, calibration, the cost monitor, the
+experiments' reports).
 
 One backend policy: figures are ``matplotlib.figure.Figure`` objects made without pyplot, so
 rwwce never chooses or changes the user's matplotlib backend and works headless. Figures are
