@@ -413,7 +413,7 @@ def train_group(
 
     n_classes = 2 if binary else sizes[-1]
     val_y = [torch.from_numpy(np.asarray(m.val_y, dtype=np.int64)) for m in models]
-    arm_costs = [torch.as_tensor(a.costs, dtype=torch.float64) for a in arms]
+    arm_costs = torch.as_tensor(np.stack([a.costs for a in arms]), dtype=torch.float64)
     arm_model = torch.tensor([a.model for a in arms], dtype=torch.long, device=device)
     if state is None:
         state = GroupState(
@@ -454,24 +454,30 @@ def train_group(
         val_p = _predict(net, pool, [m.val_idx for m in models], binary)
         improved = []
         # Arms that share a model and a decision rule (e.g. one CE model judged by many cost
-        # matrices) share its predictions and confusion counts; each arm prices them with its own
-        # cost matrix. The labels are the runner's own: counted unchecked, as on an accelerator.
-        confusions: dict[tuple, torch.Tensor] = {}
-        for a, arm in enumerate(arms):
-            dec = arm.decision.fit(val_p[arm.model], models[arm.model].val_y)
-            key = (arm.model, dec.kind, dec.threshold, id(dec.costs))
-            if key not in confusions:
+        # matrices) share its predictions and confusion counts (the labels are the runner's own:
+        # counted unchecked); every arm's counts are then priced by its own costs at once.
+        fitted = [arm.decision.fit(val_p[arm.model], models[arm.model].val_y) for arm in arms]
+        keys = [
+            (arm.model, d.kind, d.threshold, id(d.costs))
+            for arm, d in zip(arms, fitted, strict=True)
+        ]
+        slot: dict[tuple, int] = {}
+        counts: list[torch.Tensor] = []
+        for arm, dec, key in zip(arms, fitted, keys, strict=True):
+            if key not in slot:
+                slot[key] = len(counts)
                 pred = torch.from_numpy(dec.predict(val_p[arm.model]))
-                confusions[key] = streaming_confusion(
-                    val_y[arm.model], pred, n_classes, None, check=False
-                )[0]
-            priced = confusion_costs(confusions[key], arm_costs[a])
-            c = float(priced.mean)
+                counts.append(
+                    streaming_confusion(val_y[arm.model], pred, n_classes, None, check=False)[0]
+                )
+        priced = confusion_costs(torch.stack(counts)[[slot[k] for k in keys]], arm_costs)
+        recall = priced.recall
+        for a, c in enumerate(priced.mean.tolist()):
             state.history[a].append(c)
             if keep_last or c < state.best_cost[a]:
                 state.best_cost[a], state.best_epoch[a] = c, epoch
-                state.best_fitted[a] = dec.fitted
-                state.best_recall[a] = priced.recall.tolist()
+                state.best_fitted[a] = fitted[a].fitted
+                state.best_recall[a] = recall[a].tolist()
                 improved.append(a)
         if improved:
             sel = torch.tensor(improved, device=device)
