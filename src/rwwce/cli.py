@@ -275,10 +275,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     report.print_console(runner.run_experiment(settings))
-    print(
-        f"results: {store.results_path(settings.out)}, report: "
-        f"{os.path.join(settings.out, store.REPORT)}"
-    )
+    print(f"results: {store.results_path(settings.out)}, report: {store.report_path(settings.out)}")
     return 0
 
 

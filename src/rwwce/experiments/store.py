@@ -41,6 +41,7 @@ __all__ = [
     "load_records",
     "open_output",
     "remove_checkpoint",
+    "report_path",
     "results_path",
     "save_checkpoint",
     "write_report",
@@ -88,8 +89,7 @@ def check_output(out: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OSError(f"--out {out!r} is not writable ({e.strerror})") from None
-    for name in (RESULTS, REPORT):
-        path = os.path.join(out, name)
+    for path in (results_path(out), report_path(out)):
         if os.path.isdir(path):
             raise ValueError(f"{path!r} is a directory; rwwce writes a file of that name there")
     results = results_path(out)
@@ -113,11 +113,14 @@ def results_path(out: str) -> str:
     return os.path.join(out, RESULTS)
 
 
-def write_report(out: str, text: str) -> str:
-    """Write ``text`` (the markdown report) to ``out``'s ``report.md`` atomically; its path."""
-    path = os.path.join(out, REPORT)
-    atomic_write(path, text)
-    return path
+def report_path(out: str) -> str:
+    """The markdown report of the output folder ``out``."""
+    return os.path.join(out, REPORT)
+
+
+def write_report(out: str, text: str) -> None:
+    """Write ``text`` (the markdown report) to ``out``'s report file atomically."""
+    atomic_write(report_path(out), text)
 
 
 # ------------------------------------------------------------------------- the results file
