@@ -291,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "experiment",
         help="run the paper's experiments (batched, resumable)",
-        description="Train the paper's models (MLP in-50-20-K, in-10-1; Adam 1e-3, batch 100) "
-        "for each arm over several seeds; write results.jsonl, report.md and plots to "
+        description="Train the paper's models (MLP in-50-20-K, in-10-1; Adam 1e-3, batch "
+        f"{spec.BATCH_SIZE}) for each arm over several seeds; write results.jsonl, report.md and plots to "
         "--out. Rerunning with the same --out skips finished runs and continues an "
         "interrupted group from its last finished epoch.",
     )
