@@ -383,6 +383,41 @@ def test_build_parser_has_the_three_commands():
     assert parser.parse_args(["weights", "l.csv"]).scheme == "balanced"
 
 
+@pytest.mark.parametrize("argv", [[], ["--quick"], ["--dataset", "breast-cancer"]])
+def test_experiment_options_default_to_the_settings_defaults(argv):
+    """``rwwce experiment`` takes its defaults from ``rwwce.experiments.spec``: an option left out
+    means what the same field left out of ``Settings`` means, field by field."""
+    import dataclasses
+
+    from rwwce.experiments.spec import Settings
+
+    args = build_parser().parse_args(["experiment", *argv])
+    given = {a.lstrip("-").replace("-", "_"): True for a in argv if a.startswith("--")}
+    fields = dataclasses.fields(Settings)
+    for f in fields:
+        if f.name not in given:
+            assert getattr(args, f.name) == f.default, f.name
+    explicit = {f.name: getattr(args, f.name) for f in fields if f.name in given}
+    assert Settings(**{f.name: getattr(args, f.name) for f in fields}) == Settings(**explicit)
+
+
+def test_experiment_choices_are_the_specs():
+    from rwwce.experiments import spec
+    from rwwce.experiments.scenarios import SCENARIOS
+
+    parser = build_parser()
+    for option, choices in (
+        ("--split", spec.SPLITS),
+        ("--epoch-selection", spec.EPOCH_SELECTIONS),
+        ("--device", spec.DEVICES),
+        ("--scenario", (*SCENARIOS, spec.ALL)),
+    ):
+        for choice in choices:
+            parser.parse_args(["experiment", option, choice])
+        with pytest.raises(SystemExit):
+            parser.parse_args(["experiment", option, "nonsense"])
+
+
 def test_experiment_on_an_idx_directory(tmp_path, capsys):
     """End to end on a tiny MNIST-format directory (seeds of medical / imbalance share one group)."""
     import gzip
@@ -450,14 +485,14 @@ def _medical_args(out, epochs="4"):
 def test_an_interrupted_group_resumes_from_its_checkpoint_with_identical_results(
     tmp_path, monkeypatch, capsys
 ):
-    from rwwce.experiments import runner
+    from rwwce.experiments import store
 
     clean = tmp_path / "clean"
     assert main(_medical_args(clean)) == 0
     want = (clean / "results.jsonl").read_bytes()
 
     out = tmp_path / "interrupted"
-    real_save = runner.save_checkpoint
+    real_save = store.save_checkpoint
     epochs_saved = []
 
     def save_then_interrupt(path, keys, state):
@@ -466,7 +501,7 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_with_identical_results
         if state.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(store, "save_checkpoint", save_then_interrupt)
     capsys.readouterr()
     assert main(_medical_args(out)) == 130
     assert "rerun the same command to resume" in capsys.readouterr().err
@@ -474,16 +509,16 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_with_identical_results
     assert not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text()
     (ckpt,) = [f for f in os.listdir(out) if f.startswith(".checkpoint-")]
 
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    monkeypatch.setattr(store, "save_checkpoint", real_save)
     started = []
-    real_load = runner.load_checkpoint
+    real_load = store.load_checkpoint
 
     def load(path, keys):
         state = real_load(path, keys)
         started.append(None if state is None else state.epoch)
         return state
 
-    monkeypatch.setattr(runner, "load_checkpoint", load)
+    monkeypatch.setattr(store, "load_checkpoint", load)
     assert main(_medical_args(out)) == 0
     assert started == [2]  # continued after epoch 2, not restarted
     assert "resumed after epoch 2" in capsys.readouterr().err
@@ -492,19 +527,19 @@ def test_an_interrupted_group_resumes_from_its_checkpoint_with_identical_results
 
 
 def test_a_checkpoint_of_other_runs_is_not_used(tmp_path):
-    from rwwce.experiments import runner
+    from rwwce.experiments import store
 
     out = tmp_path / "o"
     out.mkdir()
     p = out / ".checkpoint-x.pt"
     torch.save({"keys": ["other"], "state": {}}, p)
-    assert runner.load_checkpoint(str(p), ["mine"]) is None
+    assert store.load_checkpoint(str(p), ["mine"]) is None
     p.write_bytes(b"garbage")
-    assert runner.load_checkpoint(str(p), ["mine"]) is None
+    assert store.load_checkpoint(str(p), ["mine"]) is None
 
 
 def test_unwritable_out_is_found_before_training(tmp_path, monkeypatch, capsys):
-    from rwwce.experiments import runner
+    from rwwce.experiments import runner, store
 
     def no_training(*a, **k):
         raise AssertionError("the data were loaded before --out was checked")
@@ -522,7 +557,7 @@ def test_unwritable_out_is_found_before_training(tmp_path, monkeypatch, capsys):
     # The probe writes a file, so it runs once the inputs are checked (the data loaded).
     monkeypatch.undo()
     out = tmp_path / "ro"
-    monkeypatch.setattr(runner.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(store.tempfile, "mkstemp", denied)
     rc = main(["experiment", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and f"--out {str(out)!r} is not writable (Permission denied)" in err

@@ -54,6 +54,29 @@ def test_confusion_costs_equal_the_definitions(case):
             assert math.isnan(float(seen.class_mean[i])) and math.isnan(float(seen.recall[i]))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 5), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_confusion_costs_of_a_batch_are_each_matrix_s_own(k, b, seed):
+    """(B, K, K) counts under B cost matrices, or under one: every entry is what the definitions
+    give for its own labels (float64 NumPy oracle)."""
+    rng = np.random.default_rng(seed)
+    labels = [(rng.integers(0, k, n), rng.integers(0, k, n)) for n in rng.integers(1, 30, b)]
+    counts = np.stack([sk_confusion_matrix(t, p, labels=range(k)) for t, p in labels])
+    costs = rng.uniform(0, 10, (b, k, k))
+    for c in (costs, costs[0]):
+        seen = _costmath.confusion_costs(torch.as_tensor(counts), torch.as_tensor(c))
+        assert seen.mean.shape == (b,) and seen.recall.shape == (b, k)
+        for i, (t, p) in enumerate(labels):
+            per_sample = (c if c.ndim == 2 else c[i])[t, p]
+            np.testing.assert_allclose(float(seen.total[i]), per_sample.sum(), rtol=1e-12)
+            np.testing.assert_allclose(float(seen.mean[i]), per_sample.mean(), rtol=1e-12)
+            by_class = [per_sample[t == j].sum() for j in range(k)]
+            np.testing.assert_allclose(seen.class_cost[i].numpy(), by_class, rtol=1e-12)
+            assert float(seen.accuracy[i]) == pytest.approx(np.mean(t == p), rel=1e-12)
+            recall = [np.mean(p[t == j] == j) if (t == j).any() else np.nan for j in range(k)]
+            np.testing.assert_allclose(seen.recall[i].numpy(), recall, rtol=1e-12)
+
+
 def test_confusion_costs_take_weighted_counts_and_mixed_devices_dtypes():
     counts = torch.tensor([[2.5, 0.5], [0.25, 0.75]])  # float32 weighted counts
     costs = torch.tensor([[0, 1], [10, 0]], dtype=torch.int64)

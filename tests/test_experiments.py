@@ -12,8 +12,10 @@ import torch
 
 pytest.importorskip("sklearn")
 
+from sklearn.metrics import recall_score
+
 import rwwce
-from rwwce.experiments import datasets, plots, report, runner
+from rwwce.experiments import datasets, plots, report, runner, spec, store
 from rwwce.experiments.models import BatchedMLP, init_mlp_params
 from rwwce.experiments.scenarios import SCENARIOS
 from rwwce.experiments.scenarios.fp_pair import FpPair
@@ -22,7 +24,6 @@ from rwwce.experiments.training import (
     Decision,
     GroupState,
     ModelSpec,
-    _cost,
     _predict,
     binary_loss,
     f1_best_threshold,
@@ -276,6 +277,12 @@ def test_batched_training_equals_one_at_a_time(layout, selection):
         # ... and the epoch kept is the lowest validation cost (first one on ties), or the last.
         want = int(np.argmin(res.val_costs)) if selection == "best-val" else epochs - 1
         assert res.best_epoch - 1 == want
+        # The recall per class stored with it is scikit-learn's at that epoch.
+        pred = arms[g].decision.predict(val_p[want])
+        recall = recall_score(
+            specs[g].val_y, pred, labels=range(len(costs)), average=None, zero_division=np.nan
+        )
+        np.testing.assert_allclose(res.val_recall, recall, rtol=1e-12)
 
 
 def test_epoch_selection_is_checked():
@@ -404,12 +411,20 @@ def test_bayes_decision_arm_uses_the_cost_matrix():
     np.testing.assert_array_equal(pred, [1, 0])  # 0.1 * 20 > 0.9 * 1; 0.03 * 20 < 0.97
 
 
-def test_cost_from_the_confusion_matrix_is_the_librarys_real_world_cost():
+@pytest.mark.parametrize("k", [2, 4])
+def test_bayes_decision_arm_is_the_librarys_bayes_decision(k):
+    """(N, K) probabilities, and for two classes (N,) probabilities of the positive class."""
     rng = np.random.default_rng(3)
-    a, b = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
-    c = rng.uniform(0, 5, (4, 4)) * (1 - np.eye(4))
-    got = _cost(confusion(a, b, 4), c)
-    assert got == pytest.approx(float(rwwce.metrics.real_world_cost(a, b, c)), rel=1e-12)
+    probs = rng.dirichlet(np.ones(k), 200).astype(np.float32)
+    costs = rng.uniform(0, 5, (k, k)) * (1 - np.eye(k))
+    want = rwwce.metrics.bayes_decision(probs, costs).numpy()
+    np.testing.assert_array_equal(Decision("bayes", costs=costs).predict(probs), want)
+    if k == 2:  # float64 oracle: the expected cost of predicting 0 and 1; ties go to 0
+        p = probs[:, 1].astype(np.float64)
+        expected = np.stack([(1 - p) * costs[0, j] + p * costs[1, j] for j in (0, 1)], 1)
+        np.testing.assert_array_equal(
+            Decision("bayes", costs=costs).predict(probs[:, 1]), expected.argmin(1)
+        )
 
 
 def _groups(name, seeds=(0,), quick=True, data="digits"):
@@ -454,10 +469,30 @@ def test_medical_and_imbalance_groups():
     assert (spec.train_y == r).sum() == round(0.05 * (s.y[s.train] == r).sum())
 
 
+def test_settings_resolve_their_defaults_and_name_the_option_of_a_bad_value():
+    s = spec.Settings()
+    assert (s.dataset, s.scenario, s.seeds) == ("digits", "all", spec.SEEDS)
+    assert s.out == os.path.join("runs", "digits-all")
+    quick = spec.Settings("/data/fashion-mnist/", "medical", quick=True)
+    assert quick.seeds == spec.QUICK_SEEDS
+    assert quick.out == os.path.join("runs", "fashion-mnist-medical-quick")
+    assert spec.Settings(seeds=2, quick=True, out="o").seeds == 2
+    for field, value, message in (
+        ("seeds", 0, "--seeds must be at least 1, got 0"),
+        ("epochs", 0, "--epochs must be at least 1, got 0"),
+        ("threads", -1, "--threads must be at least 1, got -1"),
+        ("split", "both", "--split must be one of 'paper', 'official'; got 'both'"),
+        ("epoch_selection", "best", "--epoch-selection must be one of 'best-val', 'last'"),
+        ("device", "tpu", "--device must be one of 'cpu', 'cuda'; got 'tpu'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            spec.Settings(**{field: value})
+
+
 def test_budget_gives_small_data_enough_steps_and_mnist_the_papers_epochs():
     assert runner.budget(47_250, None)[:2] == (10, 473)  # Fashion-MNIST, paper split
     epochs, per, rule = runner.budget(1_212, None)  # digits
-    assert epochs * per >= runner.MIN_STEPS and epochs > 10 and "steps" in rule
+    assert epochs * per >= spec.MIN_STEPS and epochs > 10 and "steps" in rule
     assert runner.budget(1_212, 3)[:2] == (3, 13)  # --epochs is taken as given
 
 
@@ -515,14 +550,14 @@ def _clone(v):
 # --------------------------------------------------------------------------------------- files
 def test_load_records_drops_a_truncated_last_line_with_a_note(tmp_path):
     p = tmp_path / "results.jsonl"
-    report.append_records(str(p), [{"key": "a", "metrics": {}}, {"key": "b", "metrics": {}}])
+    store.append_records(str(p), [{"key": "a", "metrics": {}}, {"key": "b", "metrics": {}}])
     with open(p, "a") as f:
         f.write('{"key": "c", "metr')
-    recs, note = report.load_records(str(p))
+    recs, note = store.load_records(str(p))
     assert [r["key"] for r in recs] == ["a", "b"]
     assert "line 3" in note and "cut short" in note
     assert p.read_text().endswith("\n") and len(p.read_text().splitlines()) == 2
-    report.append_records(str(p), [{"key": "c", "metrics": {}}])
+    store.append_records(str(p), [{"key": "c", "metrics": {}}])
     assert [json.loads(x)["key"] for x in p.read_text().splitlines()] == ["a", "b", "c"]
 
 
@@ -532,12 +567,12 @@ def test_load_records_drops_a_truncated_last_line_with_a_note(tmp_path):
 )
 def test_load_records_refuses_lines_that_are_not_ours(tmp_path, foreign):
     p = tmp_path / "results.jsonl"
-    report.append_records(str(p), [{"key": "a", "metrics": {}}])
+    store.append_records(str(p), [{"key": "a", "metrics": {}}])
     with open(p, "a") as f:
         f.write(foreign)
     before = p.read_bytes()
-    with pytest.raises(report.ResultsFileError, match="line 2 is not an rwwce result record"):
-        report.load_records(str(p))
+    with pytest.raises(store.ResultsFileError, match="line 2 is not an rwwce result record"):
+        store.load_records(str(p))
     assert p.read_bytes() == before  # untouched
 
 
@@ -677,7 +712,7 @@ def test_the_papers_figures_show_only_for_its_data_and_stand_in(tmp_path):
     assert datasets.paper_note(datasets.load_dataset("digits")) is None
 
 
-def test_summarize_runs_once_per_scenario(monkeypatch, tmp_path):
+def test_summarize_runs_once_per_scenario(monkeypatch):
     """The report is built once and rendered from that build: markdown, console and plots."""
     import io
 
@@ -686,7 +721,7 @@ def test_summarize_runs_once_per_scenario(monkeypatch, tmp_path):
     monkeypatch.setattr(report, "summarize", lambda *a: calls.append(1) or real(*a))
     recs = _records({"ce": [1.2, 1.3], "rwwce": [1.0, 1.1]})
     rep = _report(recs, None)
-    report.write_report(str(tmp_path / "r.md"), rep)
+    report.markdown(rep)
     report.print_console(rep, io.StringIO())
     assert len(calls) == 1
 
@@ -733,7 +768,7 @@ def test_a_run_logs_progress_when_output_is_not_a_terminal(tmp_path, monkeypatch
 
     monkeypatch.setattr(runner, "PROGRESS_EVERY", 0.0)
     out = io.StringIO()
-    settings = runner.Settings(
+    settings = spec.Settings(
         "digits", "fp-pair", seeds=1, quick=True, epochs=1, out=str(tmp_path / "o")
     )
     runner.run_experiment(settings, console=Console(file=out, width=200))
@@ -748,7 +783,7 @@ def test_the_threshold_figure_comes_from_the_arms_of_its_rows(tmp_path, monkeypa
     arms of the one BCE model keep different epochs."""
     from rwwce.experiments.scenarios import medical
 
-    settings = runner.Settings(
+    settings = spec.Settings(
         "digits", "medical", seeds=2, quick=True, epochs=6, out=str(tmp_path / "o")
     )
     drawn = {}

@@ -179,9 +179,19 @@ monitor = rwwce.CostMonitor([[0, 1], [1, 0]])
 monitor.update([[2.0, 0.0], [0.0, 1.0]], [0, 1])
 monitor.end_epoch()
 monitor.plot({str(tmp_path / "b.png")!r})
+from rwwce.experiments import plots
+rows = [{{"arm": "ce", "cost": (1.0, 0.8, 1.2)}}, {{"arm": "rwwce", "cost": (0.9, 0.7, 1.1)}}]
+plots.bar_chart({str(tmp_path / "c.png")!r}, rows, "cost", ylabel="cost", title="bars")
+metrics = {{"confusion": [[5, 1], [0, 4]], "real_world_cost": 0.1, "error_rate": 0.1}}
+records = [{{"arm": arm, "metrics": metrics}} for arm in ("ce", "rwwce")]
+plots.confusion_panels({str(tmp_path / "d.png")!r}, records, ["a", "b"], title="t", highlight=(0, 1))
+grid = [0.0, 0.5, 1.0]
+plots.threshold_curves({str(tmp_path / "e.png")!r}, grid, {{"ce": [1, 2, 3]}}, marks={{}},
+                       ylabel="cost", title="curves", points={{"ce": (0.5, 2)}})
 assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"
 assert matplotlib.rcParams._get_backend_or_none() == before
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
+    for name in "abcde":
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name

@@ -1,6 +1,6 @@
 """Cost arithmetic shared by the metrics, ``RealWorldCost``, ``CostMonitor``, the Hugging Face
-metrics and the class-weight tools: label and probability coercion, confusion counts, expected
-costs.
+metrics, the class-weight tools and the experiments' training: label and probability coercion,
+confusion counts, expected costs.
 
 Private: the public faces are :mod:`rwwce.metrics`, :class:`rwwce.metrics.RealWorldCost`,
 :class:`rwwce.CostMonitor`, :func:`rwwce.integrations.huggingface.make_compute_metrics` and
@@ -198,8 +198,9 @@ def expected(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 class ConfusionCosts(NamedTuple):
     """What a confusion matrix costs (:func:`confusion_costs`): float tensors on its device.
 
-    ``counts[i, j]`` (rows: truth) and ``weighted[i, j] = C[i, j] * counts[i, j]``; the rest is
-    read from them. Ratios over a class without samples are NaN (0 / 0), never an error.
+    ``counts[..., i, j]`` (rows: truth) and ``weighted[..., i, j] = C[..., i, j] * counts[..., i, j]``,
+    with any leading batch dimensions (one matrix per model or arm, say); the rest is read from
+    them, per matrix. Ratios over a class without samples are NaN (0 / 0), never an error.
     """
 
     counts: torch.Tensor
@@ -207,47 +208,48 @@ class ConfusionCosts(NamedTuple):
 
     @property
     def total(self) -> torch.Tensor:
-        """0-dim: ``sum_ij C[i, j] count[i, j]``, the Real World Cost with ``reduction="sum"``."""
-        return self.weighted.sum()
+        """(...): ``sum_ij C[i, j] count[i, j]``, the Real World Cost with ``reduction="sum"``."""
+        return self.weighted.sum(dim=(-2, -1))
 
     @property
     def samples(self) -> torch.Tensor:
-        """0-dim: ``n = sum_ij count[i, j]``."""
-        return self.counts.sum()
+        """(...): ``n = sum_ij count[i, j]``."""
+        return self.counts.sum(dim=(-2, -1))
 
     @property
     def mean(self) -> torch.Tensor:
-        """0-dim: the Real World Cost ``total / n`` (NaN without samples)."""
+        """(...): the Real World Cost ``total / n`` (NaN without samples)."""
         return self.total / self.samples
 
     @property
     def support(self) -> torch.Tensor:
-        """(K,): ``n_i = sum_j count[i, j]``, the samples of each true class."""
-        return self.counts.sum(dim=1)
+        """(..., K): ``n_i = sum_j count[i, j]``, the samples of each true class."""
+        return self.counts.sum(dim=-1)
 
     @property
     def class_cost(self) -> torch.Tensor:
-        """(K,): ``sum_j C[i, j] count[i, j]``, what the samples of true class i cost."""
-        return self.weighted.sum(dim=1)
+        """(..., K): ``sum_j C[i, j] count[i, j]``, what the samples of true class i cost."""
+        return self.weighted.sum(dim=-1)
 
     @property
     def class_mean(self) -> torch.Tensor:
-        """(K,): ``class_cost / n_i``, the mean cost of a sample of true class i."""
+        """(..., K): ``class_cost / n_i``, the mean cost of a sample of true class i."""
         return self.class_cost / self.support
 
     @property
     def recall(self) -> torch.Tensor:
-        """(K,): ``count[i, i] / n_i``."""
-        return self.counts.diagonal() / self.support
+        """(..., K): ``count[i, i] / n_i``."""
+        return self.counts.diagonal(dim1=-2, dim2=-1) / self.support
 
     @property
     def accuracy(self) -> torch.Tensor:
-        """0-dim: ``sum_i count[i, i] / n``."""
-        return self.counts.diagonal().sum() / self.samples
+        """(...): ``sum_i count[i, i] / n``."""
+        return self.counts.diagonal(dim1=-2, dim2=-1).sum(dim=-1) / self.samples
 
 
 def confusion_costs(counts: torch.Tensor, costs: torch.Tensor) -> ConfusionCosts:
-    """The cost, per-class cost and recall of (K, K) confusion ``counts`` under (K, K) ``costs``.
+    """The cost, per-class cost and recall of (..., K, K) confusion ``counts`` under (..., K, K)
+    ``costs`` (broadcast against each other: one cost matrix for many confusions, or one each).
 
     Counts may be integers or (weighted) floats; both go to :func:`float_dtype` on the counts'
     device. No checks, no syncs.

@@ -1,4 +1,5 @@
-"""Plotting set-up shared by every figure rwwce draws (metrics, calibration, the cost monitor).
+"""Plotting set-up shared by every figure rwwce draws (metrics, calibration, the cost monitor, the
+experiments' reports).
 
 One backend policy: figures are ``matplotlib.figure.Figure`` objects made without pyplot, so
 rwwce never chooses or changes the user's matplotlib backend and works headless. Figures are
@@ -36,13 +37,18 @@ def check_figure_path(path: str | os.PathLike[str]) -> None:
         )
 
 
-def new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    """A matplotlib Figure without pyplot: no backend is chosen or changed (works headless)."""
+def new_figure(
+    nrows: int, ncols: int, figsize: tuple[float, float], *, squeeze: bool = True
+) -> tuple[Any, Any]:
+    """A matplotlib Figure without pyplot: no backend is chosen or changed (works headless).
+
+    Returns the figure and its axes as ``Figure.subplots`` gives them: one Axes, a 1-D array, or
+    (``squeeze=False``) always an (nrows, ncols) array."""
     require("matplotlib", "plotting")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(nrows, ncols)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def thinned(*arrays: np.ndarray, limit: int = 4000) -> tuple[np.ndarray, ...]:

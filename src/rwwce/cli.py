@@ -15,6 +15,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from rwwce.experiments import spec
+from rwwce.experiments.scenarios import SCENARIOS
+
 __all__ = ["build_parser", "main"]
 
 SCHEMES = ("balanced", "inverse", "inverse_sqrt", "effective_number", "median_frequency")
@@ -262,41 +265,17 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> spec.Settings:
+    """The experiment the options ask for: one option per field of :class:`spec.Settings`."""
+    return spec.Settings(**{name: getattr(args, name) for name in spec.defaults()})
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
-    import torch
+    from rwwce.experiments import report, runner, store
 
-    from rwwce.experiments.report import print_console
-    from rwwce.experiments.runner import Settings, run_experiment
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise _UserError("--device cuda was requested but CUDA is not available on this machine")
-    for name in ("seeds", "epochs", "threads"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise _UserError(f"--{name} must be at least 1, got {v}")
-    seeds = args.seeds if args.seeds is not None else (3 if args.quick else 5)
-    if args.out is None:
-        base = os.path.basename(os.path.normpath(args.dataset)) or "data"
-        args.out = os.path.join(
-            "runs", f"{base}-{args.scenario}" + ("-quick" if args.quick else "")
-        )
-    settings = Settings(
-        dataset=args.dataset,
-        scenario=args.scenario,
-        seeds=seeds,
-        quick=args.quick,
-        epochs=args.epochs,
-        split=args.split,
-        device=args.device,
-        out=args.out,
-        threads=args.threads,
-        epoch_selection=args.epoch_selection,
-    )
-    print_console(run_experiment(settings))
-    print(
-        f"results: {os.path.join(args.out, 'results.jsonl')}, report: "
-        f"{os.path.join(args.out, 'report.md')}"
-    )
+    settings = _settings(args)
+    report.print_console(runner.run_experiment(settings))
+    print(f"results: {store.results_path(settings.out)}, report: {store.report_path(settings.out)}")
     return 0
 
 
@@ -312,65 +291,76 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "experiment",
         help="run the paper's experiments (batched, resumable)",
-        description="Train the paper's models (MLP in-50-20-K, in-10-1; Adam 1e-3, batch 100) "
-        "for each arm over several seeds; write results.jsonl, report.md and plots to "
+        description="Train the paper's models (MLP in-50-20-K, in-10-1; Adam 1e-3, batch "
+        f"{spec.BATCH_SIZE}) for each arm over several seeds; write results.jsonl, report.md and plots to "
         "--out. Rerunning with the same --out skips finished runs and continues an "
         "interrupted group from its last finished epoch.",
     )
+    default = spec.defaults()
     p.add_argument(
         "--dataset",
-        default="digits",
+        default=default["dataset"],
         help="digits | breast-cancer | a directory of MNIST-format IDX files: the original "
         "MNIST (the paper's data) or Fashion-MNIST, its harder offline stand-in (Debian: "
-        "apt-get install dataset-fashion-mnist) (default: digits)",
+        "apt-get install dataset-fashion-mnist) (default: %(default)s)",
     )
     p.add_argument(
         "--scenario",
-        default="all",
-        choices=["fp-pair", "medical", "imbalance", "all"],
-        help="fp-pair (paper A), medical (paper B), imbalance, or all (default)",
+        default=default["scenario"],
+        choices=[*SCENARIOS, spec.ALL],
+        help=f"fp-pair (paper A), medical (paper B), imbalance, or {spec.ALL} (default: "
+        "%(default)s)",
     )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a few pairs / classes and 3 seeds: a smoke run in under a minute",
+        default=default["quick"],
+        help=f"a few pairs / classes and {spec.QUICK_SEEDS} seeds: a smoke run in under a minute",
     )
     p.add_argument(
         "--seeds",
         type=int,
-        default=None,
-        help="seeds per configuration (default 5, 3 with --quick)",
+        default=default["seeds"],
+        help=f"seeds per configuration (default {spec.SEEDS}, {spec.QUICK_SEEDS} with --quick)",
     )
     p.add_argument(
         "--epochs",
         type=int,
-        default=None,
-        help="training epochs for every model (default: the paper's 10, or as many as give "
-        "every model at least 1000 Adam steps on small data)",
+        default=default["epochs"],
+        help=f"training epochs for every model (default: the paper's {spec.PAPER_EPOCHS}, or as "
+        f"many as give every model at least {spec.MIN_STEPS} Adam steps on small data)",
     )
     p.add_argument(
         "--split",
-        default=None,
-        choices=["paper", "official"],
+        default=default["split"],
+        choices=spec.SPLITS,
         help="paper: all rows pooled, 25%% drawn for test with random_state 1 (the paper's; "
         "default for fp-pair and medical); official: an IDX directory's own train / t10k files "
         "(default for imbalance where the data has them)",
     )
     p.add_argument(
         "--epoch-selection",
-        default="best-val",
-        choices=["best-val", "last"],
+        default=default["epoch_selection"],
+        choices=spec.EPOCH_SELECTIONS,
         help="which epoch each arm reports: best-val (the lowest validation Real World Cost "
-        "under the arm's own costs; default) or last (the final epoch, as the paper's notebook)",
+        "under the arm's own costs) or last (the final epoch, as the paper's notebook) "
+        "(default: %(default)s)",
     )
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu")
     p.add_argument(
-        "--out", default=None, help="output directory (default runs/<dataset>-<scenario>)"
+        "--device",
+        default=default["device"],
+        choices=spec.DEVICES,
+        help="default %(default)s",
+    )
+    p.add_argument(
+        "--out",
+        default=default["out"],
+        help="output directory (default runs/<dataset>-<scenario>, with -quick after --quick)",
     )
     p.add_argument(
         "--threads",
         type=int,
-        default=None,
+        default=default["threads"],
         help="CPU threads for training (default: 1 for small models, all cores for "
         "large batched groups)",
     )

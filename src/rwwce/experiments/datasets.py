@@ -21,12 +21,12 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from .spec import SPLITS, SplitMode
+
 __all__ = [
-    "SPLITS",
     "Dataset",
     "Pool",
     "Split",
@@ -41,8 +41,6 @@ __all__ = [
 TEST_FRACTION = 0.25
 VAL_FRACTION = 0.10
 PAPER_RANDOM_STATE = 1
-SPLITS = ("paper", "official")
-SplitMode = Literal["paper", "official"]
 # Class names of data sets recognised by their folder name (lower case, digits stripped).
 KNOWN_CLASSES = {
     "fashion-mnist": [

@@ -1,8 +1,10 @@
-"""The plots of the experiments' reports (matplotlib, Agg): bar charts with intervals, confusion
-matrices with the costly cell boxed and a colour bar, cost-versus-threshold curves.
+"""The plots of the experiments' reports: bar charts with intervals, confusion matrices with the
+costly cell boxed and a colour bar, cost-versus-threshold curves.
 
-Scenarios decide what to plot (:meth:`Scenario.plots`); these functions draw it and write the PNG
-through :func:`rwwce._io.save_figure` (atomic, honours the umask).
+Scenarios decide what to plot (:meth:`Scenario.plots`); these functions draw it on figures made
+without pyplot (:func:`rwwce._plotting.new_figure`: the user's matplotlib backend is never chosen
+or changed, and drawing works headless) and write the PNG through
+:func:`rwwce._io.save_figure` (atomic, honours the umask).
 """
 
 from __future__ import annotations
@@ -14,20 +16,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from rwwce._io import save_figure
+from rwwce._plotting import new_figure
 
 __all__ = ["bar_chart", "confusion_panels", "most_different_records", "threshold_curves", "unit_of"]
 
 REFERENCE_COLOUR = "tab:red"
 OTHER_COLOUR = "tab:blue"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def unit_of(record: dict) -> str:
@@ -55,13 +49,12 @@ def most_different_records(records: list[dict], metric: str) -> list[dict]:
 
 def bar_chart(path: str, rows: list[dict], metric: str, *, ylabel: str, title: str) -> None:
     """One bar per arm: the mean of ``metric`` with its 95% interval; the RWWCE arm in red."""
-    plt = _pyplot()
     arms = [r["arm"] for r in rows]
     means = np.array([r[metric][0] for r in rows], dtype=float)
     lo = np.array([r[metric][1] for r in rows], dtype=float)
     hi = np.array([r[metric][2] for r in rows], dtype=float)
     err = np.nan_to_num(np.stack([means - lo, hi - means]))
-    fig, ax = plt.subplots(figsize=(1.3 * len(arms) + 2.5, 3.6))
+    fig, ax = new_figure(1, 1, (1.3 * len(arms) + 2.5, 3.6))
     colours = [REFERENCE_COLOUR if a == "rwwce" else OTHER_COLOUR for a in arms]
     ax.bar(arms, np.nan_to_num(means), yerr=err, capsize=4, color=colours)
     for x, (m, top) in enumerate(zip(means, hi, strict=True)):
@@ -80,7 +73,6 @@ def bar_chart(path: str, rows: list[dict], metric: str, *, ylabel: str, title: s
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="x", rotation=20)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def confusion_panels(
@@ -98,18 +90,11 @@ def confusion_panels(
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
-    plt = _pyplot()
     k = len(classes)
     confs = [np.array(r["metrics"]["confusion"], dtype=float) for r in records]
     vmax = max(float(c.max()) for c in confs)
     side = 2.2 + 0.28 * k
-    fig, axes = plt.subplots(
-        1,
-        len(records),
-        figsize=(side * len(records) + 1.2, side + 0.9),
-        squeeze=False,
-        constrained_layout=True,
-    )
+    fig, axes = new_figure(1, len(records), (side * len(records) + 1.2, side + 0.9), squeeze=False)
     norm = LogNorm(vmin=1, vmax=max(vmax, 2))
     im = None
     for ax, rec, conf in zip(axes[0], records, confs, strict=True):
@@ -142,7 +127,6 @@ def confusion_panels(
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="test count (log scale)")
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 _STYLES = [
@@ -166,8 +150,7 @@ def threshold_curves(
     """Cost against the decision threshold, one line per curve. Lines differ in width and dash,
     so one that lies on another stays visible, and the legend says which coincide. ``points``
     marks a curve's operating point (threshold, cost) with a dot in the curve's colour."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = new_figure(1, 1, (6.4, 3.8))
     names = list(curves)
     for n, name in enumerate(names):
         same = [o for o in names[:n] if np.allclose(curves[o], curves[name], rtol=1e-6, atol=1e-9)]
@@ -196,4 +179,3 @@ def threshold_curves(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     save_figure(fig, path)
-    plt.close(fig)

@@ -1,6 +1,7 @@
-"""Results on disk (append-only JSONL) and the report: built once from the records
-(:func:`build`), then rendered as ``report.md`` (:func:`write_report`), as the console summary
-(:func:`print_console`) and, by the scenarios, as plots of the same rows.
+"""The report: built once from the records (:func:`build`), then rendered from that one build as
+markdown (:func:`markdown`, ``report.md``), as the console summary (:func:`print_console`) and, by
+the scenarios, as plots of the same rows (:func:`draw_plots`). Reading and writing the files is
+:mod:`rwwce.experiments.store`'s.
 
 **Statistics.** The unit of replication is the training run, i.e. the seed: arms of one seed share
 their initial weights and batches, and in ``fp-pair`` one CE model serves every cost matrix, so the
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-
-from rwwce._io import atomic_write
 
 from .scenarios.base import Scenario
 
@@ -42,17 +40,14 @@ __all__ = [
     "TIE_MARGIN",
     "Comparison",
     "Report",
-    "ResultsFileError",
     "ScenarioReport",
-    "append_records",
     "build",
     "compare",
-    "load_records",
+    "draw_plots",
     "markdown",
     "print_console",
     "summarize",
     "verdict",
-    "write_report",
 ]
 
 ALPHA = 0.05  # two-sided level of the paired t-test; the intervals are 1 - ALPHA = 95%
@@ -61,60 +56,6 @@ ALPHA = 0.05  # two-sided level of the paired t-test; the intervals are 1 - ALPH
 TIE_MARGIN = 0.05
 #: Fewest seeds (independent training runs per arm) for an interval and a test.
 MIN_SEEDS = 2
-
-
-class ResultsFileError(ValueError):
-    """A results file holds something that is not ours: rwwce refuses to rewrite it."""
-
-
-# ------------------------------------------------------------------------------------- files
-def load_records(path: str) -> tuple[list[dict], str | None]:
-    """Every record of a results file, and a note when a truncated last line was dropped.
-
-    A last line without its newline that does not parse (a write cut short by a crash) is cut off
-    the file, and the note says so; every other byte stays as it was. Any other line that is not
-    an rwwce record raises :class:`ResultsFileError` naming the file and the line: the file is
-    never rewritten behind the user's back.
-    """
-    if not os.path.exists(path):
-        return [], None
-    if os.path.isdir(path):
-        raise ResultsFileError(f"{path!r} is a directory, expected rwwce's results file")
-    with open(path, "rb") as f:
-        raw = f.read()
-    records = []
-    lines = raw.split(b"\n")
-    offset = 0
-    for n, line in enumerate(lines, start=1):
-        last = n == len(lines)
-        if line.strip():
-            try:
-                rec = json.loads(line)
-                ok = isinstance(rec, dict) and "key" in rec and "metrics" in rec
-            except ValueError:
-                rec, ok = None, False
-            if not ok:
-                if last and rec is None:  # no newline after it: an interrupted append
-                    atomic_write(path, raw[:offset])
-                    return records, (
-                        f"{path!r} line {n} was cut short (an interrupted write): dropped it"
-                    )
-                raise ResultsFileError(
-                    f"{path!r} line {n} is not an rwwce result record; rwwce does not rewrite "
-                    "files it did not write: move it aside or choose another --out"
-                )
-            records.append(rec)
-        offset += len(line) + 1
-    return records, None
-
-
-def append_records(path: str, records: Iterable[dict]) -> None:
-    """Append whole lines and fsync, so a crash leaves at most one truncated last line."""
-    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------------------------- stats
@@ -467,9 +408,11 @@ def markdown(rep: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: str, rep: Report) -> None:
-    """Write :func:`markdown` of ``rep`` to ``path`` atomically."""
-    atomic_write(path, markdown(rep))
+def draw_plots(rep: Report, out_dir: str, classes: list[str]) -> None:
+    """Have each scenario draw its plots of ``rep`` into ``out_dir`` (PNG files); their file names
+    go into the report, where :func:`markdown` shows them."""
+    for part in rep.scenarios:
+        part.plots = part.scenario.plots(out_dir, part.records, part.rows, classes)
 
 
 def print_console(rep: Report, out=None) -> None:

@@ -1,27 +1,27 @@
 """Run scenarios group by group: plan, train, persist; resume what is missing, even mid-group.
 
-* :func:`plan` turns the settings into :class:`Job` s, one per group of models, each with the runs
-  it still has to do (the others are in ``results.jsonl`` already) and its training budget.
+* :func:`plan` turns the settings (:class:`~rwwce.experiments.spec.Settings`) into :class:`Job` s,
+  one per group of models, each with the runs it still has to do (the others are in the results
+  file already) and its training budget.
 * :func:`train` trains a job's models, saving a checkpoint in ``--out`` after every epoch and
   continuing from one left by an interrupted run (identical results).
-* :func:`persist` appends the job's runs to ``results.jsonl`` and removes its checkpoint.
+* :func:`persist` appends the job's runs to the results file and removes its checkpoint.
 
 :func:`run_experiment` checks every input before it creates anything (``--out`` could be created,
 the data set loads, the scenarios and the split apply to it), then creates ``--out``, checks that
 its results file is ours, runs the jobs, and builds the report once (:func:`report.build`), from
-which ``report.md``, the plots and the console summary are drawn.
+which ``report.md``, the plots and the console summary are drawn. What is on disk, and how it is
+written, is :mod:`~rwwce.experiments.store`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,27 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from rwwce._io import atomic_path
-
-from . import report
+from . import report, store
 from .datasets import Dataset, check_split, load_dataset, paper_note
 from .scenarios import SCENARIOS, Scenario, get
 from .scenarios.base import ArmDef, Group
-from .training import (
-    ArmResult,
-    EpochSelection,
-    GroupState,
-    binary_loss,
-    multiclass_loss,
-    train_group,
-)
+from .spec import ALL, BATCH_SIZE, MIN_STEPS, PAPER_EPOCHS, EpochSelection, Settings, SplitMode
+from .training import ArmResult, group_loss, train_group
 
 __all__ = [
-    "BATCH_SIZE",
-    "MIN_STEPS",
-    "PAPER_EPOCHS",
     "Job",
-    "Settings",
     "Ticker",
     "plan",
     "persist",
@@ -58,32 +46,9 @@ __all__ = [
     "train",
 ]
 
-BATCH_SIZE = 100
-PAPER_EPOCHS = 10
-#: Fewest Adam steps a model gets by default: the paper's 10 epochs are ~4,700 steps on
-#: Fashion-MNIST but ~130 on scikit-learn's digits, too few for the models to converge.
-MIN_STEPS = 1000
-RESULTS = "results.jsonl"
-REPORT = "report.md"
 #: Seconds between progress lines when the console is not a terminal (a log file, CI): a long
 #: group would otherwise print nothing for minutes.
 PROGRESS_EVERY = 30.0
-
-
-@dataclass
-class Settings:
-    """What the user asked for (the ``rwwce experiment`` options)."""
-
-    dataset: str
-    scenario: str = "all"
-    seeds: int = 5
-    quick: bool = False
-    epochs: int | None = None  # None: the default budget (see :func:`budget`)
-    split: str | None = None  # None: each scenario's default
-    device: str = "cpu"
-    out: str = "runs/experiment"
-    threads: int | None = None
-    epoch_selection: EpochSelection = "best-val"
 
 
 @dataclass
@@ -108,6 +73,10 @@ class Job:
     def identity(self) -> str:
         """A short hash of the job's runs: the name of its checkpoint."""
         return hashlib.sha1("\n".join(self.keys).encode()).hexdigest()[:16]
+
+    def checkpoint(self, out: str) -> str:
+        """The path of the job's checkpoint in the output folder ``out``."""
+        return store.checkpoint_path(out, self.scenario.name, self.identity)
 
 
 def run_key(
@@ -151,19 +120,32 @@ def dataset_key(name: str) -> str:
     return name if name in ("digits", "breast-cancer") else os.path.abspath(name)
 
 
-def scenarios_for(data: Dataset, name: str) -> list[Scenario]:
-    if name == "all":
-        return [s for s in SCENARIOS.values() if s.applies_to(data)]
-    sc = get(name)
-    sc.check(data)
-    return [sc]
+def scenarios_for(data: Dataset, settings: Settings) -> list[tuple[Scenario, SplitMode]]:
+    """The scenarios asked for (those that apply to ``data`` for ``all``), each with its split
+    mode; a scenario or a split that cannot run on ``data`` is a ValueError naming the option."""
+    if settings.scenario == ALL:
+        chosen = [s for s in SCENARIOS.values() if s.applies_to(data)]
+    else:
+        chosen = [get(settings.scenario)]
+        chosen[0].check(data)
+    out = []
+    for sc in chosen:
+        mode = sc.split_for(data, settings.split)
+        check_split(data, mode)
+        out.append((sc, mode))
+    return out
 
 
-def plan(data: Dataset, settings: Settings, done: set[str]) -> Iterator[Job]:
-    """Every group of every scenario asked for, with the runs not in ``done`` (lazily)."""
+def plan(
+    data: Dataset,
+    scenarios: list[tuple[Scenario, SplitMode]],
+    settings: Settings,
+    done: set[str],
+) -> Iterator[Job]:
+    """Every group of the ``scenarios`` (:func:`scenarios_for`), with the runs not in ``done``
+    (lazily)."""
     ds = dataset_key(settings.dataset)
-    for sc in scenarios_for(data, settings.scenario):
-        split_mode = sc.split_for(data, settings.split)
+    for sc, split_mode in scenarios:
         for group in sc.groups(data, list(range(settings.seeds)), settings.quick, split_mode):
             epochs, per, rule = budget(len(group.models[0].spec.train_idx), settings.epochs)
 
@@ -193,22 +175,6 @@ def plan(data: Dataset, settings: Settings, done: set[str]) -> Iterator[Job]:
 
 
 # ------------------------------------------------------------------------------------ training
-def _loss_for(group: Group, model_ids: list[int]):
-    defs = [group.models[i] for i in model_ids]
-    if group.binary:
-        return binary_loss(
-            torch.tensor([float(d.fn) for d in defs]), torch.tensor([float(d.fp) for d in defs])
-        )
-    k = group.sizes[-1]
-    fn = torch.tensor(np.stack([d.fn for d in defs]), dtype=torch.float32)
-    if all(d.fp is None for d in defs):
-        return multiclass_loss(fn, None)
-    fp = torch.tensor(
-        np.stack([np.zeros((k, k)) if d.fp is None else d.fp for d in defs]), dtype=torch.float32
-    )
-    return multiclass_loss(fn, fp)
-
-
 # Below this many multiply-adds per step a group's tensors are too small for several threads to pay
 # off (and on a busy machine OpenMP's thread hand-offs cost more than the work): use one thread.
 SMALL_STEP = 1e8
@@ -222,29 +188,6 @@ def _threads_for(group: Group, n_models: int, threads: int | None) -> int:
     return 1 if n_models * BATCH_SIZE * per_model < SMALL_STEP else (os.cpu_count() or 1)
 
 
-def checkpoint_path(out: str, job: Job) -> str:
-    return os.path.join(out, f".checkpoint-{job.scenario.name}-{job.identity}.pt")
-
-
-def save_checkpoint(path: str, keys: list[str], state: GroupState) -> None:
-    """Save a job's training state atomically (a crash mid-save leaves the previous one)."""
-    with atomic_path(path) as tmp:
-        torch.save({"keys": keys, "state": state.to_dict()}, tmp)
-
-
-def load_checkpoint(path: str, keys: list[str]) -> GroupState | None:
-    """The state saved for exactly these runs, or None (no file, or another job's)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # an unreadable checkpoint only costs the training it held
-        return None
-    if not isinstance(saved, dict) or saved.get("keys") != keys:
-        return None
-    return GroupState.from_dict(saved["state"])
-
-
 def train(
     job: Job, settings: Settings, advance: Callable[[int], None] | None = None
 ) -> tuple[list[ArmResult], int]:
@@ -254,26 +197,26 @@ def train(
     group = job.group
     model_ids = sorted({a.spec.model for a in job.todo})
     remap = {m: i for i, m in enumerate(model_ids)}
-    specs = [group.models[m].spec for m in model_ids]
+    models = [group.models[m] for m in model_ids]
     arms = [type(a.spec)(remap[a.spec.model], a.spec.decision, a.spec.costs) for a in job.todo]
     if settings.device == "cpu":
-        torch.set_num_threads(_threads_for(group, len(specs), settings.threads))
-    ckpt = checkpoint_path(settings.out, job)
-    state = load_checkpoint(ckpt, job.keys)
+        torch.set_num_threads(_threads_for(group, len(models), settings.threads))
+    ckpt = job.checkpoint(settings.out)
+    state = store.load_checkpoint(ckpt, job.keys)
     resumed = state.epoch if state is not None else 0
     if advance is not None and resumed:
         advance(resumed * job.steps_per_epoch)
     results = train_group(
         torch.as_tensor(group.pool, device=settings.device),
-        specs,
+        [m.spec for m in models],
         arms,
-        _loss_for(group, model_ids),
+        group_loss([(m.fn, m.fp) for m in models], group.binary),
         group.sizes,
         epochs=job.epochs,
         batch_size=BATCH_SIZE,
         on_step=None if advance is None else lambda: advance(1),
         state=state,
-        on_epoch=lambda s: save_checkpoint(ckpt, job.keys, s),
+        on_epoch=lambda s: store.save_checkpoint(ckpt, job.keys, s),
         epoch_selection=settings.epoch_selection,
     )
     return results, resumed
@@ -286,7 +229,7 @@ def persist(
     classes: list[str],
     versions: dict[str, str],
 ) -> list[dict]:
-    """Append the job's runs to ``results.jsonl``, then remove its checkpoint."""
+    """Append the job's runs to the results file, then remove its checkpoint."""
     ds = dataset_key(settings.dataset)
     rule = {"epochs": job.epochs, "steps_per_epoch": job.steps_per_epoch, "rule": job.rule}
     new = [
@@ -307,9 +250,8 @@ def persist(
         }
         for a, key, res in zip(job.todo, job.keys, results, strict=True)
     ]
-    report.append_records(os.path.join(settings.out, RESULTS), new)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(checkpoint_path(settings.out, job))
+    store.append_records(store.results_path(settings.out), new)
+    store.remove_checkpoint(job.checkpoint(settings.out))
     return new
 
 
@@ -346,52 +288,6 @@ def _cpu_math_settings(device: str):
             torch.set_flush_denormal(False)
 
 
-def check_output_path(out: str) -> None:
-    """Check, creating nothing, that ``--out`` is a folder or could be made one: a file in the
-    way, or a nearest existing ancestor that is not a writable folder, is an error naming it."""
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise ValueError(f"--out {out!r} exists and is not a directory")
-        return
-    parent = os.path.dirname(os.path.abspath(out))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        code = errno.ENOTDIR
-    elif not os.access(parent, os.W_OK | os.X_OK):
-        code = errno.EACCES
-    else:
-        return
-    raise OSError(f"--out {out!r}: cannot create the folder ({os.strerror(code)})")
-
-
-def check_output(out: str) -> None:
-    """Create ``out`` and make sure rwwce can write there (before any training): a new file in
-    it, and an existing results file opened for appending. Errors name the user's path."""
-    check_output_path(out)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"--out {out!r}: cannot create the folder ({e.strerror})") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".rwwce-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise OSError(f"--out {out!r} is not writable ({e.strerror})") from None
-    for name in (RESULTS, REPORT):
-        path = os.path.join(out, name)
-        if os.path.isdir(path):
-            raise ValueError(f"{path!r} is a directory; rwwce writes a file of that name there")
-    results = os.path.join(out, RESULTS)
-    if os.path.exists(results):
-        try:
-            with open(results, "ab"):
-                pass
-        except OSError as e:
-            raise OSError(f"{results!r} is not writable ({e.strerror})") from None
-
-
 class Ticker:
     """Progress lines at a steady interval, for a console that is not a terminal: after
     :meth:`start`, :meth:`advance` prints at most one line every ``every`` seconds of ``clock``
@@ -419,22 +315,78 @@ class Ticker:
         )
 
 
+class JobProgress:
+    """The console while jobs train: a bar per job on a terminal, :class:`Ticker` lines at a
+    steady interval elsewhere, and there a closing line per job with its time."""
+
+    def __init__(self, console):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = console
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.ticker = None if console.is_terminal else Ticker(console, PROGRESS_EVERY)
+        self.task = None
+        self.what, self.started = "", 0.0
+
+    def __enter__(self) -> JobProgress:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def start(self, job: Job) -> None:
+        n_models = len({a.spec.model for a in job.todo})
+        self.what = (
+            f"{job.scenario.name} {job.label}: {n_models} models, {len(job.todo)} runs, "
+            f"{job.epochs} epochs"
+        )
+        total = job.epochs * job.steps_per_epoch
+        self.task = self.bars.add_task(self.what, total=total)
+        self.started = time.time()
+        if self.ticker is not None:
+            self.ticker.start(self.what, total)
+
+    def advance(self, n: int) -> None:
+        """``n`` more Adam steps of the current job are done."""
+        self.bars.advance(self.task, n)
+        if self.ticker is not None:
+            self.ticker.advance(n)
+
+    def finish(self, resumed: int) -> None:
+        self.bars.remove_task(self.task)
+        if self.ticker is not None:
+            again = f" (resumed after epoch {resumed})" if resumed else ""
+            self.console.print(
+                f"{self.what} in {time.time() - self.started:.1f} s{again}", highlight=False
+            )
+
+
 def run_experiment(settings: Settings, console=None) -> report.Report:
     """Run (or resume) the experiment ``settings`` describes; return its report (built once),
     which covers every run of the settings, those done before included."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console(stderr=True)
     # Every input is checked before anything is created.
-    check_output_path(settings.out)
+    store.check_output_path(settings.out)
     data = load_dataset(settings.dataset)
-    scenarios = scenarios_for(data, settings.scenario)
-    for sc in scenarios:
-        check_split(data, sc.split_for(data, settings.split))
-    check_output(settings.out)
-    results_path = os.path.join(settings.out, RESULTS)
-    records, note = report.load_records(results_path)
+    compared_to_paper = paper_note(data)
+    scenarios = scenarios_for(data, settings)
+    records, note = store.open_output(settings.out)
     if note:
         console.print(f"note: {note}", highlight=False)
     by_key = {r["key"]: r for r in records}
@@ -442,48 +394,18 @@ def run_experiment(settings: Settings, console=None) -> report.Report:
     covered: list[str] = []
     skipped = ran = 0
     t0 = time.time()
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-    ticker = None if console.is_terminal else Ticker(console, PROGRESS_EVERY)
-    with _cpu_math_settings(settings.device), progress:
-        for job in plan(data, settings, set(by_key)):
+    with _cpu_math_settings(settings.device), JobProgress(console) as progress:
+        for job in plan(data, scenarios, settings, set(by_key)):
             covered += job.all_keys
             skipped += len(job.all_keys) - len(job.todo)
             if not job.todo:
                 continue
-            n_models = len({a.spec.model for a in job.todo})
-            what = (
-                f"{job.scenario.name} {job.label}: {n_models} models, {len(job.todo)} runs, "
-                f"{job.epochs} epochs"
-            )
-            total = job.epochs * job.steps_per_epoch
-            task = progress.add_task(what, total=total)
-            t_job = time.time()
-            if ticker is not None:
-                ticker.start(what, total)
-
-            def advance(n: int, task=task) -> None:
-                progress.advance(task, n)
-                if ticker is not None:
-                    ticker.advance(n)
-
-            results, resumed = train(job, settings, advance)
+            progress.start(job)
+            results, resumed = train(job, settings, progress.advance)
             new = persist(job, results, settings, data.classes, vers)
             by_key.update((r["key"], r) for r in new)
             ran += len(new)
-            progress.remove_task(task)
-            if ticker is not None:
-                again = f" (resumed after epoch {resumed})" if resumed else ""
-                console.print(
-                    f"{what} in {time.time() - t_job:.1f} s{again}",
-                    highlight=False,
-                )
+            progress.finish(resumed)
     mine = [by_key[k] for k in covered]
     header = {
         "dataset": data.name,
@@ -495,12 +417,13 @@ def run_experiment(settings: Settings, console=None) -> report.Report:
         f"{settings.threads or 'auto'}",
         "versions": ", ".join(f"{k} {v}" for k, v in vers.items()),
     }
-    rep = report.build(mine, scenarios, header, paper_note(data))
-    for part in rep.scenarios:
-        part.plots = part.scenario.plots(settings.out, part.records, part.rows, data.classes)
-    report.write_report(os.path.join(settings.out, REPORT), rep)
+    rep = report.build(mine, [sc for sc, _ in scenarios], header, compared_to_paper)
+    report.draw_plots(rep, settings.out, data.classes)
+    text = report.markdown(rep)
+    store.write_report(settings.out, text)
     console.print(
-        f"{ran} runs done, {skipped} already in {results_path} (skipped), {time.time() - t0:.1f} s",
+        f"{ran} runs done, {skipped} already in {store.results_path(settings.out)} (skipped), "
+        f"{time.time() - t0:.1f} s",
         highlight=False,
     )
     return rep

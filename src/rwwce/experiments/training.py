@@ -14,8 +14,10 @@ fixed threshold, or the F1-best threshold on the validation split) and the cost 
 by. Several arms may share a model (e.g. BCE @ 0.5, BCE @ the F1 threshold and BCE @ the Bayes
 threshold); each arm keeps its own epoch: the one with the lowest validation cost, or the last.
 
-The losses, confusion matrices, costs and Bayes decisions are the library's own
-(:func:`rwwce.real_world_weight_cross_entropy`, :mod:`rwwce.metrics`). A group's full state
+The losses are the library's own (:func:`rwwce.real_world_weight_cross_entropy`), and so is the
+arithmetic of the validation decisions, confusion counts, costs and recall (the sync-free helpers
+behind :mod:`rwwce.metrics`, on data the runner made itself, so without the public functions'
+checks on every arm and epoch). A group's full state
 (parameters, Adam's state, the shuffling generators, each arm's best epoch so far) can be saved after
 every epoch and training resumed from it with identical results (:class:`GroupState`).
 """
@@ -29,26 +31,26 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rwwce._costmath import confusion_costs, decide, streaming_confusion
+from rwwce.functional import binary_real_world_weight_cross_entropy, real_world_weight_cross_entropy
+
 from .models import BatchedMLP
+from .spec import EPOCH_SELECTIONS, EpochSelection
 
 __all__ = [
     "ArmResult",
     "ArmSpec",
     "Decision",
-    "EPOCH_SELECTIONS",
     "GroupState",
     "ModelSpec",
     "binary_loss",
     "f1_best_threshold",
+    "group_loss",
     "multiclass_loss",
     "train_group",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-EpochSelection = Literal["best-val", "last"]
-#: Which epoch of its training an arm reports: ``best-val`` (the lowest validation Real World Cost
-#: under the arm's own cost matrix and decision) or ``last`` (the final epoch, as the paper did).
-EPOCH_SELECTIONS: tuple[EpochSelection, ...] = ("best-val", "last")
 #: Bound on one prediction chunk's largest block (gathered inputs or one layer's activations of
 #: every model): 2**25 float32 values, 128 MB.
 PREDICT_BLOCK = 2**25
@@ -59,7 +61,8 @@ PREDICT_BLOCK = 2**25
 class Decision:
     """How a model's probabilities become a class.
 
-    ``kind``: ``argmax``; ``bayes`` (argmin_j sum_i p_i C[i, j], :func:`rwwce.metrics.bayes_decision`);
+    ``kind``: ``argmax``; ``bayes`` (argmin_j sum_i p_i C[i, j], ties to the lower class, the
+    rule of :func:`rwwce.metrics.bayes_decision`; binary probabilities p as (1 - p, p));
     ``threshold`` (binary: positive when p > ``threshold``); ``f1`` (binary: the threshold that
     maximises F1 on the validation split, re-chosen at every epoch). A new rule that needs fitting
     on validation (a calibration, say) is a new ``kind`` handled in :meth:`fit` and :meth:`predict`.
@@ -80,9 +83,9 @@ class Decision:
         if self.kind == "argmax":
             return probs.argmax(-1)
         if self.kind == "bayes":
-            from rwwce import metrics
-
-            return metrics.bayes_decision(probs, self.costs).numpy()
+            p = torch.as_tensor(probs)
+            scores = torch.stack([1 - p, p], 1) if p.ndim == 1 else p
+            return decide(scores, "bayes", torch.as_tensor(self.costs)).numpy()
         return (probs > self.threshold).astype(np.int64)
 
     @property
@@ -133,9 +136,7 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
     The data are the runner's own, so the library's data checks are off (``validate=False``);
     the weights are moved to the logits' device once.
     """
-    import rwwce
-
-    rw = rwwce.real_world_weight_cross_entropy
+    rw = real_world_weight_cross_entropy
     g_models, k = fn.shape
     dense: list[tuple[torch.Tensor, torch.Tensor]] = []  # (FP matrix, its models)
     rows: torch.Tensor | None = None  # distinct single non-zero FP rows
@@ -203,8 +204,6 @@ def multiclass_loss(fn: torch.Tensor, fp: torch.Tensor | None) -> LossFn:
 def binary_loss(fn: torch.Tensor, fp: torch.Tensor) -> LossFn:
     """Per-model binary RWWCE means: fn (G,), fp (G,) broadcast over each model's batch
     (one call of ``rwwce.binary_real_world_weight_cross_entropy``)."""
-    import rwwce
-
     cache: dict[torch.device, tuple] = {}
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -212,12 +211,35 @@ def binary_loss(fn: torch.Tensor, fp: torch.Tensor) -> LossFn:
         if dev not in cache:
             cache[dev] = (fn.to(dev)[:, None], fp.to(dev)[:, None])
         fn_d, fp_d = cache[dev]
-        out = rwwce.binary_real_world_weight_cross_entropy(
+        out = binary_real_world_weight_cross_entropy(
             logits, y.to(logits.dtype), fn_d, fp_d, reduction="none"
         )
         return out.mean(1)
 
     return loss
+
+
+def group_loss(weights: Sequence[tuple[Any, Any]], binary: bool) -> LossFn:
+    """The per-model loss of G models from each one's own weights ``weights[g] = (fn, fp)``.
+
+    Binary models: fn and fp are numbers (:func:`binary_loss`). Multi-class models: fn (K,) and
+    fp (K, K) or None, no FP term (:func:`multiclass_loss`; beside models with an FP term, None
+    is a zero matrix, which adds nothing to the loss).
+    """
+    if binary:
+        return binary_loss(
+            torch.tensor([float(fn) for fn, _ in weights]),
+            torch.tensor([float(fp) for _, fp in weights]),
+        )
+    fn = torch.tensor(np.stack([fn for fn, _ in weights]), dtype=torch.float32)
+    if all(fp is None for _, fp in weights):
+        return multiclass_loss(fn, None)
+    k = fn.shape[1]
+    fp = torch.tensor(
+        np.stack([np.zeros((k, k)) if fp is None else fp for _, fp in weights]),
+        dtype=torch.float32,
+    )
+    return multiclass_loss(fn, fp)
 
 
 # ----------------------------------------------------------------------------------- the group
@@ -337,19 +359,6 @@ def _predict(
     return [p[i, : len(idx[i])] for i in range(g)]
 
 
-def _cost(conf: np.ndarray, costs: np.ndarray) -> float:
-    """The Real World Cost, sum_ij C[i, j] count[i, j] / n, from a confusion matrix (the definition
-    :func:`rwwce.metrics.real_world_cost` computes from labels; tests compare the two). Calling
-    the library per arm and epoch instead (it validates labels and costs on every call) made
-    the digits run's fp-pair bookkeeping 100x slower: 360 arms x 77 epochs per seed."""
-    return float((conf * costs).sum() / max(int(conf.sum()), 1))
-
-
-def _recall(conf: np.ndarray) -> list[float]:
-    rows = conf.sum(1)
-    return [float(conf[i, i] / rows[i]) if rows[i] else float("nan") for i in range(len(rows))]
-
-
 def train_group(
     pool: torch.Tensor,
     models: Sequence[ModelSpec],
@@ -381,8 +390,6 @@ def train_group(
     ``state=`` (such a state) resumes training after its epoch, giving results identical to an
     uninterrupted run.
     """
-    from rwwce import metrics
-
     if epoch_selection not in EPOCH_SELECTIONS:
         raise ValueError(
             f"epoch_selection must be one of {', '.join(EPOCH_SELECTIONS)}, got {epoch_selection!r}"
@@ -405,6 +412,8 @@ def train_group(
     tr_idx = tr_idx[::per_stream]
 
     n_classes = 2 if binary else sizes[-1]
+    val_y = [torch.from_numpy(np.asarray(m.val_y, dtype=np.int64)) for m in models]
+    arm_costs = torch.as_tensor(np.stack([a.costs for a in arms]), dtype=torch.float64)
     arm_model = torch.tensor([a.model for a in arms], dtype=torch.long, device=device)
     if state is None:
         state = GroupState(
@@ -445,22 +454,30 @@ def train_group(
         val_p = _predict(net, pool, [m.val_idx for m in models], binary)
         improved = []
         # Arms that share a model and a decision rule (e.g. one CE model judged by many cost
-        # matrices) share its predictions and confusion matrix.
-        confusions: dict[tuple, np.ndarray] = {}
-        for a, arm in enumerate(arms):
-            y = models[arm.model].val_y
-            dec = arm.decision.fit(val_p[arm.model], y)
-            key = (arm.model, dec.kind, dec.threshold, id(dec.costs))
-            if key not in confusions:
-                pred = dec.predict(val_p[arm.model])
-                confusions[key] = metrics.confusion_matrix(y, pred, n_classes).numpy()
-            conf = confusions[key]
-            c = _cost(conf, arm.costs)
+        # matrices) share its predictions and confusion counts (the labels are the runner's own:
+        # counted unchecked); every arm's counts are then priced by its own costs at once.
+        fitted = [arm.decision.fit(val_p[arm.model], models[arm.model].val_y) for arm in arms]
+        keys = [
+            (arm.model, d.kind, d.threshold, id(d.costs))
+            for arm, d in zip(arms, fitted, strict=True)
+        ]
+        slot: dict[tuple, int] = {}
+        counts: list[torch.Tensor] = []
+        for arm, dec, key in zip(arms, fitted, keys, strict=True):
+            if key not in slot:
+                slot[key] = len(counts)
+                pred = torch.from_numpy(dec.predict(val_p[arm.model]))
+                counts.append(
+                    streaming_confusion(val_y[arm.model], pred, n_classes, None, check=False)[0]
+                )
+        priced = confusion_costs(torch.stack(counts)[[slot[k] for k in keys]], arm_costs)
+        recall = priced.recall
+        for a, c in enumerate(priced.mean.tolist()):
             state.history[a].append(c)
             if keep_last or c < state.best_cost[a]:
                 state.best_cost[a], state.best_epoch[a] = c, epoch
-                state.best_fitted[a] = dec.fitted
-                state.best_recall[a] = _recall(conf)
+                state.best_fitted[a] = fitted[a].fitted
+                state.best_recall[a] = recall[a].tolist()
                 improved.append(a)
         if improved:
             sel = torch.tensor(improved, device=device)
