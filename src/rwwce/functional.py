@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rwwce import _validate as V
-from rwwce._problem import check_call, prepare
+from rwwce._problem import prepare
 from rwwce.kernels import Problem, reference
 from rwwce.kernels.reference import compute_dtype
 
@@ -142,7 +142,7 @@ def real_world_weight_cross_entropy(
         tensor(3.0519)
     """
     V.check_choice("backend", backend, V.BACKENDS)
-    call = check_call(
+    call = V.check_call(
         input,
         target,
         fn_weight,

@@ -161,12 +161,12 @@ def linear_real_world_weight_cross_entropy(
     num_classes, hidden = linear_weight.shape
     dtype = compute_dtype(input.dtype)
     device = input.device
-    fn_given, fn, fp = _problem.weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
+    fn_given, fn, fp = V.weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
     weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
     weights = _sample_weight_per_row(weights, target.shape)
     costs = V.as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
     if costs is not None:
-        _problem.check_sample_costs_options(fn_given, fp, label_smoothing)
+        V.check_sample_costs_options(fn_given, fp, label_smoothing)
         expected = (*target.shape, num_classes)
         if tuple(costs.shape) != expected:
             raise ValueError(
@@ -178,7 +178,7 @@ def linear_real_world_weight_cross_entropy(
     if validate is None and torch.compiler.is_compiling():
         validate = False
     if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
-        _problem.check_weight_data(fn_given, fp, weights, costs)
+        V.check_weight_data(fn_given, fp, weights, costs)
         V.check_class_targets(target, num_classes, ignore_index)
 
     if fn is None:
