@@ -8,15 +8,13 @@ Mislabeling", IEEE Access 8 (2020).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rwwce import _validate as V
 from rwwce._problem import prepare
-from rwwce.kernels import Problem, reference
+from rwwce.kernels.dispatch import backend_module, pick_backend
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["real_world_weight_cross_entropy", "binary_real_world_weight_cross_entropy"]
@@ -156,7 +154,8 @@ def real_world_weight_cross_entropy(
         validate=validate,
     )
     prepared = prepare(call, global_normalize)
-    loss = _pick_backend(backend, prepared.problem)(prepared.problem)
+    solver = backend_module(pick_backend(backend, prepared.problem))
+    loss = solver.rwwce_loss(prepared.problem)
     if reduction != "none":
         return loss
     loss = loss.reshape(prepared.element_shape)
@@ -283,35 +282,3 @@ def _safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
     """total / denominator, and 0 (with a zero gradient) when the denominator is 0."""
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return torch.where(denominator > 0, total / safe, total * 0)
-
-
-def _pick_backend(backend: str, problem: Problem) -> Callable[[Problem], Tensor]:
-    """The one dispatch point: a backend's ``rwwce_loss(problem)``. ``'auto'`` takes Triton only
-    for CUDA inputs it supports, outside ``torch.compile`` and ``torch.func`` transforms."""
-    if backend == "torch" or (backend == "auto" and not problem.logits.is_cuda):
-        return reference.rwwce_loss
-    if reference.is_traced():
-        reason = (
-            "the Triton kernel does not run under torch.compile or torch.func transforms "
-            "(grad, vmap, jacrev, hessian)"
-        )
-    else:
-        try:
-            from rwwce.kernels import triton as triton_backend
-        except ImportError as error:  # pragma: no cover - the module guards its own triton import
-            reason = f"the Triton backend failed to import ({error})"
-        else:
-            if triton_backend.is_available():
-                reason = triton_backend.supports(problem)
-                if reason is None:
-                    return triton_backend.rwwce_loss
-            else:
-                reason = (
-                    "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 "
-                    "is not set"
-                )
-    if backend == "triton":
-        raise ValueError(
-            f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
-        )
-    return reference.rwwce_loss

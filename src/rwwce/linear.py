@@ -29,6 +29,7 @@ from torch import Tensor
 from rwwce import _problem
 from rwwce import _validate as V
 from rwwce.kernels import Problem, graph_is_retained, reference
+from rwwce.kernels.dispatch import backend_module, pick_backend
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["linear_real_world_weight_cross_entropy"]
@@ -314,36 +315,20 @@ def _resolve_backend(
     fn_rows: Tensor | None = None,
     fp_rows: Tensor | None = None,
 ) -> str:
-    """'torch' or 'triton' for the chunks: 'auto' takes Triton for CUDA inputs it supports."""
-    if backend == "torch" or (backend == "auto" and not input.is_cuda):
-        return "torch"
-    from rwwce.kernels import triton as triton_backend
-
-    if not triton_backend.is_available():
-        reason = (
-            "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 is not set"
-        )
-    else:
-        # The kernel's checks read only metadata: an empty chunk of rows stands for them all.
-        empty = input.new_empty((0, num_classes))
-        reason = triton_backend.supports(
-            Problem(
-                empty,
-                target[:0],
-                empty.new_ones(num_classes),
-                fp,
-                empty.new_empty(0),
-                fn_rows=None if fn_rows is None else fn_rows[:0],
-                fp_rows=None if fp_rows is None else fp_rows[:0],
-            )
-        )
-    if reason is None:
-        return "triton"
-    if backend == "triton":
-        raise ValueError(
-            f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
-        )
-    return "torch"
+    """'torch' or 'triton' for the chunks, by the package's one dispatch point. The kernel's
+    checks read only metadata: an empty chunk of rows stands for them all. The operator is opaque
+    to ``torch.compile``, so the kernel runs when the compiled graph does (``traced=False``)."""
+    empty = input.new_empty((0, num_classes))
+    stand_in = Problem(
+        empty,
+        target[:0],
+        empty.new_ones(num_classes),
+        fp,
+        empty.new_empty(0),
+        fn_rows=None if fn_rows is None else fn_rows[:0],
+        fp_rows=None if fp_rows is None else fp_rows[:0],
+    )
+    return pick_backend(backend, stand_in, traced=False)
 
 
 def _chunk_rows(num_rows: int, hidden: int, num_classes: int, device: torch.device) -> int:
@@ -424,12 +409,12 @@ def _fused_linear_rwwce(
             reduce=False,
         )
         if not with_grad:
-            row_loss[start:stop] = _backend_module(backend).rwwce_loss(problem)
+            row_loss[start:stop] = backend_module(backend).rwwce_loss(problem)
             continue
         if backend == "torch":
             loss, grad = reference.rwwce_loss_and_grad(problem, out=grad_buffer[: stop - start])
         else:
-            loss, grad = _backend_module(backend).rwwce_loss_and_grad(problem)
+            loss, grad = backend_module(backend).rwwce_loss_and_grad(problem)
         row_loss[start:stop] = loss
         if acc_bias is not None:
             acc_bias.add_(grad.sum(dim=0, dtype=dtype))
@@ -548,11 +533,3 @@ def _backward(ctx, grad_loss, *_):
 
 
 _fused_linear_rwwce.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _backend_module(backend: str):
-    if backend == "triton":
-        from rwwce.kernels import triton as triton_backend
-
-        return triton_backend
-    return reference
