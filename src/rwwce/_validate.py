@@ -513,6 +513,64 @@ def _check_sample_costs_call(
     check_sample_costs_options(fn_weight, fp_weight, label_smoothing)
 
 
+# --- the binary loss call: one entry for its checks ---------------------------------------------
+
+
+def check_binary_call(
+    input: Tensor,
+    target: Tensor,
+    fn_weight: object = 1.0,
+    fp_weight: object = 1.0,
+    *,
+    sample_weight: object = None,
+    reduction: str = "mean",
+    input_type: str = "logits",
+    validate: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Check a binary / multi-label loss call once; return ``(fn, fp, sample_weight)`` as tensors
+    in the compute dtype (float32, or float64 for float64 input), each broadcastable to the input
+    (``sample_weight`` ``None`` when not given). Data checks follow :func:`should_check_data`."""
+    check_loss_arguments(input, target, reduction, input_type)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn = as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fp = as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    named = (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights))
+    for name, value in named:
+        _check_broadcasts(name, value, input.shape)
+
+    if should_check_data(validate, input, target, fn, fp, weights):
+        with torch.no_grad():  # values only: no autograd history on the check's results
+            for name, value in named:
+                check_weight_values(name, value)
+            if input_type == "probs":
+                check_probabilities(input)
+            else:
+                check_logits(input)
+                warn_if_sigmoid_output(input)
+            check_binary_targets(target)
+    return fn, fp, weights
+
+
+def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> None:
+    if value is None:
+        return
+    try:
+        broadcast = torch.broadcast_shapes(value.shape, shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != shape:
+        raise ValueError(
+            f"{name} must be a number or broadcastable to the input's shape {tuple(shape)}; "
+            f"got shape {tuple(value.shape)}"
+        )
+
+
 # --- warnings about the input, pointed at the user's line --------------------------------------
 
 #: Frames of these folders are skipped when a warning looks for the user's line: rwwce's own

@@ -215,30 +215,17 @@ def binary_real_world_weight_cross_entropy(
         >>> rwwce.binary_real_world_weight_cross_entropy(logits, target, fn_weight=20.0)
         tensor(9.9260)
     """
-    V.check_loss_arguments(input, target, reduction, input_type)
-    if target.shape != input.shape:
-        raise ValueError(
-            f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
-        )
+    fn, fp, weights = V.check_binary_call(
+        input,
+        target,
+        fn_weight,
+        fp_weight,
+        sample_weight=sample_weight,
+        reduction=reduction,
+        input_type=input_type,
+        validate=validate,
+    )
     dtype = compute_dtype(input.dtype)
-    device = input.device
-    fn = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
-    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
-        _check_broadcasts(name, value, input.shape)
-
-    if V.should_check_data(validate, input, target, fn, fp, weights):
-        with torch.no_grad():  # values only: no autograd history on the check's results
-            for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
-                V.check_weight_values(name, value)
-            if input_type == "probs":
-                V.check_probabilities(input)
-            else:
-                V.check_logits(input)
-                V.warn_if_sigmoid_output(input)
-            V.check_binary_targets(target)
-
     x = input.to(dtype)
     y = target.to(dtype)
     if input_type == "logits":
@@ -262,20 +249,6 @@ def binary_real_world_weight_cross_entropy(
             weight_total = weight_total * weights
         total = _safe_divide(total, weight_total.expand(loss.shape).sum())
     return total
-
-
-def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> None:
-    if value is None:
-        return
-    try:
-        broadcast = torch.broadcast_shapes(value.shape, shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != shape:
-        raise ValueError(
-            f"{name} must be a number or broadcastable to the input's shape {tuple(shape)}; "
-            f"got shape {tuple(value.shape)}"
-        )
 
 
 def _safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
