@@ -366,7 +366,9 @@ def check_call(
     device = input.device
     fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
     weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    weights = _sample_weight_per_element(weights, element_shape)
+    weights = _sample_weight_per_element(
+        weights, element_shape, f"shape ({element_shape[0]},) or {element_shape}"
+    )
     costs = as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
     if costs is not None:
         _check_sample_costs_call(costs, input, soft, fn_given, fp, label_smoothing)
@@ -475,19 +477,17 @@ def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...
 
 
 def _sample_weight_per_element(
-    weights: Tensor | None, element_shape: tuple[int, ...]
+    weights: Tensor | None, element_shape: tuple[int, ...], expected: str
 ) -> Tensor | None:
-    """(N,) or the element shape (N, d1, ..., dk), expanded to the element shape."""
+    """``sample_weight`` given as the element shape (N, d1, ..., dk), or as (N,): one weight per
+    sample, expanded to the element shape. ``expected`` words the error."""
     if weights is None:
         return None
-    if tuple(weights.shape) == element_shape:
+    if tuple(weights.shape) == tuple(element_shape):
         return weights
     if weights.dim() == 1 and weights.shape[0] == element_shape[0]:
         return weights.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
-    raise ValueError(
-        f"sample_weight must have shape ({element_shape[0]},) or {element_shape}; "
-        f"got {tuple(weights.shape)}"
-    )
+    raise ValueError(f"sample_weight must have {expected}; got {tuple(weights.shape)}")
 
 
 def _check_sample_costs_call(
@@ -511,6 +511,143 @@ def _check_sample_costs_call(
             "sample_costs needs class-index targets (an integer dtype); got class probabilities"
         )
     check_sample_costs_options(fn_weight, fp_weight, label_smoothing)
+
+
+# --- the fused linear loss call: one entry for its checks ---------------------------------------
+
+
+def check_linear_call(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    fn_weight: object = None,
+    fp_weight: object = None,
+    *,
+    linear_bias: Tensor | None = None,
+    sample_weight: object = None,
+    sample_costs: object = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    validate: bool | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Check a fused linear loss call once; return ``(fn, fp, sample_weight, costs)`` in the
+    compute dtype: fn (K,) (``None`` for all ones), fp ``None``, (K,) or (K, K), sample weights
+    in the target's shape (or ``None``), and the costs in the target's shape plus (K,) (or
+    ``None``).
+
+    Static checks (types, dtypes, devices, shapes, options) always run; data checks follow
+    :func:`should_check_data`. Only ``input``, ``linear_weight`` and ``linear_bias`` may carry a
+    gradient: a weight that requires grad is a RuntimeError.
+    """
+    _check_linear_tensors(input, linear_weight, linear_bias, target)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("backend", backend, BACKENDS)
+    check_label_smoothing(label_smoothing)
+    check_ignore_index(ignore_index)
+    check_chunk_size(chunk_size)
+    for name, value in (
+        ("fn_weight", fn_weight),
+        ("fp_weight", fp_weight),
+        ("sample_weight", sample_weight),
+        ("sample_costs", sample_costs),
+    ):
+        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{name} requires grad, but linear_real_world_weight_cross_entropy gives gradients "
+                "to input, linear_weight and linear_bias only; detach it, or use "
+                "real_world_weight_cross_entropy(F.linear(...)) for a gradient to it"
+            )
+
+    num_classes = linear_weight.shape[0]
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
+    weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    shape = tuple(target.shape)
+    weights = _sample_weight_per_element(
+        weights,
+        shape,
+        f"the target's shape {shape}" + (f" or ({shape[0]},)" if len(shape) > 1 else ""),
+    )
+    costs = as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
+    if costs is not None:
+        check_sample_costs_options(fn_given, fp, label_smoothing)
+        expected = (*target.shape, num_classes)
+        if tuple(costs.shape) != expected:
+            raise ValueError(
+                f"sample_costs must have shape {expected} (the target's shape plus the K = "
+                f"{num_classes} classes of linear_weight); got {tuple(costs.shape)}"
+            )
+
+    if should_check_data(validate, input, target, fn_given, fp, weights, costs):
+        check_weight_data(fn_given, fp, weights, costs)
+        check_class_targets(target, num_classes, ignore_index)
+    return fn, fp, weights, costs
+
+
+def check_chunk_size(chunk_size: object) -> None:
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
+
+
+def _check_linear_tensors(
+    input: object, linear_weight: object, linear_bias: object, target: object
+) -> None:
+    """Types, dtypes, devices and shapes of the tensors (metadata only, no data read)."""
+    check_input(input)
+    check_input(linear_weight, "linear_weight")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    if input.dim() == 0:
+        raise ValueError("input must have a feature dimension: shape (H,), (N, H) or (B, T, H)")
+    if linear_weight.dim() != 2:
+        raise ValueError(
+            f"linear_weight must have shape (K, H) as nn.Linear stores it; got "
+            f"{tuple(linear_weight.shape)}"
+        )
+    num_classes, hidden = linear_weight.shape
+    if input.shape[-1] != hidden:
+        raise ValueError(
+            f"linear_weight has shape {tuple(linear_weight.shape)} (K, H): its H = {hidden} must "
+            f"equal the input's last dimension; got input of shape {tuple(input.shape)}"
+        )
+    if num_classes == 0:
+        raise ValueError("linear_weight has 0 rows: the layer must output at least one class")
+    if linear_weight.dtype != input.dtype or linear_weight.device != input.device:
+        raise ValueError(
+            f"linear_weight is {linear_weight.dtype} on {linear_weight.device}; expected the "
+            f"input's dtype and device ({input.dtype} on {input.device})"
+        )
+    if linear_bias is not None:
+        check_input(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (num_classes,):
+            raise ValueError(
+                f"linear_bias must have shape ({num_classes},) for linear_weight of shape "
+                f"{tuple(linear_weight.shape)}; got {tuple(linear_bias.shape)}"
+            )
+        if linear_bias.dtype != input.dtype or linear_bias.device != input.device:
+            raise ValueError(
+                f"linear_bias is {linear_bias.dtype} on {linear_bias.device}; expected the "
+                f"input's dtype and device ({input.dtype} on {input.device})"
+            )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold class indices (an integer dtype); got dtype {target.dtype}. "
+            "Probability targets are (N, K) themselves: use "
+            "real_world_weight_cross_entropy(F.linear(...), target)"
+        )
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(
+            f"target must have the input's leading shape {tuple(input.shape[:-1])} (one class "
+            f"per row of input {tuple(input.shape)}); got {tuple(target.shape)}"
+        )
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but the input is on {input.device}")
 
 
 # --- the binary loss call: one entry for its checks ---------------------------------------------
