@@ -7,9 +7,12 @@ Two kinds of check:
 * data checks (ranges, NaN, distributions) read tensor values, which synchronises with a GPU, so
   they run only when asked (``validate=True``, a module's first call, or CPU tensors by default).
 
-A multi-class loss call has one entry, :func:`check_call`: it runs every check of the call and
-returns the call with its weights normalised (a :class:`rwwce._problem.CheckedCall`), which
-:func:`rwwce._problem.prepare` then builds into the backend's problem.
+Each loss has one entry that runs every check of its call, once, and returns the weights
+normalised to tensors: :func:`check_call` (the multi-class loss; a
+:class:`rwwce._problem.CheckedCall`, which :func:`rwwce._problem.prepare` then builds into the
+backend's problem), :func:`check_linear_call` (the fused linear loss) and
+:func:`check_binary_call`. The input warnings (:func:`warn_if_probabilities`,
+:func:`warn_if_sigmoid_output`) name the user's line, found by :func:`user_stacklevel`.
 """
 
 from __future__ import annotations
