@@ -369,9 +369,7 @@ def check_call(
     device = input.device
     fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
     weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    weights = _sample_weight_per_element(
-        weights, element_shape, f"shape ({element_shape[0]},) or {element_shape}"
-    )
+    weights = _sample_weight_per_element(weights, element_shape)
     costs = as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
     if costs is not None:
         _check_sample_costs_call(costs, input, soft, fn_given, fp, label_smoothing)
@@ -480,16 +478,23 @@ def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...
 
 
 def _sample_weight_per_element(
-    weights: Tensor | None, element_shape: tuple[int, ...], expected: str
+    weights: Tensor | None, element_shape: tuple[int, ...], *, per_target: bool = False
 ) -> Tensor | None:
     """``sample_weight`` given as the element shape (N, d1, ..., dk), or as (N,): one weight per
-    sample, expanded to the element shape. ``expected`` words the error."""
+    sample, expanded to the element shape. ``per_target``: the error speaks of the target's
+    shape (the fused loss, whose elements are the target's)."""
     if weights is None:
         return None
     if tuple(weights.shape) == tuple(element_shape):
         return weights
     if weights.dim() == 1 and weights.shape[0] == element_shape[0]:
         return weights.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
+    # Worded only here: formatting symbolic sizes under torch.compile would specialise them.
+    if per_target:
+        expected = f"the target's shape {tuple(element_shape)}"
+        expected += f" or ({element_shape[0]},)" if len(element_shape) > 1 else ""
+    else:
+        expected = f"shape ({element_shape[0]},) or {element_shape}"
     raise ValueError(f"sample_weight must have {expected}; got {tuple(weights.shape)}")
 
 
@@ -569,12 +574,7 @@ def check_linear_call(
     device = input.device
     fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
     weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    shape = tuple(target.shape)
-    weights = _sample_weight_per_element(
-        weights,
-        shape,
-        f"the target's shape {shape}" + (f" or ({shape[0]},)" if len(shape) > 1 else ""),
-    )
+    weights = _sample_weight_per_element(weights, tuple(target.shape), per_target=True)
     costs = as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
     if costs is not None:
         check_sample_costs_options(fn_given, fp, label_smoothing)
