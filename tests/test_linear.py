@@ -715,6 +715,25 @@ def test_torch_compile_fullgraph_with_sample_costs():
     assert_compiles_like_eager(step, x, weight, b)
 
 
+def test_compiled_across_batch_sizes_without_recompiling():
+    # Dynamic shapes: no check may specialise the batch size (e.g. by formatting it eagerly).
+    from torch._dynamo.utils import counters
+
+    fp = random_fp("vector", dtype=torch.float32)
+
+    def step(x, w, t, s):
+        return lrce(x, w, t, None, fp, sample_weight=s, reduction="weighted_mean", chunk_size=4)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend="aot_eager")
+    for rows in (7, 12):
+        x, weight, _, target = problem(rows=rows, dtype=torch.float32)
+        s = torch.rand(rows)
+        torch.testing.assert_close(compiled(x, weight, target, s), step(x, weight, target, s))
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 # --- the worked example ---------------------------------------------------------------------------
 
 
