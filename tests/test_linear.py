@@ -480,6 +480,28 @@ def test_bad_arguments_name_themselves():
             lrce(**arguments)
 
 
+def test_ignore_index_and_chunk_size_follow_the_package_rules():
+    # The plain loss's ignore_index rule (any integral number; a bool is refused as in PyTorch),
+    # and the module's chunk_size check.
+    x, weight, b, target = problem()
+    target = torch.where(target == -100, 4, target)  # class 4 is the one ignored here
+    target[3] = 4
+    expected = rwwce.real_world_weight_cross_entropy(F.linear(x, weight, b), target, ignore_index=4)
+    for ignore_index in (4, torch.tensor(4).numpy()[()]):
+        got = lrce(x, weight, target, linear_bias=b, ignore_index=ignore_index)
+        torch.testing.assert_close(got, expected)
+    for bad in (True, 4.0, None):
+        with pytest.raises(TypeError, match=f"ignore_index is {bad!r}; expected an int"):
+            lrce(x, weight, target, ignore_index=bad)
+        with pytest.raises(TypeError, match=f"ignore_index is {bad!r}; expected an int"):
+            rwwce.real_world_weight_cross_entropy(F.linear(x, weight), target, ignore_index=bad)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(
+            ValueError, match=f"chunk_size must be None or a positive int; got {bad!r}"
+        ):
+            rwwce.LinearRWWCELoss(chunk_size=bad)
+
+
 def test_data_checks_run_once_up_front():
     x, weight, b, target = problem()
     bad = target.clone()
@@ -691,6 +713,25 @@ def test_torch_compile_fullgraph_with_sample_costs():
         )
 
     assert_compiles_like_eager(step, x, weight, b)
+
+
+def test_compiled_across_batch_sizes_without_recompiling():
+    # Dynamic shapes: no check may specialise the batch size (e.g. by formatting it eagerly).
+    from torch._dynamo.utils import counters
+
+    fp = random_fp("vector", dtype=torch.float32)
+
+    def step(x, w, t, s):
+        return lrce(x, w, t, None, fp, sample_weight=s, reduction="weighted_mean", chunk_size=4)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend="aot_eager")
+    for rows in (7, 12):
+        x, weight, _, target = problem(rows=rows, dtype=torch.float32)
+        s = torch.rand(rows)
+        torch.testing.assert_close(compiled(x, weight, target, s), step(x, weight, target, s))
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 # --- the worked example ---------------------------------------------------------------------------

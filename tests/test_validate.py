@@ -150,6 +150,31 @@ def test_whole_number_soft_targets_get_the_multi_hot_hint():
         rce(torch.randn(2, 3), torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p, t: rce(p, t),
+        lambda p, t: rwwce.RWWCELoss()(p, t),
+        lambda p, t: rwwce.RWWCELoss(validate=True).forward(p, t),
+        lambda p, t: rwwce.loss_breakdown(p, t),
+        lambda p, t: brwce(p.reshape(-1), (t[:, None] == torch.arange(4)).float().reshape(-1)),
+        lambda p, t: rwwce.BinaryRWWCELoss()(p, (t[:, None] == torch.arange(4)).float()),
+    ],
+    ids=["function", "module", "forward", "loss_breakdown", "binary", "binary_module"],
+)
+def test_the_probabilities_warning_points_at_the_callers_line(call):
+    # Through nn.Module.__call__ and rwwce's own frames alike: the warning names this file.
+    probs = torch.softmax(3 * torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), 1)
+    target = torch.arange(64) % 4
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        call(probs, target)
+    caught = [w for w in record if "looks like probabilities" in str(w.message)]
+    assert len(caught) == 1
+    assert caught[0].filename == __file__
+    assert caught[0].category is UserWarning
+
+
 # --- sigmoid output passed as binary logits -------------------------------------------------------
 
 

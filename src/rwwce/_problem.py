@@ -1,21 +1,22 @@
-"""The prepared problem: the one place that turns a loss call into the flat backend problem.
+"""The prepared problem: the one place that turns a checked loss call into the flat backend problem.
 
-A call ``(input, target, fn_weight, fp_weight, sample_weight, sample_costs, ignore_index,
-reduction, label_smoothing, input_type, validate, global_normalize)`` becomes a
-:class:`rwwce.kernels.Problem` in two steps:
+A loss call goes one way, down the layers, and never back:
 
-1. :func:`check_call`, the one entry for the checks: static checks (types, shapes, options;
-   always), data checks (values; see :func:`rwwce._validate.should_check_data`), and the weights
-   normalised to tensors in the compute dtype: fn as (K,), FP as given, sample weights per
-   element, per-sample costs as rows.
-2. :func:`prepare` (of a checked call): rows flattened with the classes last, the ignore mask, label smoothing,
-   per-row FN/FP weights from ``sample_costs``, and the reduction's denominator folded into the
-   per-row scale.
+1. :func:`rwwce._validate.check_call`, the one entry for the checks, returns a
+   :class:`CheckedCall`: static checks (types, shapes, options; always), data checks (values; see
+   :func:`rwwce._validate.should_check_data`), and the weights normalised to tensors in the
+   compute dtype: fn as (K,), FP as given, sample weights per element, per-sample costs.
+2. :func:`prepare` turns it into a :class:`rwwce.kernels.Problem`: rows flattened with the classes
+   last, the ignore mask, label smoothing, per-row FN/FP weights from ``sample_costs``, and the
+   reduction's denominator folded into the per-row scale.
+3. :func:`rwwce.kernels.dispatch.pick_backend` chooses the backend that solves it.
 
-Every consumer of the loss's structure (the functional loss, ``monitor.loss_breakdown``, the
-Hugging Face Trainer's global denominator) asks here instead of keeping its own copy. Everything
-is built with differentiable operations: gradients reach the soft target, ``fn_weight``,
-``fp_weight``, ``sample_weight`` and ``sample_costs`` through the denominator too.
+This module builds; it checks nothing (a :class:`CheckedCall` is checked by construction).
+Every consumer of the loss's structure (the functional loss, the fused linear loss,
+``monitor.loss_breakdown``, the Hugging Face Trainer's global denominator) asks here instead of
+keeping its own copy. Everything is built with differentiable operations: gradients reach the
+soft target, ``fn_weight``, ``fp_weight``, ``sample_weight`` and ``sample_costs`` through the
+denominator too.
 """
 
 from __future__ import annotations
@@ -25,20 +26,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rwwce import _validate as V
 from rwwce.kernels import Problem
 from rwwce.kernels.reference import compute_dtype
 
 
 @dataclass(frozen=True)
 class CheckedCall:
-    """A checked call with its weights normalised (see :func:`check_call`).
+    """A multi-class loss call, checked, with its weights normalised: what
+    :func:`rwwce._validate.check_call` returns and :func:`prepare` takes.
 
     ``input`` and ``target`` have a batch dimension (an unbatched (K,) call gets one, and
     ``unbatched`` says so). ``fn`` is (K,) or ``None`` (all ones); ``fp`` ``None``, (K,) or (K, K);
-    ``sample_weight`` has the element shape (N, d1, ..., dk) or is ``None``; ``costs`` is the
-    (M, K) per-element cost rows or ``None``. Weights are in ``dtype``, on the input's device
-    (0-dim CPU tensors excepted), and keep their autograd history. The options are the call's.
+    ``sample_weight`` has the element shape (N, d1, ..., dk) or is ``None``; ``costs`` has the
+    input's shape (N, K, d1, ..., dk) or is ``None``. Weights are in ``dtype``, on the input's
+    device (0-dim CPU tensors excepted), and keep their autograd history. The options are the
+    call's.
     """
 
     input: Tensor
@@ -76,85 +78,6 @@ class Prepared:
     classes: Tensor
 
 
-def check_call(
-    input: Tensor,
-    target: Tensor,
-    fn_weight: object = None,
-    fp_weight: object = None,
-    *,
-    sample_weight: object = None,
-    sample_costs: object = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    input_type: str = "logits",
-    validate: bool | None = None,
-    dtype: torch.dtype | None = None,
-) -> CheckedCall:
-    """Check a multi-class loss call once and return its normalised weights.
-
-    Static checks always run; data checks follow :func:`rwwce._validate.should_check_data`
-    (never under ``torch.compile`` or a ``torch.func`` transform). ``dtype`` overrides the
-    compute dtype (float32, or float64 for float64 input).
-    """
-    V.check_loss_arguments(input, target, reduction, input_type)
-    V.check_label_smoothing(label_smoothing)
-    ignore_index = V.check_ignore_index(ignore_index)
-
-    unbatched = input.dim() == 1
-    if unbatched:
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
-        if sample_weight is not None and torch.as_tensor(sample_weight).dim() == 0:
-            sample_weight = torch.as_tensor(sample_weight).reshape(1)
-        if isinstance(sample_costs, Tensor) and sample_costs.dim() == 1:
-            sample_costs = sample_costs.unsqueeze(0)
-    if input.dim() == 0:
-        raise ValueError("input must have a class dimension: shape (K,), (N, K) or (N, K, ...)")
-    num_classes = input.shape[1]
-    element_shape = (input.shape[0], *input.shape[2:])
-    soft = _is_soft_target(input, target, element_shape)
-
-    dtype = compute_dtype(input.dtype) if dtype is None else dtype
-    device = input.device
-    fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
-    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    weights = _sample_weight_per_element(weights, element_shape)
-    costs = V.as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
-    if costs is not None:
-        _check_sample_costs_call(costs, input, soft, fn_given, fp, label_smoothing)
-
-    if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
-        with torch.no_grad():  # values only: no autograd history on the check's results
-            check_weight_data(fn_given, fp, weights, costs)
-            if input_type == "probs":
-                V.check_probabilities(input)
-            else:
-                V.check_logits(input)
-                V.warn_if_probabilities(input, stacklevel=5)  # the loss function's caller
-            if soft:
-                V.check_soft_targets(classes_last(target))
-            else:
-                V.check_class_targets(target, num_classes, ignore_index)
-
-    return CheckedCall(
-        input=input,
-        target=target,
-        unbatched=unbatched,
-        element_shape=element_shape,
-        num_classes=num_classes,
-        soft=soft,
-        dtype=dtype,
-        fn=fn,
-        fp=fp,
-        sample_weight=weights,
-        costs=None if costs is None else classes_last(costs),
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=float(label_smoothing),
-        input_type=input_type,
-    )
-
-
 def prepare(call: CheckedCall, global_normalize: bool = False) -> Prepared:
     """The flat :class:`~rwwce.kernels.Problem` of a checked multi-class loss call, with
     ``reduce = reduction != 'none'``. ``global_normalize``: see :func:`row_scale`."""
@@ -182,7 +105,7 @@ def prepare(call: CheckedCall, global_normalize: bool = False) -> Prepared:
 
     fn_rows = fp_rows = None
     if call.costs is not None:
-        fn_rows, fp_rows = cost_rows(call.costs, classes)
+        fn_rows, fp_rows = cost_rows(classes_last(call.costs), classes)
 
     total = denominator(reduction, row_weight, classes, valid, fn, fn_rows)
     problem = Problem(
@@ -301,113 +224,3 @@ def _all_reduce_sum(value: Tensor) -> tuple[Tensor, int]:
     total = value.clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total, dist.get_world_size()
-
-
-def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
-    """Class probabilities (the input's shape, floating) or class indices (integer)."""
-    if target.dtype == torch.bool or target.is_complex():
-        raise TypeError(
-            f"target must hold class indices or probabilities; got dtype {target.dtype}"
-        )
-    if target.is_floating_point():
-        if target.shape == input.shape:
-            return True
-        if tuple(target.shape) == element_shape:
-            raise TypeError(
-                f"target has the class-index shape {tuple(target.shape)} but dtype {target.dtype}; "
-                "class indices must be an integer dtype (use target.long())"
-            )
-        raise ValueError(
-            f"target given as class probabilities must have the input's shape "
-            f"{tuple(input.shape)}; got {tuple(target.shape)}"
-        )
-    if tuple(target.shape) != element_shape:
-        raise ValueError(
-            f"target of class indices must have shape {element_shape} for input of shape "
-            f"{tuple(input.shape)}; got {tuple(target.shape)} (for one-hot or probability "
-            "targets use a floating dtype)"
-        )
-    return False
-
-
-def _sample_weight_per_element(
-    weights: Tensor | None, element_shape: tuple[int, ...]
-) -> Tensor | None:
-    """(N,) or the element shape (N, d1, ..., dk), expanded to the element shape."""
-    if weights is None:
-        return None
-    if tuple(weights.shape) == element_shape:
-        return weights
-    if weights.dim() == 1 and weights.shape[0] == element_shape[0]:
-        return weights.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
-    raise ValueError(
-        f"sample_weight must have shape ({element_shape[0]},) or {element_shape}; "
-        f"got {tuple(weights.shape)}"
-    )
-
-
-def _check_sample_costs_call(
-    costs: Tensor,
-    input: Tensor,
-    soft: bool,
-    fn_weight: Tensor | None,
-    fp_weight: Tensor | None,
-    label_smoothing: float,
-) -> None:
-    """``sample_costs``: the input's shape, class-index targets, no fn/fp weights, no smoothing."""
-    if tuple(costs.shape) != tuple(input.shape):
-        raise ValueError(
-            f"sample_costs must have the input's shape {tuple(input.shape)} (the cost of "
-            f"predicting each class for each element); got shape {tuple(costs.shape)}"
-        )
-    if input.shape[1] < 2:
-        raise ValueError(f"sample_costs needs at least 2 classes; the input has {input.shape[1]}")
-    if soft:
-        raise ValueError(
-            "sample_costs needs class-index targets (an integer dtype); got class probabilities"
-        )
-    check_sample_costs_options(fn_weight, fp_weight, label_smoothing)
-
-
-def weight_tensors(
-    fn_weight: object, fp_weight: object, num_classes: int, device: torch.device, dtype: torch.dtype
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """The class weights as tensors, shapes checked: ``fn_weight`` as given, as a (K,) vector
-    (``None`` for all ones), and ``fp_weight`` (``None``, (K,) or (K, K))."""
-    fn_given = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
-    fn = V.fn_weight_vector(fn_given, num_classes)
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
-    V.check_fp_weight_shape(fp, num_classes)
-    return fn_given, fn, fp
-
-
-def check_weight_data(
-    fn_given: Tensor | None, fp: Tensor | None, weights: Tensor | None, costs: Tensor | None
-) -> None:
-    """The data checks of the weights: finite and >= 0, an FN matrix diagonal, a zero FP
-    diagonal (reads values: callers decide when, see :func:`rwwce._validate.should_check_data`)."""
-    V.check_weight_values("fn_weight", fn_given)
-    V.check_fn_matrix_diagonal(fn_given)
-    V.check_weight_values("fp_weight", fp)
-    V.check_fp_diagonal(fp)
-    V.check_weight_values("sample_weight", weights)
-    V.check_weight_values("sample_costs", costs)
-
-
-def check_sample_costs_options(
-    fn_weight: object, fp_weight: object, label_smoothing: float
-) -> None:
-    """``sample_costs`` replaces ``fn_weight`` and ``fp_weight`` and excludes label smoothing."""
-    if fn_weight is not None or fp_weight is not None:
-        given = [
-            n for n, w in (("fn_weight", fn_weight), ("fp_weight", fp_weight)) if w is not None
-        ]
-        raise ValueError(
-            f"sample_costs replaces fn_weight and fp_weight; got {' and '.join(given)} as well "
-            "(pass either the per-element costs or the class weights)"
-        )
-    if label_smoothing:
-        raise ValueError(
-            f"sample_costs cannot be combined with label_smoothing (got {label_smoothing}): a "
-            "cost row defines the loss for one true class"
-        )

@@ -6,6 +6,13 @@ Two kinds of check:
 * static checks (types, shapes, option strings) read only metadata and always run;
 * data checks (ranges, NaN, distributions) read tensor values, which synchronises with a GPU, so
   they run only when asked (``validate=True``, a module's first call, or CPU tensors by default).
+
+Each loss has one entry that runs every check of its call, once, and returns the weights
+normalised to tensors: :func:`check_call` (the multi-class loss; a
+:class:`rwwce._problem.CheckedCall`, which :func:`rwwce._problem.prepare` then builds into the
+backend's problem), :func:`check_linear_call` (the fused linear loss) and
+:func:`check_binary_call`. The input warnings (:func:`warn_if_probabilities`,
+:func:`warn_if_sigmoid_output`) name the user's line, found by :func:`user_stacklevel`.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
@@ -21,7 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rwwce.kernels.reference import is_traced
+from rwwce._problem import CheckedCall, classes_last
+from rwwce.kernels.reference import compute_dtype, is_traced
 
 Reduction = Literal["none", "sum", "mean", "weighted_mean"]
 InputType = Literal["logits", "probs"]
@@ -311,9 +321,418 @@ def check_logits(input: Tensor) -> None:
     raise ValueError(f"input must not hold NaN or +inf; got {_first_bad(input, bad)}")
 
 
-#: The warnings below are raised from inside a public loss: this, the loss and its
-#: ``torch_keywords`` wrapper; the next frame is the caller's.
-_LOSS_CALLER = 4
+# --- the multi-class loss call: one entry for its checks -----------------------------------------
+
+
+def check_call(
+    input: Tensor,
+    target: Tensor,
+    fn_weight: object = None,
+    fp_weight: object = None,
+    *,
+    sample_weight: object = None,
+    sample_costs: object = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    input_type: str = "logits",
+    validate: bool | None = None,
+    dtype: torch.dtype | None = None,
+) -> CheckedCall:
+    """Check a multi-class loss call once and return it with its weights normalised.
+
+    Static checks (types, shapes, options) always run; data checks (values) follow
+    :func:`should_check_data` (never under ``torch.compile`` or a ``torch.func`` transform).
+    Weights become tensors in the compute dtype (float32, or float64 for float64 input; ``dtype``
+    overrides it) on the input's device: fn as (K,) (the paper's diagonal form reduced), FP as
+    given, sample weights expanded to the element shape (N, d1, ..., dk). An unbatched (K,) call
+    gets a batch dimension of 1.
+    """
+    check_loss_arguments(input, target, reduction, input_type)
+    check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
+
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+        if sample_weight is not None and torch.as_tensor(sample_weight).dim() == 0:
+            sample_weight = torch.as_tensor(sample_weight).reshape(1)
+        if isinstance(sample_costs, Tensor) and sample_costs.dim() == 1:
+            sample_costs = sample_costs.unsqueeze(0)
+    if input.dim() == 0:
+        raise ValueError("input must have a class dimension: shape (K,), (N, K) or (N, K, ...)")
+    num_classes = input.shape[1]
+    element_shape = (input.shape[0], *input.shape[2:])
+    soft = _is_soft_target(input, target, element_shape)
+
+    dtype = compute_dtype(input.dtype) if dtype is None else dtype
+    device = input.device
+    fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
+    weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    weights = _sample_weight_per_element(weights, element_shape)
+    costs = as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
+    if costs is not None:
+        _check_sample_costs_call(costs, input, soft, fn_given, fp, label_smoothing)
+
+    if should_check_data(validate, input, target, fn_given, fp, weights, costs):
+        with torch.no_grad():  # values only: no autograd history on the check's results
+            check_weight_data(fn_given, fp, weights, costs)
+            if input_type == "probs":
+                check_probabilities(input)
+            else:
+                check_logits(input)
+                warn_if_probabilities(input)
+            if soft:
+                check_soft_targets(classes_last(target))
+            else:
+                check_class_targets(target, num_classes, ignore_index)
+
+    return CheckedCall(
+        input=input,
+        target=target,
+        unbatched=unbatched,
+        element_shape=element_shape,
+        num_classes=num_classes,
+        soft=soft,
+        dtype=dtype,
+        fn=fn,
+        fp=fp,
+        sample_weight=weights,
+        costs=costs,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+        input_type=input_type,
+    )
+
+
+def weight_tensors(
+    fn_weight: object, fp_weight: object, num_classes: int, device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The class weights as tensors, shapes checked: ``fn_weight`` as given, as a (K,) vector
+    (``None`` for all ones), and ``fp_weight`` (``None``, (K,) or (K, K))."""
+    fn_given = as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fn = fn_weight_vector(fn_given, num_classes)
+    fp = as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    check_fp_weight_shape(fp, num_classes)
+    return fn_given, fn, fp
+
+
+def check_weight_data(
+    fn_given: Tensor | None, fp: Tensor | None, weights: Tensor | None, costs: Tensor | None
+) -> None:
+    """The data checks of the weights: finite and >= 0, an FN matrix diagonal, a zero FP
+    diagonal (reads values: callers decide when, see :func:`should_check_data`)."""
+    check_weight_values("fn_weight", fn_given)
+    check_fn_matrix_diagonal(fn_given)
+    check_weight_values("fp_weight", fp)
+    check_fp_diagonal(fp)
+    check_weight_values("sample_weight", weights)
+    check_weight_values("sample_costs", costs)
+
+
+def check_sample_costs_options(
+    fn_weight: object, fp_weight: object, label_smoothing: float
+) -> None:
+    """``sample_costs`` replaces ``fn_weight`` and ``fp_weight`` and excludes label smoothing."""
+    if fn_weight is not None or fp_weight is not None:
+        given = [
+            n for n, w in (("fn_weight", fn_weight), ("fp_weight", fp_weight)) if w is not None
+        ]
+        raise ValueError(
+            f"sample_costs replaces fn_weight and fp_weight; got {' and '.join(given)} as well "
+            "(pass either the per-element costs or the class weights)"
+        )
+    if label_smoothing:
+        raise ValueError(
+            f"sample_costs cannot be combined with label_smoothing (got {label_smoothing}): a "
+            "cost row defines the loss for one true class"
+        )
+
+
+def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
+    """Class probabilities (the input's shape, floating) or class indices (integer)."""
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"target must hold class indices or probabilities; got dtype {target.dtype}"
+        )
+    if target.is_floating_point():
+        if target.shape == input.shape:
+            return True
+        if tuple(target.shape) == element_shape:
+            raise TypeError(
+                f"target has the class-index shape {tuple(target.shape)} but dtype {target.dtype}; "
+                "class indices must be an integer dtype (use target.long())"
+            )
+        raise ValueError(
+            f"target given as class probabilities must have the input's shape "
+            f"{tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    if tuple(target.shape) != element_shape:
+        raise ValueError(
+            f"target of class indices must have shape {element_shape} for input of shape "
+            f"{tuple(input.shape)}; got {tuple(target.shape)} (for one-hot or probability "
+            "targets use a floating dtype)"
+        )
+    return False
+
+
+def _sample_weight_per_element(
+    weights: Tensor | None, element_shape: tuple[int, ...], *, per_target: bool = False
+) -> Tensor | None:
+    """``sample_weight`` given as the element shape (N, d1, ..., dk), or as (N,): one weight per
+    sample, expanded to the element shape. ``per_target``: the error speaks of the target's
+    shape (the fused loss, whose elements are the target's)."""
+    if weights is None:
+        return None
+    if tuple(weights.shape) == tuple(element_shape):
+        return weights
+    if weights.dim() == 1 and weights.shape[0] == element_shape[0]:
+        return weights.reshape(-1, *([1] * (len(element_shape) - 1))).expand(element_shape)
+    # Worded only here: formatting symbolic sizes under torch.compile would specialise them.
+    if per_target:
+        expected = f"the target's shape {tuple(element_shape)}"
+        expected += f" or ({element_shape[0]},)" if len(element_shape) > 1 else ""
+    else:
+        expected = f"shape ({element_shape[0]},) or {element_shape}"
+    raise ValueError(f"sample_weight must have {expected}; got {tuple(weights.shape)}")
+
+
+def _check_sample_costs_call(
+    costs: Tensor,
+    input: Tensor,
+    soft: bool,
+    fn_weight: Tensor | None,
+    fp_weight: Tensor | None,
+    label_smoothing: float,
+) -> None:
+    """``sample_costs``: the input's shape, class-index targets, no fn/fp weights, no smoothing."""
+    if tuple(costs.shape) != tuple(input.shape):
+        raise ValueError(
+            f"sample_costs must have the input's shape {tuple(input.shape)} (the cost of "
+            f"predicting each class for each element); got shape {tuple(costs.shape)}"
+        )
+    if input.shape[1] < 2:
+        raise ValueError(f"sample_costs needs at least 2 classes; the input has {input.shape[1]}")
+    if soft:
+        raise ValueError(
+            "sample_costs needs class-index targets (an integer dtype); got class probabilities"
+        )
+    check_sample_costs_options(fn_weight, fp_weight, label_smoothing)
+
+
+# --- the fused linear loss call: one entry for its checks ---------------------------------------
+
+
+def check_linear_call(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    fn_weight: object = None,
+    fp_weight: object = None,
+    *,
+    linear_bias: Tensor | None = None,
+    sample_weight: object = None,
+    sample_costs: object = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+    backend: str = "auto",
+    validate: bool | None = None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """Check a fused linear loss call once; return ``(fn, fp, sample_weight, costs)`` in the
+    compute dtype: fn (K,) (``None`` for all ones), fp ``None``, (K,) or (K, K), sample weights
+    in the target's shape (or ``None``), and the costs in the target's shape plus (K,) (or
+    ``None``).
+
+    Static checks (types, dtypes, devices, shapes, options) always run; data checks follow
+    :func:`should_check_data`. Only ``input``, ``linear_weight`` and ``linear_bias`` may carry a
+    gradient: a weight that requires grad is a RuntimeError.
+    """
+    _check_linear_tensors(input, linear_weight, linear_bias, target)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("backend", backend, BACKENDS)
+    check_label_smoothing(label_smoothing)
+    check_ignore_index(ignore_index)
+    check_chunk_size(chunk_size)
+    for name, value in (
+        ("fn_weight", fn_weight),
+        ("fp_weight", fp_weight),
+        ("sample_weight", sample_weight),
+        ("sample_costs", sample_costs),
+    ):
+        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{name} requires grad, but linear_real_world_weight_cross_entropy gives gradients "
+                "to input, linear_weight and linear_bias only; detach it, or use "
+                "real_world_weight_cross_entropy(F.linear(...)) for a gradient to it"
+            )
+
+    num_classes = linear_weight.shape[0]
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn_given, fn, fp = weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
+    weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    weights = _sample_weight_per_element(weights, tuple(target.shape), per_target=True)
+    costs = as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
+    if costs is not None:
+        check_sample_costs_options(fn_given, fp, label_smoothing)
+        expected = (*target.shape, num_classes)
+        if tuple(costs.shape) != expected:
+            raise ValueError(
+                f"sample_costs must have shape {expected} (the target's shape plus the K = "
+                f"{num_classes} classes of linear_weight); got {tuple(costs.shape)}"
+            )
+
+    if should_check_data(validate, input, target, fn_given, fp, weights, costs):
+        check_weight_data(fn_given, fp, weights, costs)
+        check_class_targets(target, num_classes, ignore_index)
+    return fn, fp, weights, costs
+
+
+def check_chunk_size(chunk_size: object) -> None:
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
+
+
+def _check_linear_tensors(
+    input: object, linear_weight: object, linear_bias: object, target: object
+) -> None:
+    """Types, dtypes, devices and shapes of the tensors (metadata only, no data read)."""
+    check_input(input)
+    check_input(linear_weight, "linear_weight")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
+    if input.dim() == 0:
+        raise ValueError("input must have a feature dimension: shape (H,), (N, H) or (B, T, H)")
+    if linear_weight.dim() != 2:
+        raise ValueError(
+            f"linear_weight must have shape (K, H) as nn.Linear stores it; got "
+            f"{tuple(linear_weight.shape)}"
+        )
+    num_classes, hidden = linear_weight.shape
+    if input.shape[-1] != hidden:
+        raise ValueError(
+            f"linear_weight has shape {tuple(linear_weight.shape)} (K, H): its H = {hidden} must "
+            f"equal the input's last dimension; got input of shape {tuple(input.shape)}"
+        )
+    if num_classes == 0:
+        raise ValueError("linear_weight has 0 rows: the layer must output at least one class")
+    if linear_weight.dtype != input.dtype or linear_weight.device != input.device:
+        raise ValueError(
+            f"linear_weight is {linear_weight.dtype} on {linear_weight.device}; expected the "
+            f"input's dtype and device ({input.dtype} on {input.device})"
+        )
+    if linear_bias is not None:
+        check_input(linear_bias, "linear_bias")
+        if tuple(linear_bias.shape) != (num_classes,):
+            raise ValueError(
+                f"linear_bias must have shape ({num_classes},) for linear_weight of shape "
+                f"{tuple(linear_weight.shape)}; got {tuple(linear_bias.shape)}"
+            )
+        if linear_bias.dtype != input.dtype or linear_bias.device != input.device:
+            raise ValueError(
+                f"linear_bias is {linear_bias.dtype} on {linear_bias.device}; expected the "
+                f"input's dtype and device ({input.dtype} on {input.device})"
+            )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(
+            f"target must hold class indices (an integer dtype); got dtype {target.dtype}. "
+            "Probability targets are (N, K) themselves: use "
+            "real_world_weight_cross_entropy(F.linear(...), target)"
+        )
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(
+            f"target must have the input's leading shape {tuple(input.shape[:-1])} (one class "
+            f"per row of input {tuple(input.shape)}); got {tuple(target.shape)}"
+        )
+    if target.device != input.device:
+        raise ValueError(f"target is on {target.device} but the input is on {input.device}")
+
+
+# --- the binary loss call: one entry for its checks ---------------------------------------------
+
+
+def check_binary_call(
+    input: Tensor,
+    target: Tensor,
+    fn_weight: object = 1.0,
+    fp_weight: object = 1.0,
+    *,
+    sample_weight: object = None,
+    reduction: str = "mean",
+    input_type: str = "logits",
+    validate: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Check a binary / multi-label loss call once; return ``(fn, fp, sample_weight)`` as tensors
+    in the compute dtype (float32, or float64 for float64 input), each broadcastable to the input
+    (``sample_weight`` ``None`` when not given). Data checks follow :func:`should_check_data`."""
+    check_loss_arguments(input, target, reduction, input_type)
+    if target.shape != input.shape:
+        raise ValueError(
+            f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
+        )
+    dtype = compute_dtype(input.dtype)
+    device = input.device
+    fn = as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
+    fp = as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
+    weights = as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
+    named = (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights))
+    for name, value in named:
+        _check_broadcasts(name, value, input.shape)
+
+    if should_check_data(validate, input, target, fn, fp, weights):
+        with torch.no_grad():  # values only: no autograd history on the check's results
+            for name, value in named:
+                check_weight_values(name, value)
+            if input_type == "probs":
+                check_probabilities(input)
+            else:
+                check_logits(input)
+                warn_if_sigmoid_output(input)
+            check_binary_targets(target)
+    return fn, fp, weights
+
+
+def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> None:
+    if value is None:
+        return
+    try:
+        broadcast = torch.broadcast_shapes(value.shape, shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != shape:
+        raise ValueError(
+            f"{name} must be a number or broadcastable to the input's shape {tuple(shape)}; "
+            f"got shape {tuple(value.shape)}"
+        )
+
+
+# --- warnings about the input, pointed at the user's line --------------------------------------
+
+#: Frames of these folders are skipped when a warning looks for the user's line: rwwce's own
+#: (the loss, its keyword wrapper, a module's forward) and torch's (``nn.Module.__call__``).
+_INTERNAL_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function name the first
+    frame outside rwwce and torch: the user's line, whether the loss was called as a function,
+    through a module (and ``nn.Module.__call__``) or through ``loss_breakdown``. Eager only (the
+    warnings come from data checks, which never run while tracing)."""
+    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame = frame.f_back
+        level += 1
+    return level
+
 
 # Rows (and spatial positions) looked at by the softmax-output warning: a sample, so that the
 # heuristic costs nothing next to the loss; softmax output looks like probabilities everywhere.
@@ -321,7 +740,7 @@ _WARN_SAMPLE_ROWS = 16
 _WARN_SAMPLE_POSITIONS = 64
 
 
-def warn_if_probabilities(input: Tensor, class_dim: int = 1, stacklevel: int = 3) -> None:
+def warn_if_probabilities(input: Tensor, class_dim: int = 1) -> None:
     """Warn when the sampled rows are in [0, 1] and sum to 1: softmax output passed as logits."""
     if input.numel() == 0 or input.dim() <= class_dim or input.shape[class_dim] < 2:
         return
@@ -338,7 +757,7 @@ def warn_if_probabilities(input: Tensor, class_dim: int = 1, stacklevel: int = 3
             "input_type='logits'; pass raw logits, or input_type='probs' if the model ends in "
             "softmax",
             UserWarning,
-            stacklevel=stacklevel,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -367,7 +786,7 @@ def warn_if_sigmoid_output(input: Tensor) -> None:
             "input_type='logits'; pass raw logits (before the sigmoid), or input_type='probs' "
             "if the model ends in a sigmoid",
             UserWarning,
-            stacklevel=_LOSS_CALLER,
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -8,15 +8,13 @@ Mislabeling", IEEE Access 8 (2020).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rwwce import _validate as V
-from rwwce._problem import check_call, prepare
-from rwwce.kernels import Problem, reference
+from rwwce._problem import prepare
+from rwwce.kernels.dispatch import backend_module, pick_backend
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["real_world_weight_cross_entropy", "binary_real_world_weight_cross_entropy"]
@@ -142,7 +140,7 @@ def real_world_weight_cross_entropy(
         tensor(3.0519)
     """
     V.check_choice("backend", backend, V.BACKENDS)
-    call = check_call(
+    call = V.check_call(
         input,
         target,
         fn_weight,
@@ -156,7 +154,8 @@ def real_world_weight_cross_entropy(
         validate=validate,
     )
     prepared = prepare(call, global_normalize)
-    loss = _pick_backend(backend, prepared.problem)(prepared.problem)
+    solver = backend_module(pick_backend(backend, prepared.problem))
+    loss = solver.rwwce_loss(prepared.problem)
     if reduction != "none":
         return loss
     loss = loss.reshape(prepared.element_shape)
@@ -216,30 +215,17 @@ def binary_real_world_weight_cross_entropy(
         >>> rwwce.binary_real_world_weight_cross_entropy(logits, target, fn_weight=20.0)
         tensor(9.9260)
     """
-    V.check_loss_arguments(input, target, reduction, input_type)
-    if target.shape != input.shape:
-        raise ValueError(
-            f"target must have the input's shape {tuple(input.shape)}; got {tuple(target.shape)}"
-        )
+    fn, fp, weights = V.check_binary_call(
+        input,
+        target,
+        fn_weight,
+        fp_weight,
+        sample_weight=sample_weight,
+        reduction=reduction,
+        input_type=input_type,
+        validate=validate,
+    )
     dtype = compute_dtype(input.dtype)
-    device = input.device
-    fn = V.as_tensor("fn_weight", fn_weight, device=device, dtype=dtype)
-    fp = V.as_tensor("fp_weight", fp_weight, device=device, dtype=dtype)
-    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
-        _check_broadcasts(name, value, input.shape)
-
-    if V.should_check_data(validate, input, target, fn, fp, weights):
-        with torch.no_grad():  # values only: no autograd history on the check's results
-            for name, value in (("fn_weight", fn), ("fp_weight", fp), ("sample_weight", weights)):
-                V.check_weight_values(name, value)
-            if input_type == "probs":
-                V.check_probabilities(input)
-            else:
-                V.check_logits(input)
-                V.warn_if_sigmoid_output(input)
-            V.check_binary_targets(target)
-
     x = input.to(dtype)
     y = target.to(dtype)
     if input_type == "logits":
@@ -265,53 +251,7 @@ def binary_real_world_weight_cross_entropy(
     return total
 
 
-def _check_broadcasts(name: str, value: Tensor | None, shape: torch.Size) -> None:
-    if value is None:
-        return
-    try:
-        broadcast = torch.broadcast_shapes(value.shape, shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != shape:
-        raise ValueError(
-            f"{name} must be a number or broadcastable to the input's shape {tuple(shape)}; "
-            f"got shape {tuple(value.shape)}"
-        )
-
-
 def _safe_divide(total: Tensor, denominator: Tensor) -> Tensor:
     """total / denominator, and 0 (with a zero gradient) when the denominator is 0."""
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return torch.where(denominator > 0, total / safe, total * 0)
-
-
-def _pick_backend(backend: str, problem: Problem) -> Callable[[Problem], Tensor]:
-    """The one dispatch point: a backend's ``rwwce_loss(problem)``. ``'auto'`` takes Triton only
-    for CUDA inputs it supports, outside ``torch.compile`` and ``torch.func`` transforms."""
-    if backend == "torch" or (backend == "auto" and not problem.logits.is_cuda):
-        return reference.rwwce_loss
-    if reference.is_traced():
-        reason = (
-            "the Triton kernel does not run under torch.compile or torch.func transforms "
-            "(grad, vmap, jacrev, hessian)"
-        )
-    else:
-        try:
-            from rwwce.kernels import triton as triton_backend
-        except ImportError as error:  # pragma: no cover - the module guards its own triton import
-            reason = f"the Triton backend failed to import ({error})"
-        else:
-            if triton_backend.is_available():
-                reason = triton_backend.supports(problem)
-                if reason is None:
-                    return triton_backend.rwwce_loss
-            else:
-                reason = (
-                    "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 "
-                    "is not set"
-                )
-    if backend == "triton":
-        raise ValueError(
-            f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
-        )
-    return reference.rwwce_loss

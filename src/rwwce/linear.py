@@ -29,6 +29,7 @@ from torch import Tensor
 from rwwce import _problem
 from rwwce import _validate as V
 from rwwce.kernels import Problem, graph_is_retained, reference
+from rwwce.kernels.dispatch import backend_module, pick_backend
 from rwwce.kernels.reference import compute_dtype
 
 __all__ = ["linear_real_world_weight_cross_entropy"]
@@ -135,52 +136,24 @@ def linear_real_world_weight_cross_entropy(
         ...     hidden, head.weight, target, fp_weight=fp, linear_bias=head.bias, chunk_size=2)
         >>> loss.backward()
     """
-    _check_linear_arguments(input, linear_weight, linear_bias, target)
-    V.check_choice("reduction", reduction, V.REDUCTIONS)
-    V.check_choice("backend", backend, V.BACKENDS)
-    V.check_label_smoothing(label_smoothing)
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
-        raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}")
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
-    for name, value in (
-        ("fn_weight", fn_weight),
-        ("fp_weight", fp_weight),
-        ("sample_weight", sample_weight),
-        ("sample_costs", sample_costs),
-    ):
-        if isinstance(value, Tensor) and value.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(
-                f"{name} requires grad, but linear_real_world_weight_cross_entropy gives gradients "
-                "to input, linear_weight and linear_bias only; detach it, or use "
-                "real_world_weight_cross_entropy(F.linear(...)) for a gradient to it"
-            )
-
+    fn, fp, weights, costs = V.check_linear_call(
+        input,
+        linear_weight,
+        target,
+        fn_weight,
+        fp_weight,
+        linear_bias=linear_bias,
+        sample_weight=sample_weight,
+        sample_costs=sample_costs,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        chunk_size=chunk_size,
+        backend=backend,
+        validate=validate,
+    )
     num_classes, hidden = linear_weight.shape
-    dtype = compute_dtype(input.dtype)
-    device = input.device
-    fn_given, fn, fp = _problem.weight_tensors(fn_weight, fp_weight, num_classes, device, dtype)
-    weights = V.as_tensor("sample_weight", sample_weight, device=device, dtype=dtype)
-    weights = _sample_weight_per_row(weights, target.shape)
-    costs = V.as_tensor("sample_costs", sample_costs, device=device, dtype=dtype)
-    if costs is not None:
-        _problem.check_sample_costs_options(fn_given, fp, label_smoothing)
-        expected = (*target.shape, num_classes)
-        if tuple(costs.shape) != expected:
-            raise ValueError(
-                f"sample_costs must have shape {expected} (the target's shape plus the K = "
-                f"{num_classes} classes of linear_weight); got {tuple(costs.shape)}"
-            )
-        costs = costs.reshape(-1, num_classes)
-
-    if validate is None and torch.compiler.is_compiling():
-        validate = False
-    if V.should_check_data(validate, input, target, fn_given, fp, weights, costs):
-        _problem.check_weight_data(fn_given, fp, weights, costs)
-        V.check_class_targets(target, num_classes, ignore_index)
-
+    dtype, device = compute_dtype(input.dtype), input.device
     if fn is None:
         fn = torch.ones(num_classes, dtype=dtype, device=device)
     flat_target, row_scale, fn_rows, fp_rows = _rows(
@@ -223,86 +196,16 @@ def _rows(
     plain loss's own helpers (:mod:`rwwce._problem`): the targets (M,) with ignored rows on
     placeholder class 0; ``row_scale`` (M,) = ignore mask x sample weight / the reduction's
     denominator, 0 when the denominator is 0; and ``fn_rows`` (M,), ``fp_rows`` (M, K) from the
-    (M, K) cost rows (``None`` without them)."""
+    costs (the target's shape plus (K,); ``None`` without them)."""
     valid, flat = _problem.index_rows(target, ignore_index)
     row_weight = valid.to(fn.dtype)
     if weights is not None:
         row_weight = row_weight * weights.reshape(-1)
     fn_rows = fp_rows = None
     if costs is not None:
-        fn_rows, fp_rows = _problem.cost_rows(costs, flat)
+        fn_rows, fp_rows = _problem.cost_rows(costs.reshape(-1, costs.shape[-1]), flat)
     total = _problem.denominator(reduction, row_weight, flat, valid, fn, fn_rows)
     return flat, _problem.row_scale(row_weight, total, False), fn_rows, fp_rows
-
-
-def _check_linear_arguments(
-    input: object, linear_weight: object, linear_bias: object, target: object
-) -> None:
-    """Types, dtypes, devices and shapes of the tensors (metadata only, no data read)."""
-    V.check_input(input)
-    V.check_input(linear_weight, "linear_weight")
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor; got {type(target).__name__}")
-    if input.dim() == 0:
-        raise ValueError("input must have a feature dimension: shape (H,), (N, H) or (B, T, H)")
-    if linear_weight.dim() != 2:
-        raise ValueError(
-            f"linear_weight must have shape (K, H) as nn.Linear stores it; got "
-            f"{tuple(linear_weight.shape)}"
-        )
-    num_classes, hidden = linear_weight.shape
-    if input.shape[-1] != hidden:
-        raise ValueError(
-            f"linear_weight has shape {tuple(linear_weight.shape)} (K, H): its H = {hidden} must "
-            f"equal the input's last dimension; got input of shape {tuple(input.shape)}"
-        )
-    if num_classes == 0:
-        raise ValueError("linear_weight has 0 rows: the layer must output at least one class")
-    if linear_weight.dtype != input.dtype or linear_weight.device != input.device:
-        raise ValueError(
-            f"linear_weight is {linear_weight.dtype} on {linear_weight.device}; expected the "
-            f"input's dtype and device ({input.dtype} on {input.device})"
-        )
-    if linear_bias is not None:
-        V.check_input(linear_bias, "linear_bias")
-        if tuple(linear_bias.shape) != (num_classes,):
-            raise ValueError(
-                f"linear_bias must have shape ({num_classes},) for linear_weight of shape "
-                f"{tuple(linear_weight.shape)}; got {tuple(linear_bias.shape)}"
-            )
-        if linear_bias.dtype != input.dtype or linear_bias.device != input.device:
-            raise ValueError(
-                f"linear_bias is {linear_bias.dtype} on {linear_bias.device}; expected the "
-                f"input's dtype and device ({input.dtype} on {input.device})"
-            )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise TypeError(
-            f"target must hold class indices (an integer dtype); got dtype {target.dtype}. "
-            "Probability targets are (N, K) themselves: use "
-            "real_world_weight_cross_entropy(F.linear(...), target)"
-        )
-    if tuple(target.shape) != tuple(input.shape[:-1]):
-        raise ValueError(
-            f"target must have the input's leading shape {tuple(input.shape[:-1])} (one class "
-            f"per row of input {tuple(input.shape)}); got {tuple(target.shape)}"
-        )
-    if target.device != input.device:
-        raise ValueError(f"target is on {target.device} but the input is on {input.device}")
-
-
-def _sample_weight_per_row(weights: Tensor | None, target_shape: torch.Size) -> Tensor | None:
-    """The target's shape, or (B,) for a (B, T, ...) target (one weight per sequence)."""
-    if weights is None:
-        return None
-    if tuple(weights.shape) == tuple(target_shape):
-        return weights
-    if len(target_shape) > 1 and tuple(weights.shape) == (target_shape[0],):
-        return weights.reshape(-1, *([1] * (len(target_shape) - 1))).expand(target_shape)
-    raise ValueError(
-        f"sample_weight must have the target's shape {tuple(target_shape)}"
-        + (f" or ({target_shape[0]},)" if len(target_shape) > 1 else "")
-        + f"; got {tuple(weights.shape)}"
-    )
 
 
 def _resolve_backend(
@@ -314,36 +217,20 @@ def _resolve_backend(
     fn_rows: Tensor | None = None,
     fp_rows: Tensor | None = None,
 ) -> str:
-    """'torch' or 'triton' for the chunks: 'auto' takes Triton for CUDA inputs it supports."""
-    if backend == "torch" or (backend == "auto" and not input.is_cuda):
-        return "torch"
-    from rwwce.kernels import triton as triton_backend
-
-    if not triton_backend.is_available():
-        reason = (
-            "triton is not installed, or there is no CUDA device and TRITON_INTERPRET=1 is not set"
-        )
-    else:
-        # The kernel's checks read only metadata: an empty chunk of rows stands for them all.
-        empty = input.new_empty((0, num_classes))
-        reason = triton_backend.supports(
-            Problem(
-                empty,
-                target[:0],
-                empty.new_ones(num_classes),
-                fp,
-                empty.new_empty(0),
-                fn_rows=None if fn_rows is None else fn_rows[:0],
-                fp_rows=None if fp_rows is None else fp_rows[:0],
-            )
-        )
-    if reason is None:
-        return "triton"
-    if backend == "triton":
-        raise ValueError(
-            f"backend='triton' cannot run this call: {reason}; use backend='torch' or 'auto'"
-        )
-    return "torch"
+    """'torch' or 'triton' for the chunks, by the package's one dispatch point. The kernel's
+    checks read only metadata: an empty chunk of rows stands for them all. The operator is opaque
+    to ``torch.compile``, so the kernel runs when the compiled graph does (``traced=False``)."""
+    empty = input.new_empty((0, num_classes))
+    stand_in = Problem(
+        empty,
+        target[:0],
+        empty.new_ones(num_classes),
+        fp,
+        empty.new_empty(0),
+        fn_rows=None if fn_rows is None else fn_rows[:0],
+        fp_rows=None if fp_rows is None else fp_rows[:0],
+    )
+    return pick_backend(backend, stand_in, traced=False)
 
 
 def _chunk_rows(num_rows: int, hidden: int, num_classes: int, device: torch.device) -> int:
@@ -424,12 +311,12 @@ def _fused_linear_rwwce(
             reduce=False,
         )
         if not with_grad:
-            row_loss[start:stop] = _backend_module(backend).rwwce_loss(problem)
+            row_loss[start:stop] = backend_module(backend).rwwce_loss(problem)
             continue
         if backend == "torch":
             loss, grad = reference.rwwce_loss_and_grad(problem, out=grad_buffer[: stop - start])
         else:
-            loss, grad = _backend_module(backend).rwwce_loss_and_grad(problem)
+            loss, grad = backend_module(backend).rwwce_loss_and_grad(problem)
         row_loss[start:stop] = loss
         if acc_bias is not None:
             acc_bias.add_(grad.sum(dim=0, dtype=dtype))
@@ -548,11 +435,3 @@ def _backward(ctx, grad_loss, *_):
 
 
 _fused_linear_rwwce.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _backend_module(backend: str):
-    if backend == "triton":
-        from rwwce.kernels import triton as triton_backend
-
-        return triton_backend
-    return reference

@@ -361,10 +361,7 @@ class LinearRWWCELoss(_CostBuffers):
     ) -> None:
         super().__init__()
         fn, fp = _multiclass_buffers(fn_weight, fp_weight, reduction, label_smoothing, backend)
-        if chunk_size is not None and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be None or a positive int; got {chunk_size!r}")
+        V.check_chunk_size(chunk_size)
         self.register_buffer("fn_weight", fn)
         self.register_buffer("fp_weight", fp)
         self.ignore_index = ignore_index

@@ -35,8 +35,8 @@ from rwwce import _costmath
 from rwwce import _validate as V
 from rwwce._optional import require
 from rwwce._plotting import check_figure_path, new_figure
-from rwwce._problem import check_call, classes_last, prepare
-from rwwce._validate import check_class_names, to_tensor
+from rwwce._problem import classes_last, prepare
+from rwwce._validate import check_call, check_class_names, to_tensor
 from rwwce.costs import as_cost_matrix
 from rwwce.functional import real_world_weight_cross_entropy
 from rwwce.kernels.reference import log_one_minus_softmax

@@ -1,7 +1,7 @@
 """Backends that compute the RWWCE loss on a flattened (M, K) problem.
 
-Every backend module exposes one function (the one dispatch point lives in
-``rwwce.functional``)::
+Every backend module exposes one function (the one dispatch point, which picks the module, is
+:func:`rwwce.kernels.dispatch.pick_backend`)::
 
     rwwce_loss(problem: Problem) -> Tensor
 

@@ -31,7 +31,7 @@ for the executable spec). Three layers:
 
 Triton is optional: its import here is guarded, so importing this module never fails when triton
 is missing (``is_available()`` then returns False), and ``import rwwce`` never imports this module
-(``rwwce.functional`` imports it on the first call that may use it).
+(``rwwce.kernels.dispatch`` imports it on the first call that may use it).
 ``TRITON_INTERPRET=1`` must be in the environment before this module is first imported (triton
 decides at ``@triton.jit`` decoration time whether a kernel runs in its interpreter); then
 ``rwwce_loss`` accepts CPU tensors and runs the same kernel code in the interpreter.
