@@ -553,21 +553,22 @@ def _rows_forward(
     sum_others = sum_others.clamp_min(tiny)  # as a divisor: q = 0 there anyway
     log_total = _softplus(-d)
     p_max = torch.sigmoid(d)
-    p = q * (torch.sigmoid(-d) / sum_others)  # p_j = (1 - p_m) q_j / S for j != m
-    p.scatter_(1, argmax, p_max)
+    # p_j = (1 - p_m) q_j / S for j != m; kept negated (and 0 at m) for log1p below.
+    minus_p = q * (torch.sigmoid(-d) / sum_others).neg_()
 
     # FN term: -sum_k a_k log p_k = fn_total * log_total - fn_dot, with a = y * fn.
     fn_coef, fn_t, fn_total, fn_dot = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
     torch.sub(fn_total * log_total, fn_dot, out=out_loss.unsqueeze(1))
 
-    # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights).
+    # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights); the arg-max
+    # class's log(1 - p_m) = -softplus(d), never through 1 - p_m (log1p(-0) = 0 holds its place).
     w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, num_classes)
-    one_minus_p = torch.neg(p)
-    log_not_p = torch.log1p(one_minus_p)
-    # log(1 - p_m) = -softplus(d); capped so that a zero weight times it stays 0 when d = +inf.
+    w_max = w.gather(1, argmax)
+    log_not_p = torch.log1p(minus_p)
+    # Capped so that a zero weight times it stays 0 when d = +inf.
     log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
-    log_not_p.scatter_(1, argmax, log_not_p_max)
-    out_loss.sub_(log_not_p.mul_(w).sum(dim=1))
+    out_loss.sub_(torch.linalg.vecdot(log_not_p, w))
+    out_loss.sub_((w_max * log_not_p_max).squeeze(1))
     if out_grad is None:
         return
 
@@ -578,17 +579,19 @@ def _rows_forward(
     # and p_i / (1 - p_m) = q_i / S (softmax over the classes != m):
     #   i != m:  dL/dz_i = r_i - p_i R' - w_m p_m q_i / S
     #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
-    # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2.
-    # r is built in the gradient buffer itself, which then receives the other terms in place.
-    r = torch.div(p, one_minus_p.add_(1.0), out=out_grad)
-    r.scatter_(1, argmax, 0.0)
+    # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2. With the FN gradient
+    # p_i sum_k a_k - a_i and p_i = (1 - p_m) q_i / S, every i != m term but r_i is q_i times a
+    # row factor. r is built in the gradient buffer itself (r_m = 0 since p is 0 there).
+    p_minus_one = torch.sub(minus_p.new_tensor(-1.0), minus_p, out=log_not_p)
+    r = torch.div(minus_p, p_minus_one, out=out_grad)
     r.mul_(w)
     r_sum = r.sum(dim=1, keepdim=True)
-    w_max = w.gather(1, argmax)
-    # FP gradient plus the FN gradient p_i * sum_k a_k - a_i, sharing the p_i factor.
-    out_grad.addcmul_(p, fn_total - r_sum)
-    out_grad.addcmul_(q, w_max * p_max / sum_others, value=-1.0)
-    out_grad.scatter_add_(1, argmax, w_max * p_max)
+    one_minus_p_max = torch.sigmoid(-d)
+    q_factor = (one_minus_p_max * (fn_total - r_sum) - w_max * p_max) / sum_others
+    # An inactive row has q = 0 and S = 0: its factor (infinite once w_m > ~4) must not meet q.
+    q_factor.masked_fill_(inactive, 0.0)
+    out_grad.addcmul_(q, q_factor)
+    out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
 
 
