@@ -156,6 +156,14 @@ def _scaled_row_losses(
     inactive = (row_scale == 0).unsqueeze(1)
     chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
+    # The chunks' (R, K) temporaries live in one workspace made once per call: allocating them
+    # chunk by chunk costs page faults whenever the allocator hands the memory back to the OS.
+    has_fp = fp_weight is not None or fp_rows is not None
+    work = torch.empty(
+        (4 if has_fp else 1, min(chunk_rows, num_rows), num_classes),
+        dtype=dtype,
+        device=logits.device,
+    )
     for start in range(0, num_rows, chunk_rows):
         rows = slice(start, start + chunk_rows)
         _rows_forward(
@@ -169,6 +177,7 @@ def _scaled_row_losses(
             out_loss=row_loss[rows],
             out_grad=row_grad[rows] if row_grad is not None else None,
             inactive=inactive[rows],
+            work=work[:, : min(chunk_rows, num_rows - start)],
         )
     # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
     # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
@@ -504,8 +513,10 @@ def _rows_forward(
     out_loss: Tensor,
     out_grad: Tensor | None,
     inactive: Tensor,
+    work: Tensor,
 ) -> None:
-    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``.
+    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``;
+    ``work`` (4, R, K) holds the temporaries (1, R, K without an FP term).
 
     Logits enter only as z - max(z) (the shifted domain). ``inactive`` (R, 1) marks rows whose
     loss will be discarded (row_scale 0): their probabilities are made 0 (with an FP term by an
@@ -518,7 +529,7 @@ def _rows_forward(
     tiny = torch.finfo(z.dtype).tiny
     if not has_fp:
         # Without an FP term only log p is needed: PyTorch's log-softmax (shifted domain).
-        log_p = torch.log_softmax(z, dim=1)
+        log_p = torch.log_softmax(z, dim=1, out=work[0])
         fn_coef = fn_t = None
         if soft:
             fn_coef = target * fn_weight  # a, (R, K)
@@ -543,7 +554,7 @@ def _rows_forward(
     # q_j = exp(z_j - z_second) for j != m (q_m = 0), S = sum_j q_j.
     z_max, argmax = z.max(dim=1, keepdim=True)
     z_max = _finite_or_zero(z_max)
-    q = z.scatter(1, argmax, float("-inf"))
+    q = work[0].copy_(z).scatter_(1, argmax, float("-inf"))
     second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
     q.sub_(_discard(second_max, inactive)).exp_()
     sum_others = q.sum(dim=1, keepdim=True)
@@ -554,7 +565,7 @@ def _rows_forward(
     log_total = _softplus(-d)
     p_max = torch.sigmoid(d)
     # p_j = (1 - p_m) q_j / S for j != m; kept negated (and 0 at m) for log1p below.
-    minus_p = q * (torch.sigmoid(-d) / sum_others).neg_()
+    minus_p = torch.mul(q, (torch.sigmoid(-d) / sum_others).neg_(), out=work[1])
 
     # FN term: -sum_k a_k log p_k = fn_total * log_total - fn_dot, with a = y * fn.
     fn_coef, fn_t, fn_total, fn_dot = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
@@ -562,12 +573,12 @@ def _rows_forward(
 
     # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights); the arg-max
     # class's log(1 - p_m) = -softplus(d), never through 1 - p_m (log1p(-0) = 0 holds its place).
-    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, num_classes)
+    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, num_classes, out=work[2])
     w_max = w.gather(1, argmax)
-    log_not_p = torch.log1p(minus_p)
+    log_not_p = torch.log1p(minus_p, out=work[3])
     # Capped so that a zero weight times it stays 0 when d = +inf.
     log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
-    out_loss.sub_(torch.linalg.vecdot(log_not_p, w))
+    out_loss.sub_(log_not_p.mul_(w).sum(dim=1))
     out_loss.sub_((w_max * log_not_p_max).squeeze(1))
     if out_grad is None:
         return
@@ -630,26 +641,28 @@ def _fp_coefficients(
     fp_rows: Tensor | None,
     smoothing: float,
     num_classes: int,
+    out: Tensor | None = None,
 ) -> Tensor:
     """w = y @ FP for a chunk: (R, K); the rows' own FP weights ``fp_rows`` with 0 at the target
-    when given. A (K,) ``fp_weight`` v means FP[t, j] = v[j] for j != t."""
+    when given. A (K,) ``fp_weight`` v means FP[t, j] = v[j] for j != t. Written into ``out``
+    (R, K) when one is given (the eager sweep); ``None`` keeps it differentiable."""
+    t = target.unsqueeze(1)
     if fp_rows is not None:
-        return fp_rows.scatter(1, target.unsqueeze(1), 0.0)
+        return torch.scatter(fp_rows, 1, t, 0.0, out=out)
     if target.dim() == 2:  # soft targets
         if fp_weight.dim() == 2:
-            return target @ fp_weight
-        return fp_weight * (target.sum(dim=1, keepdim=True) - target)
+            return torch.matmul(target, fp_weight, out=out)
+        return torch.sub(target.sum(dim=1, keepdim=True), target, out=out).mul_(fp_weight)
     uniform = smoothing / num_classes
     if fp_weight.dim() == 2:
-        w = fp_weight.index_select(0, target)
+        w = torch.index_select(fp_weight, 0, target, out=out)
         if smoothing:
-            w = w * (1.0 - smoothing) + uniform * fp_weight.sum(dim=0)
+            w.mul_(1.0 - smoothing).add_(uniform * fp_weight.sum(dim=0))
         return w
     # (y @ FP)_j = v_j * (1 - y_j) with y = (1 - e) onehot(t) + e / K.
     w = (fp_weight * (1.0 - uniform)).expand(target.shape[0], num_classes)
-    return w.scatter_add(
-        1, target.unsqueeze(1), -(1.0 - smoothing) * fp_weight[target].unsqueeze(1)
-    )
+    fp_target = -(1.0 - smoothing) * fp_weight[target].unsqueeze(1)
+    return torch.scatter_add(w, 1, t, fp_target, out=out)
 
 
 def _fn_terms(
