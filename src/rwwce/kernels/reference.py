@@ -156,14 +156,13 @@ def _scaled_row_losses(
     inactive = (row_scale == 0).unsqueeze(1)
     chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
-    # The chunks' (R, K) temporaries live in one workspace made once per call: allocating them
+    # The chunks' (R, K) temporaries are made once per call (one tensor each): allocating them
     # chunk by chunk costs page faults whenever the allocator hands the memory back to the OS.
     has_fp = fp_weight is not None or fp_rows is not None
-    work = torch.empty(
-        (4 if has_fp else 1, min(chunk_rows, num_rows), num_classes),
-        dtype=dtype,
-        device=logits.device,
-    )
+    shape = (min(chunk_rows, num_rows), num_classes)
+    work = [
+        torch.empty(shape, dtype=dtype, device=logits.device) for _ in range(4 if has_fp else 1)
+    ]
     for start in range(0, num_rows, chunk_rows):
         rows = slice(start, start + chunk_rows)
         _rows_forward(
@@ -177,7 +176,7 @@ def _scaled_row_losses(
             out_loss=row_loss[rows],
             out_grad=row_grad[rows] if row_grad is not None else None,
             inactive=inactive[rows],
-            work=work[:, : min(chunk_rows, num_rows - start)],
+            work=[buffer[: num_rows - start] for buffer in work],
         )
     # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
     # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
@@ -513,10 +512,10 @@ def _rows_forward(
     out_loss: Tensor,
     out_grad: Tensor | None,
     inactive: Tensor,
-    work: Tensor,
+    work: list[Tensor],
 ) -> None:
     """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``;
-    ``work`` (4, R, K) holds the temporaries (1, R, K without an FP term).
+    ``work`` holds the temporaries: four (R, K) buffers (one without an FP term).
 
     Logits enter only as z - max(z) (the shifted domain). ``inactive`` (R, 1) marks rows whose
     loss will be discarded (row_scale 0): their probabilities are made 0 (with an FP term by an
