@@ -305,6 +305,85 @@ def test_compiled_equals_eager_across_batch_sizes_without_recompiling(backend):
     assert counters["stats"]["unique_graphs"] == 1  # no recompilation
 
 
+def _hard_rows(num_classes, dtype):
+    """Logits that stress the compiled form: random rows, an all-zero row (every class tied), a
+    tied maximum pair, a logit gap of 1e4, a common offset of 1e6."""
+    z = torch.randn(8, num_classes, dtype=torch.float64) * 3
+    z[1] = 0.0
+    z[2, :2] = z[2].max() + 1.0
+    z[3, 0] += 1e4
+    z[4] += 1e6
+    return z.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("target_kind", ["index", "smoothed", "soft"])
+@pytest.mark.parametrize("fp_kind", [None, "vector", "matrix"])
+def test_compiled_form_matches_the_float64_definition(fp_kind, target_kind, dtype):
+    """Compiled, only the logits need a gradient: the loss takes a form of its own (row
+    statistics, ties handled as a set, no arg-max). Against the float64 definition, values and
+    gradients, on tied, far-apart and offset logits, with a random upstream gradient."""
+    k = 5
+    z = _hard_rows(k, dtype)
+    t = torch.randint(0, k, (8,))
+    smoothing = 0.2 if target_kind == "smoothed" else 0.0
+    target = torch.softmax(torch.randn(8, k), dim=1).to(dtype) if target_kind == "soft" else t
+    fn = torch.rand(k, dtype=dtype) + 0.5
+    fp = {None: None, "vector": torch.rand(k, dtype=dtype) * 3}.get(fp_kind)
+    if fp_kind == "matrix":
+        fp = (torch.rand(k, k, dtype=dtype) * 3).fill_diagonal_(0)
+
+    def loss_fn(x):
+        return RW(x, target, fn, fp, reduction="none", label_smoothing=smoothing)
+
+    torch._dynamo.reset()  # each case compiles anew (the same code object, other constants)
+    compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    x = z.clone().requires_grad_()
+    got = compiled(x)
+    upstream = torch.rand(8, dtype=dtype) + 0.5
+    (got_grad,) = torch.autograd.grad(got, x, upstream)
+
+    y = target.double() if target_kind == "soft" else F.one_hot(t, k).double()
+    y = y * (1 - smoothing) + smoothing / k
+    fp_matrix = None if fp is None else fp.double()
+    if fp_kind == "vector":
+        fp_matrix = fp.double().expand(k, k) * (1 - torch.eye(k, dtype=torch.float64))
+    # The definition's own logsumexp loses digits at an offset of 1e6; the loss is invariant to
+    # it, and subtracting the row maximum is exact, so the oracle sees shifted rows.
+    x64 = (z.double() - z.double().amax(dim=1, keepdim=True)).requires_grad_()
+    expected = rwwce_float64(x64, y, fn.double(), fp_matrix)
+    (expected_grad,) = torch.autograd.grad(expected, x64, upstream.double())
+    tol = dict(rtol=1e-12, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-6, atol=1e-5)
+    torch.testing.assert_close(got.double(), expected.detach(), **tol)
+    torch.testing.assert_close(got_grad.double(), expected_grad, **tol)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_form_with_sample_costs_and_masked_ignored_rows(backend):
+    """Per-sample costs and ignored rows whose logits are -inf (a large FP cost must not turn
+    their zero gradient into NaN), compiled, against the eager loss."""
+    k = 6
+    z = _hard_rows(k, torch.float32)
+    z[5, 1:] = float("-inf")
+    z[6] = float("-inf")
+    t = torch.randint(0, k, (8,))
+    t[5] = t[6] = -100
+    costs = torch.rand(8, k) * 1e4
+
+    def loss_fn(x):
+        return RW(x, t, sample_costs=costs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, backend=backend, fullgraph=True)
+    x = z.clone().requires_grad_()
+    (got_grad,) = torch.autograd.grad(compiled(x), x)
+    x_eager = z.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(loss_fn(x_eager), x_eager)
+    assert torch.isfinite(got_grad).all()
+    assert (got_grad[5:7] == 0).all()
+    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-3)
+
+
 def test_compiled_soft_targets_and_smoothing_aot_eager():
     fp = torch.rand(4)
 
