@@ -12,6 +12,7 @@ import rwwce
 
 SRC = Path(rwwce.__file__).parent
 
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
