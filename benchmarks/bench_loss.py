@@ -4,8 +4,9 @@ and (``--memory``) peak extra memory against its baselines.
 Time: every case of a shape runs in one process, interleaved round by round, and each case is
 reported as the median over rounds of its time divided by the same round's eager
 ``F.cross_entropy(weight=)``: a machine whose load drifts affects both sides of a ratio alike.
-Cases: PyTorch CE eager (the baseline) and compiled (``torch.compile`` around the call); rwwce
-with ``fp_weight=None``; rwwce with an FP matrix (an FP vector at K >= 10000), eager and compiled.
+Cases: PyTorch CE eager (the baseline) and compiled (``torch.compile`` around the call, compiled
+afresh for each shape); rwwce with ``fp_weight=None``; rwwce with an FP matrix (an FP vector at
+K >= 10000), eager and compiled.
 
 Memory: each case runs in a fresh subprocess so that its peak resident memory (``ru_maxrss``) is
 its own; reported as extra bytes over the inputs, and in units of one (N, K) buffer. Baselines
@@ -175,6 +176,9 @@ def time_shape(rows: int, num_classes: int, rounds: int) -> list[dict]:
     gen = torch.Generator().manual_seed(1)
     x = (torch.randn(rows, num_classes, generator=gen) * 3).requires_grad_()
     t = torch.randint(0, num_classes, (rows,), generator=gen)
+    # Each shape compiles afresh, as in a training run with one model: otherwise the second shape
+    # recompiles with the class count symbolic too, which no such run sees.
+    torch._dynamo.reset()
     losses = time_losses(num_classes)
 
     def step(loss_fn) -> float:

@@ -21,17 +21,20 @@ so log(1 - p_m) never goes through ``1 - p_m`` (which is 0 in float32 once the l
 about 17), and for j != m, p_j <= 1/2 so ``log1p(-p_j)`` is accurate: a logit gap of 1e4 gives
 log(1 - p_m) = -1e4 exactly, not -inf. Nothing is clipped.
 
-Two paths compute the same function:
+Three forms compute the same function:
 
 * eager, an ``autograd.Function`` (:class:`_RWWCEFunction`) whose forward computes the loss and
   the analytic logits gradient in one sweep over row chunks that fit in cache; the only (M, K)
-  buffers are that gradient and the scaled one ``backward`` returns. No (M, K, K) tensor is
-  ever built. When another input needs a gradient (soft targets, weights, ``row_scale``), or
-  under ``create_graph=True``, backward recomputes the row losses with composite operations and
-  differentiates them with autograd: exact, and differentiable again.
-* under ``torch.compile`` with only the logits needing a gradient, the same ``autograd.Function``
-  traced as one chunk (its forward and analytic backward become graph code the compiler fuses;
-  no loop over M, so the batch size stays symbolic);
+  buffer is that gradient, which ``backward`` scales in place (unless the graph is retained).
+  No (M, K, K) tensor is ever built. When another input needs a gradient (soft targets,
+  weights, ``row_scale``), or under ``create_graph=True``, backward recomputes the row losses
+  with composite operations and differentiates them with autograd: exact, and differentiable
+  again.
+* under ``torch.compile`` with only the logits needing a gradient, :class:`_TracedRWWCEFunction`:
+  the forward keeps a few row statistics and the backward recomputes the gradient from them,
+  both out-of-place element-wise work and row reductions (no arg-max, scatter or stored (M, K)
+  temporary) that the compiler fuses into a few loops; no loop over M, so the batch size stays
+  symbolic. It treats the maximal classes as a set (ties are exact) rather than one arg-max.
 * under ``torch.func`` transforms, and compiled when another input needs a gradient, the
   composite operations themselves (:func:`_composite_loss`): every transform (grad, vmap,
   jacrev, jacfwd, hessian) composes with them and the compiler derives their backward.
@@ -592,7 +595,7 @@ def _rows_forward(
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2. With the FN gradient
     # p_i sum_k a_k - a_i and p_i = (1 - p_m) q_i / S, every i != m term but r_i is q_i times a
     # row factor. r is built in the gradient buffer itself (r_m = 0 since p is 0 there).
-    p_minus_one = torch.sub(minus_p.new_tensor(-1.0), minus_p, out=log_not_p)
+    p_minus_one = torch.sub(minus_p.new_full((), -1.0), minus_p, out=log_not_p)
     r = torch.div(minus_p, p_minus_one, out=out_grad)
     r.mul_(w)
     r_sum = r.sum(dim=1, keepdim=True)
