@@ -257,41 +257,27 @@ class _TracedRWWCEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, options):
-        z = logits.to(compute_dtype(logits.dtype))
-        row_loss, stats = _traced_forward(
-            z, target, fn_weight, fp_weight, fn_rows, fp_rows, options.label_smoothing
-        )
-        ctx.save_for_backward(
-            logits, target, fn_weight, fp_weight, fn_rows, fp_rows, row_scale, *stats
-        )
+        inputs = (logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows)
+        row_loss, stats = _traced_forward(Problem(*inputs, options.label_smoothing))
+        ctx.save_for_backward(*inputs, *stats)
         ctx.options = options
         scaled = torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
         return scaled.sum() if options.reduce else scaled
 
     @staticmethod
     def backward(ctx, grad_output):
-        logits, target, fn_weight, fp_weight, fn_rows, fp_rows, row_scale, *stats = (
-            ctx.saved_tensors
-        )
-        z = logits.to(compute_dtype(logits.dtype))
-        grad = _traced_grad(
-            z, target, fn_weight, fp_weight, fn_rows, fp_rows, ctx.options.label_smoothing, stats
-        )
+        saved = ctx.saved_tensors
+        problem = Problem(*saved[:7], ctx.options.label_smoothing)
+        grad = _traced_grad(problem, saved[7:])
+        row_scale = problem.row_scale
         scale = (row_scale * grad_output.to(row_scale.dtype)).unsqueeze(1)
         grad = torch.where(scale == 0, torch.zeros_like(grad), grad * scale)
-        return (grad.to(logits.dtype),) + (None,) * 7
+        return (grad.to(problem.logits.dtype),) + (None,) * 7
 
 
-def _traced_forward(
-    z: Tensor,
-    target: Tensor,
-    fn_weight: Tensor,
-    fp_weight: Tensor | None,
-    fn_rows: Tensor | None,
-    fp_rows: Tensor | None,
-    smoothing: float,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Row losses (R,) of logits z (R, K) and the row statistics :func:`_traced_grad` needs.
+def _traced_forward(problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Row losses (R,) of the problem's logits z (R, K) and the row statistics
+    :func:`_traced_grad` needs (``row_scale`` and ``reduce`` are the caller's).
 
     The maximal classes are the set z_j == max(z) (c of them: ties are exact), and d is the
     log-odds of each, with e^-d = (c - 1) + sum_{z_j < max} exp(z_j - max). Then
@@ -300,6 +286,7 @@ def _traced_forward(
     unique maximum d is taken from the sum relative to the second-largest logit, which cannot
     underflow: exact at any logit gap.
     """
+    z, target, fn_weight, fp_weight, fn_rows, fp_rows, smoothing = _row_inputs(problem)
     z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
     _, _, fn_total, fn_dot = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
     if fp_weight is None and fp_rows is None:
@@ -325,16 +312,7 @@ def _traced_forward(
     return loss.squeeze(1), (z_max, z_second, count, d, sum_others, r_sum, w_max)
 
 
-def _traced_grad(
-    z: Tensor,
-    target: Tensor,
-    fn_weight: Tensor,
-    fp_weight: Tensor | None,
-    fn_rows: Tensor | None,
-    fp_rows: Tensor | None,
-    smoothing: float,
-    stats: list[Tensor],
-) -> Tensor:
+def _traced_grad(problem: Problem, stats: list[Tensor]) -> Tensor:
     """d loss_row / d z (R, K) from the logits and :func:`_traced_forward`'s row statistics.
 
     With the maximal classes M (c of them), W = sum_{j in M} w_j, r_j = w_j p_j / (1 - p_j) and
@@ -345,6 +323,7 @@ def _traced_grad(
     is bounded (r_m = w_m p_m / (1 - p_m) itself, unbounded, is never formed). The FN term adds
     p_j sum_k a_k - a_j.
     """
+    z, target, fn_weight, fp_weight, fn_rows, fp_rows, smoothing = _row_inputs(problem)
     z_max = stats[0]
     # The row sum fn_dot goes unused here; the compiler drops it.
     fn_coef, fn_t, fn_total, _ = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
@@ -606,6 +585,20 @@ def _rows_forward(
     out_grad.addcmul_(q, q_factor)
     out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
+
+
+def _row_inputs(problem: Problem) -> tuple:
+    """(z, target, fn_weight, fp_weight, fn_rows, fp_rows, smoothing), with the logits z in the
+    compute dtype."""
+    z = problem.logits.to(compute_dtype(problem.logits.dtype))
+    fields = (
+        problem.target,
+        problem.fn_weight,
+        problem.fp_weight,
+        problem.fn_rows,
+        problem.fp_rows,
+    )
+    return (z, *fields, float(problem.label_smoothing))
 
 
 def _finite_or_zero(row_max: Tensor) -> Tensor:
