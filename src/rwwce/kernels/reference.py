@@ -298,8 +298,8 @@ def _traced_forward(problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
     z_second = _finite_or_zero(torch.where(is_max, float("-inf"), z).amax(dim=1, keepdim=True))
     w_max = torch.where(is_max, w, 0.0).sum(dim=1, keepdim=True)
     near = torch.where(is_max, 0.0, torch.exp(z - z_max)).sum(dim=1, keepdim=True)
-    # Taken relative to the maximum, d underflows once the gap to the second logit passes ~87
-    # (float32); it serves the probabilities below, which are 0 and 1 there anyway.
+    # Relative to the maximum, this sum underflows once the gap to the second logit passes ~87
+    # (float32); d_near serves only the probabilities below, which are 0 and 1 there anyway.
     d_near = -torch.log((count - 1) + near)
     e = torch.where(is_max, 0.0, torch.exp(z - z_second))
     p = e * (torch.sigmoid(d_near) * torch.exp(z_second - z_max))  # 0 at the maximal classes
