@@ -131,28 +131,18 @@ def rwwce_loss_and_grad(problem: Problem, *, out: Tensor | None = None) -> tuple
     grad = out
     if grad is None:
         grad = torch.empty(logits.shape, dtype=compute_dtype(logits.dtype), device=logits.device)
-    row_loss = _scaled_row_losses(
-        logits, problem.target, problem.fn_weight, problem.fp_weight, problem.row_scale,
-        problem.fn_rows, problem.fp_rows, float(problem.label_smoothing), grad,
-    )  # fmt: skip
+    row_loss = _scaled_row_losses(problem, grad)
     # Rows with row_scale 0 hold a finite gradient (see _rows_forward), so this zeroes them exactly.
     grad.mul_(problem.row_scale.to(grad.dtype).unsqueeze(1))
     return row_loss, grad
 
 
-def _scaled_row_losses(
-    logits: Tensor,
-    target: Tensor,
-    fn_weight: Tensor,
-    fp_weight: Tensor | None,
-    row_scale: Tensor,
-    fn_rows: Tensor | None,
-    fp_rows: Tensor | None,
-    smoothing: float,
-    row_grad: Tensor | None,
-) -> Tensor:
+def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
     """``row_scale * loss_row`` (M,), chunk by chunk; writes d loss_row / d logits (unscaled)
-    into ``row_grad`` when one is given."""
+    into ``row_grad`` when one is given. ``problem.reduce`` is the caller's."""
+    logits, row_scale, fn_rows, fp_rows = (
+        problem.logits, problem.row_scale, problem.fn_rows, problem.fp_rows
+    )  # fmt: skip
     num_rows, num_classes = logits.shape
     dtype = compute_dtype(logits.dtype)
     row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
@@ -161,7 +151,7 @@ def _scaled_row_losses(
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
     # The chunks' (R, K) temporaries are made once per call (one tensor each): allocating them
     # chunk by chunk costs page faults whenever the allocator hands the memory back to the OS.
-    has_fp = fp_weight is not None or fp_rows is not None
+    has_fp = problem.fp_weight is not None or fp_rows is not None
     shape = (min(chunk_rows, num_rows), num_classes)
     work = [
         torch.empty(shape, dtype=dtype, device=logits.device) for _ in range(4 if has_fp else 1)
@@ -170,10 +160,10 @@ def _scaled_row_losses(
         rows = slice(start, start + chunk_rows)
         _rows_forward(
             logits[rows].to(dtype),
-            target[rows],
-            fn_weight,
-            fp_weight,
-            smoothing,
+            problem.target[rows],
+            problem.fn_weight,
+            problem.fp_weight,
+            float(problem.label_smoothing),
             fn_rows=None if fn_rows is None else fn_rows[rows],
             fp_rows=None if fp_rows is None else fp_rows[rows],
             out_loss=row_loss[rows],
@@ -202,10 +192,11 @@ class _RWWCEFunction(torch.autograd.Function):
             if ctx.needs_input_grad[0]
             else None
         )
-        row_loss = _scaled_row_losses(
-            logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows,
-            options.label_smoothing, row_grad,
-        )  # fmt: skip
+        problem = Problem(
+            *(logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows),
+            options.label_smoothing,
+        )
+        row_loss = _scaled_row_losses(problem, row_grad)
         ctx.save_for_backward(
             logits, target, fn_weight, fp_weight, row_scale, fn_rows, fp_rows, row_grad
         )
@@ -545,8 +536,9 @@ def _rows_forward(
     sum_others = sum_others.clamp_min(tiny)  # as a divisor: q = 0 there anyway
     log_total = _softplus(-d)
     p_max = torch.sigmoid(d)
+    one_minus_p_max = torch.sigmoid(-d)
     # p_j = (1 - p_m) q_j / S for j != m; kept negated (and 0 at m) for log1p below.
-    minus_p = torch.mul(q, (torch.sigmoid(-d) / sum_others).neg_(), out=work[1])
+    minus_p = torch.mul(q, (one_minus_p_max / sum_others).neg_(), out=work[1])
 
     # FN term: -sum_k a_k log p_k = fn_total * log_total - fn_dot, with a = y * fn.
     fn_coef, fn_t, fn_total, fn_dot = _fn_terms(z, z_max, target, fn_weight, fn_rows, smoothing)
@@ -578,7 +570,6 @@ def _rows_forward(
     r = torch.div(minus_p, p_minus_one, out=out_grad)
     r.mul_(w)
     r_sum = r.sum(dim=1, keepdim=True)
-    one_minus_p_max = torch.sigmoid(-d)
     q_factor = (one_minus_p_max * (fn_total - r_sum) - w_max * p_max) / sum_others
     # An inactive row has q = 0 and S = 0: its factor (infinite once w_m > ~4) must not meet q.
     q_factor.masked_fill_(inactive, 0.0)
