@@ -12,7 +12,8 @@ Per row, with logits z, p = softmax(z), FN weights a = y * fn and FP weights w =
 Numerics. Everything is computed in the shifted domain: logits enter only as differences
 z_j - max(z), so a common offset (1e6, or -1e30) changes nothing, as in PyTorch's log-softmax.
 Let m be the row's arg-max and d = z_m - logsumexp_{j != m} z_j (the log-odds of the arg-max
-class), itself taken relative to the second-largest logit. Then, exactly,
+class; a row whose other classes all underflow against z_m takes them relative to the
+second-largest logit). Then, exactly,
 
     log p_m       = -softplus(-d)        log(1 - p_m) = -softplus(d)
     p_j           = q_j * sigmoid(-d)    for j != m, with q = softmax over the classes j != m
@@ -61,6 +62,9 @@ __all__ = [
 # large enough that Python overhead per chunk is negligible. CUDA prefers few, large launches.
 _CPU_CHUNK_ELEMENTS = 1 << 20
 _CUDA_CHUNK_ELEMENTS = 1 << 26
+# A sum of exp(z_j - z_max) below this has lost digits to underflow (float32's smallest normal is
+# 2^-126; float64 keeps more, but the exact path is cheap and rare).
+_FAR_SUM = 2.0**-100
 
 
 def rwwce_loss(problem: Problem) -> Tensor:
@@ -522,17 +526,15 @@ def _rows_forward(
             _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
         return
 
-    # Arg-max m, and the log-sum-exp of the other classes taken relative to the second max:
-    # q_j = exp(z_j - z_second) for j != m (q_m = 0), S = sum_j q_j.
+    # Arg-max m, q_j = exp(z_j - z_m) for j != m (q_m = 0) and S = sum_j q_j, so that
+    # d = z_m - logsumexp_{j != m} z_j = -log S: +inf when every other logit is -inf. In the
+    # shifted domain log p_k = z_k - z_max - log_total with log_total = softplus(-d).
     z_max, argmax = z.max(dim=1, keepdim=True)
     z_max = _finite_or_zero(z_max)
-    q = work[0].copy_(z).scatter_(1, argmax, float("-inf"))
-    second_max = _finite_or_zero(q.amax(dim=1, keepdim=True))
-    q.sub_(_discard(second_max, inactive)).exp_()
+    q = torch.sub(z, _discard(z_max, inactive), out=work[0]).exp_().scatter_(1, argmax, 0.0)
     sum_others = q.sum(dim=1, keepdim=True)
-    # d = z_m - logsumexp_{j != m} z_j: +inf when every other logit is -inf. In the shifted
-    # domain log p_k = z_k - z_max - log_total with log_total = softplus(-d).
-    d = (z_max - second_max) - sum_others.log()
+    d = sum_others.log().neg_()
+    _shift_far_rows_by_second_max(z, argmax, z_max, inactive, q, sum_others, d)
     sum_others = sum_others.clamp_min(tiny)  # as a divisor: q = 0 there anyway
     log_total = _softplus(-d)
     p_max = torch.sigmoid(d)
@@ -576,6 +578,40 @@ def _rows_forward(
     out_grad.addcmul_(q, q_factor)
     out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
+
+
+def _shift_far_rows_by_second_max(
+    z: Tensor,
+    argmax: Tensor,
+    z_max: Tensor,
+    inactive: Tensor,
+    q: Tensor,
+    sum_others: Tensor,
+    d: Tensor,
+) -> None:
+    """Redo q, S and d in place for the rows whose other classes all lie far below the arg-max.
+
+    Once z_m - z_j passes about 87 (float32) for every j != m, exp(z_j - z_m) underflows and
+    S = sum_j q_j loses its digits (or is 0, making d infinite). Those rows take the other
+    classes relative to their own maximum z_s instead: q_j = exp(z_j - z_s) and
+    d = (z_m - z_s) - log S. The products q_j / S the caller forms are the same either way.
+    """
+    far = (sum_others < _FAR_SUM) & ~inactive
+    if z.device.type == "cpu":  # picking the far rows reads the mask: free on the CPU
+        rows = far.squeeze(1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return
+        far = far[rows]
+    else:  # every row, kept where far: no synchronisation with the host
+        rows = torch.arange(z.shape[0], device=z.device)
+    others = z[rows].scatter(1, argmax[rows], float("-inf"))
+    second_max = _finite_or_zero(others.amax(dim=1, keepdim=True))
+    q_far = others.sub_(second_max).exp_()
+    sum_far = q_far.sum(dim=1, keepdim=True)
+    d_far = (z_max[rows] - second_max) - sum_far.log()
+    q[rows] = torch.where(far, q_far, q[rows])
+    sum_others[rows] = torch.where(far, sum_far, sum_others[rows])
+    d[rows] = torch.where(far, d_far, d[rows])
 
 
 def _row_inputs(problem: Problem) -> tuple:
