@@ -548,11 +548,15 @@ def _rows_forward(
 
     # FP term: -sum_j w_j log(1 - p_j) with w = y @ FP (or the row's own FP weights); the arg-max
     # class's log(1 - p_m) = -softplus(d), never through 1 - p_m (log1p(-0) = 0 holds its place).
-    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, num_classes, out=work[2])
-    w_max = w.gather(1, argmax)
+    w, w_at_target = _sweep_fp_coefficients(target, fp_weight, fp_rows, smoothing, work[2])
+    w_max = w.expand_as(z).gather(1, argmax)
     log_not_p = torch.log1p(minus_p, out=work[3])
     # Capped so that a zero weight times it stays 0 when d = +inf.
     log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
+    if w_at_target is not None:
+        t = target.unsqueeze(1)
+        w_max = w_max + torch.where(argmax == t, w_at_target, 0.0)
+        out_loss.sub_((w_at_target * log_not_p.gather(1, t)).squeeze(1))
     out_loss.sub_(log_not_p.mul_(w).sum(dim=1))
     out_loss.sub_((w_max * log_not_p_max).squeeze(1))
     if out_grad is None:
@@ -570,7 +574,10 @@ def _rows_forward(
     # row factor. r is built in the gradient buffer itself (r_m = 0 since p is 0 there).
     p_minus_one = torch.sub(minus_p.new_full((), -1.0), minus_p, out=log_not_p)
     r = torch.div(minus_p, p_minus_one, out=out_grad)
+    r_target = None if w_at_target is None else r.gather(1, t)
     r.mul_(w)
+    if r_target is not None:
+        r.scatter_add_(1, t, w_at_target * r_target)
     r_sum = r.sum(dim=1, keepdim=True)
     q_factor = (one_minus_p_max * (fn_total - r_sum) - w_max * p_max) / sum_others
     # An inactive row has q = 0 and S = 0: its factor (infinite once w_m > ~4) must not meet q.
@@ -655,6 +662,24 @@ def _subtract_fn_coefficients(
     grad.scatter_add_(1, target.unsqueeze(1), -(1.0 - smoothing) * fn_t)
     if smoothing:
         grad.sub_((smoothing / grad.shape[1]) * fn_weight)
+
+
+def _sweep_fp_coefficients(
+    target: Tensor,
+    fp_weight: Tensor | None,
+    fp_rows: Tensor | None,
+    smoothing: float,
+    out: Tensor,
+) -> tuple[Tensor, Tensor | None]:
+    """w = y @ FP for the eager sweep, as ``(w, w_at_target)``: w (R, K) written into ``out``,
+    and None; or, for class indices and a (K,) fp_weight v, w as one shared (1, K) row
+    v (1 - e/K) and ``w_at_target`` (R, 1) = -(1 - e) v_t, which the sweep adds at each row's
+    target column itself, so that no (R, K) w is written or read."""
+    if fp_rows is None and target.dim() == 1 and fp_weight.dim() == 1:
+        shared = (fp_weight * (1.0 - smoothing / fp_weight.shape[0])).unsqueeze(0)
+        return shared, -(1.0 - smoothing) * fp_weight[target].unsqueeze(1)
+    w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, out.shape[1], out=out)
+    return w, None
 
 
 def _fp_coefficients(
