@@ -2,8 +2,10 @@
 free port was taken in between. Shared by the tests of torch.distributed behaviour."""
 
 import contextlib
+import faulthandler
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 
@@ -17,25 +19,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(worker, world: int, *args, timeout_s: float = 90) -> None:
+def run_processes(worker, world: int, *args, timeout_s: float = 90, finished=None) -> None:
     """``worker(rank, world, port, *args)`` in ``world`` processes; raises with a child's
-    traceback if one fails, TimeoutError past ``timeout_s``."""
+    traceback if one fails, TimeoutError past ``timeout_s``. ``finished()``, when given, says
+    whether the workers' results are all written: past the deadline with it true, the
+    processes that have not exited are ended and reported on stderr instead."""
     try:
-        _run(worker, world, args, timeout_s)
+        _run(worker, world, args, timeout_s, finished)
     except mp.ProcessRaisedException as err:
         if "Address already in use" not in str(err):
             raise
-        _run(worker, world, args, timeout_s)  # the port was taken in between: once more
+        _run(worker, world, args, timeout_s, finished)  # the port was taken in between: again
 
 
-def _run(worker, world: int, args: tuple, timeout_s: float) -> None:
+def _child(rank: int, worker, dump_after_s: float, *args) -> None:
+    """A spawned child: runs the worker, prints every thread's stack to stderr if it is still
+    running at ``dump_after_s``, and exits at once when it returns, skipping the interpreter's
+    teardown (nothing the parent checks depends on it)."""
+    faulthandler.dump_traceback_later(dump_after_s, exit=False)
+    worker(rank, *args)
+    faulthandler.cancel_dump_traceback_later()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _run(worker, world: int, args: tuple, timeout_s: float, finished) -> None:
     ctx = mp.start_processes(
-        worker, args=(world, free_port(), *args), nprocs=world, join=False, start_method="spawn"
+        _child,
+        args=(worker, timeout_s / 2, world, free_port(), *args),
+        nprocs=world,
+        join=False,
+        start_method="spawn",
     )
     deadline = time.monotonic() + timeout_s
     try:
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
+                if finished is not None and finished():
+                    alive = sum(p.is_alive() for p in ctx.processes)
+                    print(
+                        f"{alive} of {world} gloo processes wrote their results but did not "
+                        f"exit in {timeout_s} s; ended",
+                        file=sys.stderr,
+                    )
+                    return
                 raise TimeoutError(f"the {world} gloo processes did not finish in {timeout_s} s")
     finally:
         for p in ctx.processes:
