@@ -361,6 +361,45 @@ def test_forms_match_the_float64_definition(fp_kind, target_kind, dtype, compile
     torch.testing.assert_close(got_grad.double(), expected_grad, **tol)
 
 
+@pytest.mark.parametrize("fp_kind", [None, "matrix"])
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean", "sum", "none"])
+def test_eager_backward_upstream_and_retained_graph(fp_kind, reduction):
+    """The eager form saves a row-scaled gradient and multiplies it by the upstream gradient (an
+    upstream 1 on the CPU skips that): against the float64 definition for an upstream 1 and a
+    random one, twice over a retained graph, and accumulated into ``.grad`` across calls."""
+    k = 5
+    z = torch.randn(6, k) * 3
+    t = torch.tensor([0, 1, 2, -100, 4, 1])
+    fn = torch.rand(k) + 0.5
+    fp = None if fp_kind is None else (torch.rand(k, k) * 3).fill_diagonal_(0)
+    kept = t != -100
+    y = F.one_hot(t.clamp_min(0), k).double()
+    x64 = z.double().requires_grad_()
+    rows = rwwce_float64(x64, y, fn.double(), None if fp is None else fp.double())
+    rows = torch.where(kept, rows, torch.zeros_like(rows))
+    truth = {
+        "mean": rows.sum() / kept.sum(),
+        "weighted_mean": rows.sum() / fn.double()[t[kept]].sum(),
+        "sum": rows.sum(),
+        "none": rows,
+    }[reduction]
+
+    x = z.clone().requires_grad_()
+    loss = RW(x, t, fn, fp, reduction=reduction)
+    torch.testing.assert_close(loss.double(), truth.detach(), rtol=1e-5, atol=1e-6)
+    for upstream in (torch.ones(loss.shape), torch.rand(loss.shape) + 0.5):
+        (expected,) = torch.autograd.grad(truth, x64, upstream.double(), retain_graph=True)
+        first = torch.autograd.grad(loss, x, upstream, retain_graph=True)[0].clone()
+        second = torch.autograd.grad(loss, x, upstream, retain_graph=True)[0]
+        torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(second, first)
+    upstream = torch.ones(loss.shape)
+    (expected,) = torch.autograd.grad(truth, x64, upstream.double())
+    for _ in range(2):  # .grad accumulates over two forward/backward passes
+        RW(x, t, fn, fp, reduction=reduction).backward(upstream)
+    torch.testing.assert_close(x.grad.double(), 2 * expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_form_with_sample_costs_and_masked_ignored_rows(backend):
     """Per-sample costs and ignored rows whose logits are -inf (a large FP cost must not turn

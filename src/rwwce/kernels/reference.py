@@ -25,8 +25,10 @@ log(1 - p_m) = -1e4 exactly, not -inf. Nothing is clipped.
 Three forms compute the same function:
 
 * eager, an ``autograd.Function`` (:class:`_RWWCEFunction`) whose forward computes the loss and
-  the analytic logits gradient in one sweep over row chunks that fit in cache; the only (M, K)
-  buffer is that gradient, which ``backward`` scales in place (unless the graph is retained).
+  the analytic logits gradient, already times ``row_scale``, in one sweep over row chunks that
+  fit in cache; the only (M, K) buffer is that gradient, which ``backward`` multiplies by the
+  upstream gradient in place (unless the graph is retained; not at all for the upstream 1 of a
+  CPU ``loss.backward()``).
   No (M, K, K) tensor is ever built. When another input needs a gradient (soft targets,
   weights, ``row_scale``), or under ``create_graph=True``, backward recomputes the row losses
   with composite operations and differentiates them with autograd: exact, and differentiable
@@ -135,22 +137,20 @@ def rwwce_loss_and_grad(problem: Problem, *, out: Tensor | None = None) -> tuple
     grad = out
     if grad is None:
         grad = torch.empty(logits.shape, dtype=compute_dtype(logits.dtype), device=logits.device)
-    row_loss = _scaled_row_losses(problem, grad)
-    # Rows with row_scale 0 hold a finite gradient (see _rows_forward), so this zeroes them exactly.
-    grad.mul_(problem.row_scale.to(grad.dtype).unsqueeze(1))
-    return row_loss, grad
+    return _scaled_row_losses(problem, grad), grad
 
 
 def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
-    """``row_scale * loss_row`` (M,), chunk by chunk; writes d loss_row / d logits (unscaled)
-    into ``row_grad`` when one is given. ``problem.reduce`` is the caller's."""
+    """``row_scale * loss_row`` (M,), chunk by chunk; writes ``row_scale[:, None] * d loss_row /
+    d logits`` into ``row_grad`` when one is given. ``problem.reduce`` is the caller's."""
     logits, row_scale, fn_rows, fp_rows = (
         problem.logits, problem.row_scale, problem.fn_rows, problem.fp_rows
     )  # fmt: skip
     num_rows, num_classes = logits.shape
     dtype = compute_dtype(logits.dtype)
     row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
-    inactive = (row_scale == 0).unsqueeze(1)
+    scale = row_scale.to(dtype).unsqueeze(1)
+    inactive = scale == 0
     chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
     # The chunks' (R, K) temporaries are made once per call (one tensor each): allocating them
@@ -172,6 +172,7 @@ def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
             fp_rows=None if fp_rows is None else fp_rows[rows],
             out_loss=row_loss[rows],
             out_grad=row_grad[rows] if row_grad is not None else None,
+            scale=scale[rows],
             inactive=inactive[rows],
             work=[buffer[: num_rows - start] for buffer in work],
         )
@@ -182,7 +183,8 @@ def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
 
 
 class _RWWCEFunction(torch.autograd.Function):
-    """Forward computes the loss and, when needed, d loss_row / d logits; backward scales it.
+    """Forward computes the loss and, when needed, row_scale * d loss_row / d logits; backward
+    multiplies that by the upstream gradient.
 
     Other inputs that need a gradient, and ``create_graph=True``, take the composite path in
     backward (:func:`_composite_loss` differentiated by autograd); the first-order logits
@@ -210,7 +212,7 @@ class _RWWCEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         *saved, row_grad = ctx.saved_tensors
-        logits, row_scale = saved[0], saved[4]
+        logits = saved[0]
         needs = ctx.needs_input_grad[:7]
         grads: list[Tensor | None] = [None] * 8
         create_graph = torch.is_grad_enabled()
@@ -232,12 +234,23 @@ class _RWWCEFunction(torch.autograd.Function):
             for i, grad in zip(composite, found, strict=True):
                 grads[i] = grad
         if needs[0] and not create_graph:
-            scale = (row_scale.detach() * grad_output.to(row_scale.dtype)).unsqueeze(1)
-            # In place unless a later backward needs the saved gradient (retain_graph=True).
-            grads[0] = row_grad * scale if graph_is_retained() else row_grad.mul_(scale)
+            grads[0] = _times_upstream(row_grad, grad_output)
         if grads[0] is not None:
             grads[0] = grads[0].to(logits.dtype)
         return tuple(grads)
+
+
+def _times_upstream(row_grad: Tensor, grad_output: Tensor) -> Tensor:
+    """The saved, already row-scaled gradient times the upstream gradient: in place unless a
+    later backward needs it (retain_graph=True), and skipped for the upstream 1 of a reduced
+    loss's ``backward()`` when reading it costs nothing (on the CPU)."""
+    retained = graph_is_retained()
+    if grad_output.dim() == 0 and grad_output.device.type == "cpu" and grad_output.item() == 1:
+        return row_grad.clone() if retained else row_grad
+    upstream = grad_output.to(row_grad.dtype)
+    if upstream.dim() == 1:  # reduction='none': one upstream value per row
+        upstream = upstream.unsqueeze(1)
+    return row_grad * upstream if retained else row_grad.mul_(upstream)
 
 
 class _TracedRWWCEFunction(torch.autograd.Function):
@@ -488,11 +501,13 @@ def _rows_forward(
     fp_rows: Tensor | None,
     out_loss: Tensor,
     out_grad: Tensor | None,
+    scale: Tensor,
     inactive: Tensor,
     work: list[Tensor],
 ) -> None:
-    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` / ``out_grad``;
-    ``work`` holds the temporaries: four (R, K) buffers (one without an FP term).
+    """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` (unscaled) and
+    ``out_grad`` (times the rows' ``scale`` (R, 1)); ``work`` holds the temporaries: four (R, K)
+    buffers (one without an FP term).
 
     Logits enter only as z - max(z) (the shifted domain). ``inactive`` (R, 1) marks rows whose
     loss will be discarded (row_scale 0): their probabilities are made 0 (with an FP term by an
@@ -519,11 +534,15 @@ def _rows_forward(
             out_loss.copy_(loss.squeeze(1))
             fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
         if out_grad is not None:
-            # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i. Inactive rows get p = 0, so
-            # that a fully masked row (log p NaN) keeps a finite gradient for the zero scale.
-            p = torch.exp(log_p, out=out_grad).masked_fill_(inactive, 0.0)
-            p.mul_(fn_total)
-            _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
+            # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i, times the row's scale.
+            p = torch.exp(log_p, out=out_grad)
+            if not z.is_cpu or inactive.any():
+                # A fully masked row has log p NaN: its p is made 0 before the zero scale meets it.
+                p.masked_fill_(inactive, 0.0)
+            p.mul_(fn_total * scale)
+            _subtract_fn_coefficients(
+                out_grad, fn_coef, target, fn_t, fn_weight, smoothing, scale=scale
+            )
         return
 
     # Arg-max m, q_j = exp(z_j - z_m) for j != m (q_m = 0) and S = sum_j q_j, so that
@@ -585,6 +604,7 @@ def _rows_forward(
     out_grad.addcmul_(q, q_factor)
     out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
+    out_grad.mul_(scale)  # while the chunk is in cache; exact zeros for inactive rows
 
 
 def _shift_far_rows_by_second_max(
@@ -653,15 +673,25 @@ def _subtract_fn_coefficients(
     fn_t: Tensor | None,
     fn_weight: Tensor,
     smoothing: float,
+    scale: Tensor | None = None,
 ) -> None:
-    """grad -= a, with a = y * fn: given (soft targets) or (1 - e) fn_t onehot(t) + e fn / K,
-    where fn_t (R, 1) is each row's FN weight of its target."""
+    """grad -= a (times the rows' ``scale`` (R, 1) when given), with a = y * fn: given (soft
+    targets) or (1 - e) fn_t onehot(t) + e fn / K, where fn_t (R, 1) is each row's FN weight of
+    its target."""
     if fn_coef is not None:
-        grad.sub_(fn_coef)
+        if scale is None:
+            grad.sub_(fn_coef)
+        else:
+            grad.addcmul_(fn_coef, scale, value=-1.0)
         return
-    grad.scatter_add_(1, target.unsqueeze(1), -(1.0 - smoothing) * fn_t)
+    at_target = -(1.0 - smoothing) * fn_t
+    grad.scatter_add_(1, target.unsqueeze(1), at_target if scale is None else at_target * scale)
     if smoothing:
-        grad.sub_((smoothing / grad.shape[1]) * fn_weight)
+        uniform = (smoothing / grad.shape[1]) * fn_weight
+        if scale is None:
+            grad.sub_(uniform)
+        else:
+            grad.addcmul_(scale, uniform, value=-1.0)
 
 
 def _sweep_fp_coefficients(
