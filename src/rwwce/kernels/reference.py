@@ -306,14 +306,19 @@ def _traced_forward(problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
     z_second = _finite_or_zero(torch.where(is_max, float("-inf"), z).amax(dim=1, keepdim=True))
     w_max = torch.where(is_max, w, 0.0).sum(dim=1, keepdim=True)
     near = torch.where(is_max, 0.0, torch.exp(z - z_max)).sum(dim=1, keepdim=True)
-    # Relative to the maximum, this sum underflows once the gap to the second logit passes ~87
-    # (float32); d_near serves only the probabilities below, which are 0 and 1 there anyway.
-    d_near = -torch.log((count - 1) + near)
-    e = torch.where(is_max, 0.0, torch.exp(z - z_second))
-    p = e * (torch.sigmoid(d_near) * torch.exp(z_second - z_max))  # 0 at the maximal classes
-    sum_others = e.sum(dim=1, keepdim=True)
+    # The sums below take the row statistics above through arithmetic only: the compiler then
+    # runs them in the same loop over each row as those (a logarithm or an exponential of a row
+    # statistic would be a loop of its own over the whole batch, and every sum after it another
+    # pass of the logits through memory). p_j = exp(z_j - max) / (count + near) for the classes
+    # below the maximum (<= 1/2, so log1p(-p_j) is accurate); relative to the maximum, ``near``
+    # underflows once the gap to the second logit passes ~87 (float32), where those p_j are 0
+    # anyway. The arg-max's log-odds d comes from the sum relative to the second logit, which
+    # cannot underflow: exact at any gap.
+    p = torch.where(is_max, 0.0, torch.exp(z - z_max) / (count + near))
+    sum_others = torch.where(is_max, 0.0, torch.exp(z - z_second)).sum(dim=1, keepdim=True)
     log_not_p = (w * torch.log1p(-p)).sum(dim=1, keepdim=True)
     r_sum = (w * p / (1.0 - p)).sum(dim=1, keepdim=True)
+    d_near = -torch.log((count - 1) + near)
     d = torch.where(count > 1, d_near, (z_max - z_second) - torch.log(sum_others))
     log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     loss = fn_total * _softplus(-d) - fn_dot - log_not_p - w_max * log_not_p_max
