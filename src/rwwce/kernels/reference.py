@@ -34,9 +34,9 @@ Three forms compute the same function:
   with composite operations and differentiates them with autograd: exact, and differentiable
   again.
 * under ``torch.compile`` with only the logits needing a gradient, :class:`_TracedRWWCEFunction`:
-  the forward keeps a few row statistics and the backward recomputes the gradient from them,
-  both out-of-place element-wise work and row reductions (no arg-max, scatter or stored (M, K)
-  temporary) that the compiler fuses into a few loops; no loop over M, so the batch size stays
+  the forward keeps a few row statistics and the backward computes the gradient from them,
+  both out-of-place element-wise work and row reductions (no arg-max, scatter or in-place
+  buffer) that the compiler fuses into a few loops; no loop over M, so the batch size stays
   symbolic. It treats the maximal classes as a set (ties are exact) rather than one arg-max.
 * under ``torch.func`` transforms, and compiled when another input needs a gradient, the
   composite operations themselves (:func:`_composite_loss`): every transform (grad, vmap,
@@ -256,11 +256,12 @@ def _times_upstream(row_grad: Tensor, grad_output: Tensor) -> Tensor:
 class _TracedRWWCEFunction(torch.autograd.Function):
     """What ``torch.compile`` traces when only the logits need a gradient.
 
-    Forward computes the row losses and keeps a few row statistics (R, 1); backward recomputes
+    Forward computes the row losses and keeps a few row statistics (R, 1); backward computes
     the gradient from them and the logits. Each is element-wise work and row reductions
     (:func:`_traced_forward`, :func:`_traced_grad`) that inductor fuses into a few loops over
-    the logits, storing no (M, K) intermediate. The function is the eager one's; only the form
-    differs (the eager sweep's arg-max, scatters and in-place buffers fuse badly).
+    the logits (its partitioner may move the gradient into the forward and keep that one (M, K)
+    tensor for the backward). The function is the eager one's; only the form differs (the eager
+    sweep's arg-max, scatters and in-place buffers fuse badly).
     """
 
     @staticmethod
