@@ -150,7 +150,6 @@ def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
     dtype = compute_dtype(logits.dtype)
     row_loss = torch.empty(num_rows, dtype=dtype, device=logits.device)
     scale = row_scale.to(dtype).unsqueeze(1)
-    inactive = scale == 0
     chunk_elements = _CUDA_CHUNK_ELEMENTS if logits.is_cuda else _CPU_CHUNK_ELEMENTS
     chunk_rows = max(1, chunk_elements // max(num_classes, 1))
     # The chunks' (R, K) temporaries are made once per call (one tensor each): allocating them
@@ -173,12 +172,11 @@ def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
             out_loss=row_loss[rows],
             out_grad=row_grad[rows] if row_grad is not None else None,
             scale=scale[rows],
-            inactive=inactive[rows],
             work=[buffer[: num_rows - start] for buffer in work],
         )
     # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
     # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
-    # by ``_rows_forward``, so the backward's scale zeroes it.
+    # by ``_rows_forward``, so that the zero scale zeroes it.
     return torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
 
 
@@ -508,18 +506,18 @@ def _rows_forward(
     out_loss: Tensor,
     out_grad: Tensor | None,
     scale: Tensor,
-    inactive: Tensor,
     work: list[Tensor],
 ) -> None:
     """Loss (and gradient) of a chunk of rows z (R, K), written into ``out_loss`` (unscaled) and
     ``out_grad`` (times the rows' ``scale`` (R, 1)); ``work`` holds the temporaries: four (R, K)
     buffers (one without an FP term).
 
-    Logits enter only as z - max(z) (the shifted domain). ``inactive`` (R, 1) marks rows whose
-    loss will be discarded (row_scale 0): their probabilities are made 0 (with an FP term by an
-    O(R) shift before ``exp``), so that their gradient stays finite for any logits free of NaN
-    and +inf (fully masked rows included) and a zero scale zeroes it exactly.
+    Logits enter only as z - max(z) (the shifted domain). Inactive rows, whose scale is 0 (their
+    loss will be discarded), have their probabilities made 0 (with an FP term by an O(R) shift
+    before ``exp``), so that their gradient stays finite for any logits free of NaN and +inf
+    (fully masked rows included) and the zero scale zeroes it exactly.
     """
+    inactive = scale == 0
     num_classes = z.shape[1]
     soft = target.dim() == 2
     has_fp = fp_weight is not None or fp_rows is not None
