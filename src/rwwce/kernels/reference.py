@@ -286,12 +286,12 @@ def _traced_forward(problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Row losses (R,) of the problem's logits z (R, K) and the row statistics
     :func:`_traced_grad` needs (``row_scale`` and ``reduce`` are the caller's).
 
-    The maximal classes are the set z_j == max(z) (c of them: ties are exact), and d is the
-    log-odds of each, with e^-d = (c - 1) + sum_{z_j < max} exp(z_j - max). Then
-    p_max = sigmoid(d), log(1 - p_max) = -softplus(d) (never through 1 - p_max), and the other
-    classes have p_j = sigmoid(d) exp(z_j - max) <= 1/2, so log1p(-p_j) is accurate. For a
-    unique maximum d is taken from the sum relative to the second-largest logit, which cannot
-    underflow: exact at any logit gap.
+    The maximal classes are the set z_j == max(z) (c of them: ties are exact); z_2 is the largest
+    logit below them and gap = max - z_2. With v_j = exp(z_j - z_2) below the maximum and their
+    sum S (>= 1, so it cannot underflow at any gap), the maximal classes have log-odds d with
+    e^-d = (c - 1) + S e^-gap, p_max = sigmoid(d) and log(1 - p_max) = -softplus(d) (never
+    through 1 - p_max); the other classes have p_j = v_j e^-gap / (c + S e^-gap) <= 1/2, so
+    log1p(-p_j) is accurate.
     """
     z, target, fn_weight, fp_weight, fn_rows, fp_rows, smoothing = _row_inputs(problem)
     z_max = _finite_or_zero(z.amax(dim=1, keepdim=True))
@@ -302,26 +302,45 @@ def _traced_forward(problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
     w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, z.shape[1])
     is_max = z == z_max
     count = is_max.to(z.dtype).sum(dim=1, keepdim=True)
-    z_second = _finite_or_zero(torch.where(is_max, float("-inf"), z).amax(dim=1, keepdim=True))
+    below = torch.where(is_max, float("-inf"), z).amax(dim=1, keepdim=True)
+    z_second = torch.where(torch.isfinite(below), below, z_max)
+    # One exponential per logit: v_j below the maximum and e^-gap at the maximal classes, whose
+    # sum is c e^-gap. Every row factor the sums and the gradient use is arithmetic on row
+    # statistics, so that the compiler runs the statistics, the sums and the gradient in one loop
+    # over each row, the row in cache (a logarithm or an exponential of a row statistic would be
+    # a loop of its own over the whole batch, and every sum after it another pass of the logits
+    # through memory).
+    v = torch.exp(torch.where(is_max, z_second - z_max, z - z_second))
+    sum_others = torch.where(is_max, 0.0, v).sum(dim=1, keepdim=True)
+    max_mass = torch.where(is_max, v, 0.0).sum(dim=1, keepdim=True)  # c e^-gap
     w_max = torch.where(is_max, w, 0.0).sum(dim=1, keepdim=True)
-    near = torch.where(is_max, 0.0, torch.exp(z - z_max)).sum(dim=1, keepdim=True)
-    # The sums below take the row statistics above through arithmetic only: the compiler then
-    # runs them in the same loop over each row as those (a logarithm or an exponential of a row
-    # statistic would be a loop of its own over the whole batch, and every sum after it another
-    # pass of the logits through memory). p_j = exp(z_j - max) / (count + near) for the classes
-    # below the maximum (<= 1/2, so log1p(-p_j) is accurate); relative to the maximum, ``near``
-    # underflows once the gap to the second logit passes ~87 (float32), where those p_j are 0
-    # anyway. The arg-max's log-odds d comes from the sum relative to the second logit, which
-    # cannot underflow: exact at any gap.
-    p = torch.where(is_max, 0.0, torch.exp(z - z_max) / (count + near))
-    sum_others = torch.where(is_max, 0.0, torch.exp(z - z_second)).sum(dim=1, keepdim=True)
+    p_all, odds = _probabilities(is_max, v, count, sum_others, max_mass)
+    p = torch.where(is_max, 0.0, p_all)
     log_not_p = (w * torch.log1p(-p)).sum(dim=1, keepdim=True)
-    r_sum = (w * p / (1.0 - p)).sum(dim=1, keepdim=True)
-    d_near = -torch.log((count - 1) + near)
-    d = torch.where(count > 1, d_near, (z_max - z_second) - torch.log(sum_others))
+    r_sum = torch.where(is_max, 0.0, w * odds).sum(dim=1, keepdim=True)
+    # For a unique maximum d = gap - log S, exact at any gap (+inf when no other class is finite).
+    far = max_mass / count.clamp_min(1.0)  # e^-gap
+    d_ties = -torch.log((count - 1) + sum_others * far)
+    d = torch.where(count > 1, d_ties, (z_max - below) - torch.log(sum_others))
     log_not_p_max = (-_softplus(d)).clamp_min(torch.finfo(z.dtype).min)
     loss = fn_total * _softplus(-d) - fn_dot - log_not_p - w_max * log_not_p_max
-    return loss.squeeze(1), (z_max, z_second, count, d, sum_others, r_sum, w_max)
+    return loss.squeeze(1), (z_max, z_second, count, max_mass, sum_others, r_sum, w_max)
+
+
+def _scaled_total(count: Tensor, sum_others: Tensor, max_mass: Tensor) -> Tensor:
+    """c^2 + S c e^-gap (R, 1): c times the sum of exp(z_j - max) over a row, so that
+    p_max = c / it and p_j = v_j c e^-gap / it below the maximum."""
+    return (count * count + sum_others * max_mass).clamp_min(torch.finfo(count.dtype).tiny)
+
+
+def _probabilities(
+    is_max: Tensor, v: Tensor, count: Tensor, sum_others: Tensor, max_mass: Tensor
+) -> tuple[Tensor, Tensor]:
+    """p (R, K) and p / (1 - p), the latter used below the maximum and, with ties, at it (where
+    it is e^d); v as in :func:`_traced_forward`."""
+    inverse_total = 1.0 / _scaled_total(count, sum_others, max_mass)  # per row, not per logit
+    p = torch.where(is_max, count, v * max_mass) * inverse_total
+    return p, p / (1.0 - p)
 
 
 def _traced_grad(problem: Problem, stats: list[Tensor]) -> Tensor:
@@ -329,11 +348,11 @@ def _traced_grad(problem: Problem, stats: list[Tensor]) -> Tensor:
 
     With the maximal classes M (c of them), W = sum_{j in M} w_j, r_j = w_j p_j / (1 - p_j) and
     R = sum_{j not in M} r_j, the FP term -sum_j w_j log(1 - p_j) has the gradient
-        j not in M:  r_j - p_j R - W p_max exp(z_j - z_second) / S'
+        j not in M:  r_j - p_j R - W p_max p_j / (1 - p_max)
         j in M:      p_max (W - R) + [c > 1] e^d (w_j - W)
-    with S' = (c - 1) exp(z_max - z_second) + sum_{j not in M} exp(z_j - z_second); every factor
-    is bounded (r_m = w_m p_m / (1 - p_m) itself, unbounded, is never formed). The FN term adds
-    p_j sum_k a_k - a_j.
+    where p_j / (1 - p_max) = v_j e^-gap / ((c - 1) + S e^-gap) (v_j / S for a unique maximum):
+    every factor is bounded (r_m = w_m p_m / (1 - p_m) itself, unbounded, is never formed). The
+    FN term adds p_j sum_k a_k - a_j.
     """
     z, target, fn_weight, fp_weight, fn_rows, fp_rows, smoothing = _row_inputs(problem)
     z_max = stats[0]
@@ -343,19 +362,22 @@ def _traced_grad(problem: Problem, stats: list[Tensor]) -> Tensor:
         _, log_total = stats
         grad = torch.exp(z - z_max - log_total) * fn_total
     else:
-        _, z_second, count, d, sum_others, r_sum, w_max = stats
+        _, z_second, count, max_mass, sum_others, r_sum, w_max = stats
         w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, z.shape[1])
-        # Not ``z == z_max`` as in the forward: an expression of its own makes the compiler
-        # recompute the mask here rather than store an (M, K) one for the backward.
-        is_max = z >= z_max
+        is_max = z == z_max
         ties = count > 1
-        p_max = torch.sigmoid(d)
-        e = torch.where(is_max, 0.0, torch.exp(z - z_second))
-        p = torch.where(is_max, p_max, e * (p_max * torch.exp(z_second - z_max)))
-        spread = torch.where(ties, (count - 1) * torch.exp(z_max - z_second), 0.0) + sum_others
-        from_max = p_max * w_max / spread.clamp_min(torch.finfo(z.dtype).tiny)
-        at_max = p_max * (w_max - r_sum) + torch.where(ties, torch.exp(d) * (w - w_max), 0.0)
-        others = w * p / (1.0 - p) - p * r_sum - e * from_max
+        v = torch.exp(torch.where(is_max, z_second - z_max, z - z_second))
+        p, odds = _probabilities(is_max, v, count, sum_others, max_mass)
+        # At the maximal classes p is p_max and odds is e^d. Below them W p_max p_j / (1 - p_max)
+        # = v_j * from_max, p_max = c / total and with ties p_j / (1 - p_max) = v_j e^-gap c /
+        # spread (spread = c (c - 1) + S c e^-gap); with a unique maximum it is v_j / S.
+        spread = torch.where(ties, count * (count - 1) + sum_others * max_mass, sum_others)
+        total = _scaled_total(count, sum_others, max_mass)
+        from_max = (
+            w_max * count * torch.where(ties, max_mass, 1.0) / (total * spread.clamp_min(1.0))
+        )
+        at_max = p * (w_max - r_sum) + torch.where(ties, odds * (w - w_max), 0.0)
+        others = w * odds - p * r_sum - v * from_max
         grad = torch.where(is_max, at_max, others) + p * fn_total
     _subtract_fn_coefficients(grad, fn_coef, target, fn_t, fn_weight, smoothing)
     return grad
