@@ -256,9 +256,9 @@ class _TracedRWWCEFunction(torch.autograd.Function):
 
     Forward computes the row losses and keeps a few row statistics (R, 1); backward computes
     the gradient from them and the logits. Each is element-wise work and row reductions
-    (:func:`_traced_forward`, :func:`_traced_grad`) that inductor fuses into a few loops over
-    the logits (its partitioner may move the gradient into the forward and keep that one (M, K)
-    tensor for the backward). The function is the eager one's; only the form differs (the eager
+    (:func:`_traced_forward`, :func:`_traced_grad`) that inductor fuses into one loop over each
+    row (its partitioner moves the gradient into the forward and keeps that one (M, K) tensor
+    for the backward, which scales it). The function is the eager one's; only the form differs (the eager
     sweep's arg-max, scatters and in-place buffers fuse badly).
     """
 
