@@ -616,21 +616,25 @@ def _rows_forward(
     #   i == m:  dL/dz_m = r_m (1 - p_m) - p_m R' = p_m (w_m - R')
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2. With the FN gradient
     # p_i sum_k a_k - a_i and p_i = (1 - p_m) q_i / S, every i != m term but r_i is q_i times a
-    # row factor. r is built in the gradient buffer itself (r_m = 0 since p is 0 there).
-    p_minus_one = torch.sub(minus_p.new_full((), -1.0), minus_p, out=log_not_p)
+    # row factor. r is built in the gradient buffer itself (r_m = 0 since p is 0 there), times
+    # the row's scale s: s r_j = -p_j / ((p_j - 1) / s), with 1 / s capped so that an inactive
+    # row (s = 0, p = 0) gets exact zeros; the row factors below take s too.
+    minus_inv_scale = (-1.0 / scale).clamp_min(torch.finfo(z.dtype).min)
+    p_minus_one = torch.addcmul(minus_inv_scale, minus_p, minus_inv_scale, out=log_not_p)
     r = torch.div(minus_p, p_minus_one, out=out_grad)
     r_target = None if w_at_target is None else r.gather(1, t)
     r.mul_(w)
     if r_target is not None:
         r.scatter_add_(1, t, w_at_target * r_target)
-    r_sum = r.sum(dim=1, keepdim=True)
+    r_sum = r.sum(dim=1, keepdim=True)  # s R'
+    fn_total = fn_total * scale
+    w_max = w_max * scale
     q_factor = (one_minus_p_max * (fn_total - r_sum) - w_max * p_max) / sum_others
     # An inactive row has q = 0 and S = 0: its factor (infinite once w_m > ~4) must not meet q.
     q_factor.masked_fill_(inactive, 0.0)
     out_grad.addcmul_(q, q_factor)
     out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
-    _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing)
-    out_grad.mul_(scale)  # while the chunk is in cache; exact zeros for inactive rows
+    _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing, scale=scale)
 
 
 def _shift_far_rows_by_second_max(
