@@ -325,6 +325,19 @@ def test_forms_match_the_float64_definition(fp_kind, target_kind, dtype, compile
     other classes underflow against it shifted anew); compiled, a form of its own (row
     statistics, ties handled as a set, no arg-max). Against the float64 definition, values and
     gradients, on tied, far-apart and offset logits, with a random upstream gradient."""
+    _check_against_float64(fp_kind, target_kind, dtype, "aot_eager" if compiled else None)
+
+
+@pytest.mark.parametrize("fp_kind", [None, "vector", "matrix"])
+def test_inductor_form_matches_the_float64_definition(fp_kind):
+    """The compiled form as inductor generates it (one loop over each row, row factors taken once
+    per row), on the same rows as above."""
+    _check_against_float64(fp_kind, "smoothed", torch.float32, "inductor")
+
+
+def _check_against_float64(fp_kind, target_kind, dtype, backend):
+    """The loss (``torch.compile``d with ``backend`` unless None) against the float64 definition
+    on :func:`_hard_rows`."""
     k = 5
     z = _hard_rows(k, dtype)
     t = torch.randint(0, k, (8,))
@@ -338,9 +351,9 @@ def test_forms_match_the_float64_definition(fp_kind, target_kind, dtype, compile
     def loss_fn(x):
         return RW(x, target, fn, fp, reduction="none", label_smoothing=smoothing)
 
-    if compiled:
+    if backend is not None:
         torch._dynamo.reset()  # each case compiles anew (the same code object, other constants)
-        loss_fn = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+        loss_fn = torch.compile(loss_fn, backend=backend, fullgraph=True)
     x = z.clone().requires_grad_()
     got = loss_fn(x)
     upstream = torch.rand(8, dtype=dtype) + 0.5
