@@ -36,8 +36,8 @@ Three forms compute the same function:
 * under ``torch.compile`` with only the logits needing a gradient, :class:`_TracedRWWCEFunction`:
   the forward keeps a few row statistics and the backward computes the gradient from them,
   both out-of-place element-wise work and row reductions (no arg-max, scatter or in-place
-  buffer) that the compiler fuses into a few loops; no loop over M, so the batch size stays
-  symbolic. It treats the maximal classes as a set (ties are exact) rather than one arg-max.
+  buffer) that the compiler fuses into one loop over each row; no loop over M, so the batch
+  size stays symbolic. It treats the maximal classes as a set (ties are exact) rather than one arg-max.
 * under ``torch.func`` transforms, and compiled when another input needs a gradient, the
   composite operations themselves (:func:`_composite_loss`): every transform (grad, vmap,
   jacrev, jacfwd, hessian) composes with them and the compiler derives their backward.
@@ -258,8 +258,8 @@ class _TracedRWWCEFunction(torch.autograd.Function):
     the gradient from them and the logits. Each is element-wise work and row reductions
     (:func:`_traced_forward`, :func:`_traced_grad`) that inductor fuses into one loop over each
     row (its partitioner moves the gradient into the forward and keeps that one (M, K) tensor
-    for the backward, which scales it). The function is the eager one's; only the form differs (the eager
-    sweep's arg-max, scatters and in-place buffers fuse badly).
+    for the backward, which scales it). The function is the eager one's; only the form
+    differs (the eager sweep's arg-max, scatters and in-place buffers fuse badly).
     """
 
     @staticmethod
@@ -310,11 +310,12 @@ def _traced_forward(problem: Problem) -> tuple[Tensor, tuple[Tensor, ...]]:
     # over each row, the row in cache (a logarithm or an exponential of a row statistic would be
     # a loop of its own over the whole batch, and every sum after it another pass of the logits
     # through memory).
-    v = torch.exp(torch.where(is_max, z_second - z_max, z - z_second))
+    v = _exponentials(z, is_max, z_max, z_second)
     sum_others = torch.where(is_max, 0.0, v).sum(dim=1, keepdim=True)
     max_mass = torch.where(is_max, v, 0.0).sum(dim=1, keepdim=True)  # c e^-gap
     w_max = torch.where(is_max, w, 0.0).sum(dim=1, keepdim=True)
-    p_all, odds = _probabilities(is_max, v, count, sum_others, max_mass)
+    total = _scaled_total(count, sum_others, max_mass)
+    p_all, odds = _probabilities(is_max, v, count, max_mass, total)
     p = torch.where(is_max, 0.0, p_all)
     log_not_p = (w * torch.log1p(-p)).sum(dim=1, keepdim=True)
     r_sum = torch.where(is_max, 0.0, w * odds).sum(dim=1, keepdim=True)
@@ -333,12 +334,18 @@ def _scaled_total(count: Tensor, sum_others: Tensor, max_mass: Tensor) -> Tensor
     return (count * count + sum_others * max_mass).clamp_min(torch.finfo(count.dtype).tiny)
 
 
+def _exponentials(z: Tensor, is_max: Tensor, z_max: Tensor, z_second: Tensor) -> Tensor:
+    """v (R, K): exp(z_j - z_2) below the maximum, e^-gap = exp(z_2 - z_max) at the maximal
+    classes; one exponential per logit."""
+    return torch.exp(torch.where(is_max, z_second - z_max, z - z_second))
+
+
 def _probabilities(
-    is_max: Tensor, v: Tensor, count: Tensor, sum_others: Tensor, max_mass: Tensor
+    is_max: Tensor, v: Tensor, count: Tensor, max_mass: Tensor, total: Tensor
 ) -> tuple[Tensor, Tensor]:
     """p (R, K) and p / (1 - p), the latter used below the maximum and, with ties, at it (where
-    it is e^d); v as in :func:`_traced_forward`."""
-    inverse_total = 1.0 / _scaled_total(count, sum_others, max_mass)  # per row, not per logit
+    it is e^d); v from :func:`_exponentials`, ``total`` from :func:`_scaled_total`."""
+    inverse_total = 1.0 / total  # per row, not per logit
     p = torch.where(is_max, count, v * max_mass) * inverse_total
     return p, p / (1.0 - p)
 
@@ -366,13 +373,13 @@ def _traced_grad(problem: Problem, stats: list[Tensor]) -> Tensor:
         w = _fp_coefficients(target, fp_weight, fp_rows, smoothing, z.shape[1])
         is_max = z == z_max
         ties = count > 1
-        v = torch.exp(torch.where(is_max, z_second - z_max, z - z_second))
-        p, odds = _probabilities(is_max, v, count, sum_others, max_mass)
+        v = _exponentials(z, is_max, z_max, z_second)
+        total = _scaled_total(count, sum_others, max_mass)
+        p, odds = _probabilities(is_max, v, count, max_mass, total)
         # At the maximal classes p is p_max and odds is e^d. Below them W p_max p_j / (1 - p_max)
         # = v_j * from_max, p_max = c / total and with ties p_j / (1 - p_max) = v_j e^-gap c /
         # spread (spread = c (c - 1) + S c e^-gap); with a unique maximum it is v_j / S.
         spread = torch.where(ties, count * (count - 1) + sum_others * max_mass, sum_others)
-        total = _scaled_total(count, sum_others, max_mass)
         from_max = (
             w_max * count * torch.where(ties, max_mass, 1.0) / (total * spread.clamp_min(1.0))
         )
