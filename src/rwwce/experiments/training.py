@@ -394,7 +394,6 @@ def train_group(
         raise ValueError(
             f"epoch_selection must be one of {', '.join(EPOCH_SELECTIONS)}, got {epoch_selection!r}"
         )
-    keep_last = epoch_selection == "last"
     device = pool.device
     binary = sizes[-1] == 1
     n = len(models[0].train_idx)
@@ -405,45 +404,22 @@ def train_group(
         opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     except (RuntimeError, TypeError):
         opt = torch.optim.Adam(net.parameters(), lr=lr)
-    tr_idx = torch.as_tensor(np.stack([m.train_idx for m in models]), device=device)
-    tr_y = torch.as_tensor(np.stack([m.train_y for m in models]), device=device, dtype=torch.long)
-    per_stream = _stream_size([(m.shuffle_seed, m.train_idx) for m in models])
-    gens = [torch.Generator().manual_seed(int(m.shuffle_seed)) for m in models[::per_stream]]
-    tr_idx = tr_idx[::per_stream]
-
-    n_classes = 2 if binary else sizes[-1]
-    val_y = [torch.from_numpy(np.asarray(m.val_y, dtype=np.int64)) for m in models]
-    arm_costs = torch.as_tensor(np.stack([a.costs for a in arms]), dtype=torch.float64)
+    streams = _TrainingStreams.of(models, device)
     arm_model = torch.tensor([a.model for a in arms], dtype=torch.long, device=device)
     if state is None:
-        state = GroupState(
-            epoch=0,
-            net={},
-            optimizer={},
-            generators=[],
-            best_cost=[float("inf")] * len(arms),
-            best_epoch=[0] * len(arms),
-            best_fitted=[a.decision.fitted for a in arms],
-            best_recall=[[] for _ in arms],
-            history=[[] for _ in arms],
-            best_state=net.state_of(arm_model),
-        )
+        state = _initial_state(arms, net.state_of(arm_model))
     else:
         if len(state.best_cost) != len(arms) or state.epoch > epochs:
             raise ValueError("the saved training state does not belong to this group")
         net.load_state_dict(state.net)
         opt.load_state_dict(state.optimizer)
-        for gen, s in zip(gens, state.generators, strict=True):
+        for gen, s in zip(streams.generators, state.generators, strict=True):
             gen.set_state(s)
         state.best_state = [t.to(device) for t in state.best_state]
 
     for epoch in range(state.epoch, epochs):
         net.train()
-        perms = torch.stack([torch.randperm(n, generator=gen) for gen in gens]).to(device)
-        for s in range(0, n, batch_size):
-            p = perms[:, s : s + batch_size]  # (S, B)
-            xb = pool[tr_idx.gather(1, p)]  # (S, B, d): one gather per stream
-            yb = tr_y.gather(1, p.repeat_interleave(per_stream, 0))  # (G, B)
+        for xb, yb in streams.batches(pool, batch_size):
             loss = loss_fn(net(xb), yb).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -451,34 +427,9 @@ def train_group(
             if on_step is not None:
                 on_step()
         net.eval()
-        val_p = _predict(net, pool, [m.val_idx for m in models], binary)
-        improved = []
-        # Arms that share a model and a decision rule (e.g. one CE model judged by many cost
-        # matrices) share its predictions and confusion counts (the labels are the runner's own:
-        # counted unchecked); every arm's counts are then priced by its own costs at once.
-        fitted = [arm.decision.fit(val_p[arm.model], models[arm.model].val_y) for arm in arms]
-        keys = [
-            (arm.model, d.kind, d.threshold, id(d.costs))
-            for arm, d in zip(arms, fitted, strict=True)
-        ]
-        slot: dict[tuple, int] = {}
-        counts: list[torch.Tensor] = []
-        for arm, dec, key in zip(arms, fitted, keys, strict=True):
-            if key not in slot:
-                slot[key] = len(counts)
-                pred = torch.from_numpy(dec.predict(val_p[arm.model]))
-                counts.append(
-                    streaming_confusion(val_y[arm.model], pred, n_classes, None, check=False)[0]
-                )
-        priced = confusion_costs(torch.stack(counts)[[slot[k] for k in keys]], arm_costs)
-        recall = priced.recall
-        for a, c in enumerate(priced.mean.tolist()):
-            state.history[a].append(c)
-            if keep_last or c < state.best_cost[a]:
-                state.best_cost[a], state.best_epoch[a] = c, epoch
-                state.best_fitted[a] = fitted[a].fitted
-                state.best_recall[a] = recall[a].tolist()
-                improved.append(a)
+        improved = _record_validation(
+            net, pool, models, arms, binary, epoch, state, epoch_selection
+        )
         if improved:
             sel = torch.tensor(improved, device=device)
             for dst, src in zip(state.best_state, net.state_of(arm_model[sel]), strict=True):
@@ -487,9 +438,117 @@ def train_group(
         if on_epoch is not None:
             state.net = net.state_dict()
             state.optimizer = opt.state_dict()
-            state.generators = [gen.get_state() for gen in gens]
+            state.generators = [gen.get_state() for gen in streams.generators]
             on_epoch(state)
+    return _test_results(pool, sizes, models, arms, state, binary)
 
+
+@dataclass
+class _TrainingStreams:
+    """The group's training data as S streams of m = G / S consecutive models that share an index
+    set and a shuffling seed (m = G: one shared stream): each batch is gathered once per stream."""
+
+    index: torch.Tensor  # (S, n) rows of the pool
+    labels: torch.Tensor  # (G, n) int64
+    generators: list[torch.Generator]  # one per stream, advanced one permutation per epoch
+    per_stream: int  # m
+
+    @classmethod
+    def of(cls, models: Sequence[ModelSpec], device: torch.device) -> _TrainingStreams:
+        per_stream = _stream_size([(m.shuffle_seed, m.train_idx) for m in models])
+        index = torch.as_tensor(np.stack([m.train_idx for m in models]), device=device)
+        labels = torch.as_tensor(
+            np.stack([m.train_y for m in models]), device=device, dtype=torch.long
+        )
+        generators = [
+            torch.Generator().manual_seed(int(m.shuffle_seed)) for m in models[::per_stream]
+        ]
+        return cls(index[::per_stream], labels, generators, per_stream)
+
+    def batches(self, pool: torch.Tensor, batch_size: int):
+        """One epoch's batches: inputs (S, B, d) and labels (G, B), each stream in the order of
+        its generator's next permutation."""
+        n = self.index.shape[1]
+        perms = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
+        perms = perms.to(self.index.device)
+        for s in range(0, n, batch_size):
+            p = perms[:, s : s + batch_size]  # (S, B)
+            yield (
+                pool[self.index.gather(1, p)],
+                self.labels.gather(1, p.repeat_interleave(self.per_stream, 0)),
+            )
+
+
+def _initial_state(arms: Sequence[ArmSpec], best_state: list[torch.Tensor]) -> GroupState:
+    """A group's state before its first epoch."""
+    return GroupState(
+        epoch=0,
+        net={},
+        optimizer={},
+        generators=[],
+        best_cost=[float("inf")] * len(arms),
+        best_epoch=[0] * len(arms),
+        best_fitted=[a.decision.fitted for a in arms],
+        best_recall=[[] for _ in arms],
+        history=[[] for _ in arms],
+        best_state=best_state,
+    )
+
+
+def _record_validation(
+    net: BatchedMLP,
+    pool: torch.Tensor,
+    models: Sequence[ModelSpec],
+    arms: Sequence[ArmSpec],
+    binary: bool,
+    epoch: int,
+    state: GroupState,
+    epoch_selection: EpochSelection,
+) -> list[int]:
+    """Price every arm's validation decisions of this epoch, append the costs to ``state.history``
+    and keep the epoch (cost, decision, recall) where the arm's ``epoch_selection`` wants it;
+    return the arms that kept it, whose parameters the caller saves."""
+    val_p = _predict(net, pool, [m.val_idx for m in models], binary)
+    val_y = [torch.from_numpy(np.asarray(m.val_y, dtype=np.int64)) for m in models]
+    # Arms that share a model and a decision rule (e.g. one CE model judged by many cost
+    # matrices) share its predictions and confusion counts (the labels are the runner's own:
+    # counted unchecked); every arm's counts are then priced by its own costs at once.
+    fitted = [arm.decision.fit(val_p[arm.model], models[arm.model].val_y) for arm in arms]
+    keys = [
+        (arm.model, d.kind, d.threshold, id(d.costs)) for arm, d in zip(arms, fitted, strict=True)
+    ]
+    slot: dict[tuple, int] = {}
+    counts: list[torch.Tensor] = []
+    num_classes = 2 if binary else val_p[0].shape[1]
+    for arm, dec, key in zip(arms, fitted, keys, strict=True):
+        if key not in slot:
+            slot[key] = len(counts)
+            pred = torch.from_numpy(dec.predict(val_p[arm.model]))
+            counts.append(
+                streaming_confusion(val_y[arm.model], pred, num_classes, None, check=False)[0]
+            )
+    arm_costs = torch.as_tensor(np.stack([a.costs for a in arms]), dtype=torch.float64)
+    priced = confusion_costs(torch.stack(counts)[[slot[k] for k in keys]], arm_costs)
+    improved = []
+    for a, c in enumerate(priced.mean.tolist()):
+        state.history[a].append(c)
+        if epoch_selection == "last" or c < state.best_cost[a]:
+            state.best_cost[a], state.best_epoch[a] = c, epoch
+            state.best_fitted[a] = fitted[a].fitted
+            state.best_recall[a] = priced.recall[a].tolist()
+            improved.append(a)
+    return improved
+
+
+def _test_results(
+    pool: torch.Tensor,
+    sizes: Sequence[int],
+    models: Sequence[ModelSpec],
+    arms: Sequence[ArmSpec],
+    state: GroupState,
+    binary: bool,
+) -> list[ArmResult]:
+    """Each arm's result: its kept epoch's parameters and decision on its model's test set."""
     # Arms of one model that kept the same epoch hold the same parameters (fp-pair: 90 CE arms,
     # at most 10 distinct epochs): predict the test set once per distinct (model, epoch).
     slot: dict[tuple[int, int], int] = {}  # (model, kept epoch) -> row of the distinct models
@@ -498,13 +557,14 @@ def train_group(
         if (arm.model, state.best_epoch[a]) not in slot:
             slot[(arm.model, state.best_epoch[a])] = len(rep)
             rep.append(a)
+    device = pool.device
     sel = torch.tensor(rep, device=device)
     best_net = BatchedMLP.from_state(sizes, [t[sel] for t in state.best_state]).to(device)
     distinct = _predict(best_net, pool, [models[arms[a].model].test_idx for a in rep], binary)
-    test_p = [distinct[slot[(arm.model, state.best_epoch[a])]] for a, arm in enumerate(arms)]
     results = []
     for a, arm in enumerate(arms):
         m = models[arm.model]
+        test_p = distinct[slot[(arm.model, state.best_epoch[a])]]
         dec = replace(arm.decision, **state.best_fitted[a])
         results.append(
             ArmResult(
@@ -512,9 +572,9 @@ def train_group(
                 val_costs=state.history[a],
                 val_recall=state.best_recall[a],
                 decision=dec,
-                test_probs=test_p[a],
+                test_probs=test_p,
                 test_y=m.test_y,
-                test_pred=dec.predict(test_p[a]),
+                test_pred=dec.predict(test_p),
             )
         )
     return results
