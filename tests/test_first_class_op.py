@@ -416,7 +416,8 @@ def test_eager_backward_upstream_and_retained_graph(fp_kind, reduction):
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compiled_form_with_sample_costs_and_masked_ignored_rows(backend):
     """Per-sample costs and ignored rows whose logits are -inf (a large FP cost must not turn
-    their zero gradient into NaN), compiled, against the eager loss."""
+    their zero gradient into NaN), compiled, against the float64 definition of each kept row
+    (fn = min_{j != t} c_j, FP_j = c_j - fn)."""
     k = 6
     z = _hard_rows(k, torch.float32)
     z[5, 1:] = float("-inf")
@@ -431,12 +432,27 @@ def test_compiled_form_with_sample_costs_and_masked_ignored_rows(backend):
     torch._dynamo.reset()
     compiled = torch.compile(loss_fn, backend=backend, fullgraph=True)
     x = z.clone().requires_grad_()
-    (got_grad,) = torch.autograd.grad(compiled(x), x)
-    x_eager = z.clone().requires_grad_()
-    (expected_grad,) = torch.autograd.grad(loss_fn(x_eager), x_eager)
+    got = compiled(x)
+    (got_grad,) = torch.autograd.grad(got, x)
+
+    kept = [i for i in range(8) if t[i] != -100]
+    x64 = z[kept].double()
+    x64 = (x64 - x64.amax(dim=1, keepdim=True)).requires_grad_()
+    rows = []
+    for r, i in enumerate(kept):
+        c = costs[i].double()
+        others = torch.arange(k) != t[i]
+        fn = c[others].min()
+        fp_matrix = torch.zeros(k, k, dtype=torch.float64)
+        fp_matrix[t[i]] = torch.where(others, c - fn, 0.0)
+        onehot = F.one_hot(t[i : i + 1], k).double()
+        rows.append(rwwce_float64(x64[r : r + 1], onehot, fn.expand(k), fp_matrix))
+    expected = torch.cat(rows).mean()
+    (expected_grad,) = torch.autograd.grad(expected, x64)
     assert torch.isfinite(got_grad).all()
     assert (got_grad[5:7] == 0).all()
-    torch.testing.assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(got.double(), expected.detach(), rtol=2e-6, atol=1e-3)
+    torch.testing.assert_close(got_grad[kept].double(), expected_grad, rtol=2e-6, atol=1e-3)
 
 
 def test_compiled_soft_targets_and_smoothing_aot_eager():
