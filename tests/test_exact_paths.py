@@ -189,6 +189,67 @@ def test_issue_example_ignored_row_with_minus_inf():
             torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.parametrize("fp_kind", [None, "vector", "matrix"])
+@pytest.mark.parametrize("bad", [float("nan"), INF])
+@pytest.mark.parametrize("inactive", ["ignored", "zero_sample_weight"])
+def test_inactive_row_with_nan_or_inf_logits_gets_zero_gradient(fp_kind, bad, inactive):
+    """A row that counts for nothing (an ignored target, a zero sample weight) contributes exactly
+    0 to the loss and the gradient whatever its logits, NaN and +inf included (unchecked, as on an
+    accelerator): F.cross_entropy on the other rows and the float64 definition are the oracles."""
+    z = torch.randn(3, 4, dtype=torch.float64)
+    z[0] = bad
+    target = torch.tensor([IGNORE if inactive == "ignored" else 0, 1, 3])
+    weight = torch.tensor([0.0, 1.0, 1.0]) if inactive == "zero_sample_weight" else None
+    fp = None if fp_kind is None else _fp(fp_kind, 4)
+    x = z.clone().requires_grad_()
+    loss = rwce(x, target, None, fp, sample_weight=weight, reduction="sum", validate=False)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert (grad[0] == 0).all()
+    z_kept = z[1:].clone().requires_grad_()
+    expected = rwwce_float64(
+        z_kept, smoothed_onehot(target[1:], 4), torch.ones(4, dtype=torch.float64),
+        fp_as_matrix(fp, 4),
+    ).sum()  # fmt: skip
+    (expected_grad,) = torch.autograd.grad(expected, z_kept)
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad[1:], expected_grad)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("fp_kind", [None, "vector", "matrix"])
+@pytest.mark.parametrize("form", ["eager", "compiled", "soft_target"])
+def test_zero_weight_at_a_masked_target_class_costs_nothing(form, fp_kind, smoothing):
+    """A target class with a -inf logit and a zero FN weight contributes 0 * log 0 = 0 (as in a
+    probability target, and in the float64 definition with -inf as -1e4), not NaN; F.cross_entropy
+    returns NaN there. Its gradient is the other terms' (here 0 in the masked class)."""
+    z = torch.tensor([[0.5, 1.0, -INF], [0.2, 0.1, 0.3]], dtype=torch.float64)
+    target = torch.tensor([2, 0])
+    fn = torch.tensor([1.0, 1.5, 0.0], dtype=torch.float64)
+    fp = None if fp_kind is None else _fp(fp_kind, 3)
+    y = smoothed_onehot(target, 3, smoothing)
+    if form == "soft_target":
+
+        def loss_fn(x):
+            return rwce(x, y, fn, fp, reduction="none")
+    else:
+
+        def loss_fn(x):
+            return rwce(x, target, fn, fp, reduction="none", label_smoothing=smoothing)
+
+        if form == "compiled":
+            torch._dynamo.reset()
+            loss_fn = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)
+    x = z.clone().requires_grad_()
+    loss = loss_fn(x)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    z_oracle = z.nan_to_num(neginf=-1e4).requires_grad_()
+    expected = rwwce_float64(z_oracle, y, fn, fp_as_matrix(fp, 3))
+    (expected_grad,) = torch.autograd.grad(expected.sum(), z_oracle)
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, expected.detach())
+    torch.testing.assert_close(grad, expected_grad)
+
+
 # --- item 3: second derivatives on the torch backend -------------------------------------------
 
 

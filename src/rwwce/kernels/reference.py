@@ -542,9 +542,9 @@ def _rows_forward(
     buffers (one without an FP term).
 
     Logits enter only as z - max(z) (the shifted domain). Inactive rows, whose scale is 0 (their
-    loss will be discarded), have their probabilities made 0 (with an FP term by an O(R) shift
-    before ``exp``), so that their gradient stays finite for any logits free of NaN and +inf
-    (fully masked rows included) and the zero scale zeroes it exactly.
+    loss will be discarded), get a gradient of exactly 0 whatever their logits (fully masked,
+    +inf or NaN). A zero FN weight at a -inf log-probability (a masked target class that
+    carries no weight) contributes 0 to the loss, not 0 * inf.
     """
     inactive = scale == 0
     num_classes = z.shape[1]
@@ -561,9 +561,9 @@ def _rows_forward(
             out_loss.copy_(-_weighted_sum(fn_coef, log_p))
         else:
             fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
-            loss = -(1.0 - smoothing) * fn_t * log_p.gather(1, target.unsqueeze(1))
+            loss = -_times((1.0 - smoothing) * fn_t, log_p.gather(1, target.unsqueeze(1)))
             if smoothing:
-                loss -= (smoothing / num_classes) * (log_p @ fn_weight).unsqueeze(1)
+                loss -= (smoothing / num_classes) * _weight_dot(fn_weight, log_p).unsqueeze(1)
             out_loss.copy_(loss.squeeze(1))
             fn_total = (1.0 - smoothing) * fn_t + (smoothing / num_classes) * fn_weight.sum()
         if out_grad is not None:
@@ -637,11 +637,13 @@ def _rows_forward(
     fn_total = fn_total * scale
     w_max = w_max * scale
     q_factor = (one_minus_p_max * (fn_total - r_sum) - w_max * p_max) / sum_others
-    # An inactive row has q = 0 and S = 0: its factor (infinite once w_m > ~4) must not meet q.
-    q_factor.masked_fill_(inactive, 0.0)
     out_grad.addcmul_(q, q_factor)
     out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing, scale=scale)
+    # An inactive row has q = 0 and S = 0, so that its factor may be infinite (once w_m > ~4),
+    # and NaN or +inf logits make its q NaN: its gradient is set to the exact 0 its scale gives.
+    if not z.is_cpu or inactive.any():  # reading the mask is free on the CPU
+        out_grad.masked_fill_(inactive, 0.0)
 
 
 def _shift_far_rows_by_second_max(
@@ -801,12 +803,22 @@ def _fn_terms(
         return fn_coef, None, fn_coef.sum(dim=1, keepdim=True), fn_dot
     fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
     fn_total = (1.0 - smoothing) * fn_t
-    fn_dot = fn_total * (z.gather(1, target.unsqueeze(1)) - z_max)
+    fn_dot = _times(fn_total, z.gather(1, target.unsqueeze(1)) - z_max)
     if smoothing:
         uniform = smoothing / z.shape[1]
         fn_total = fn_total + uniform * fn_weight.sum()
         fn_dot = fn_dot + uniform * _weighted_sum(fn_weight, z - z_max).unsqueeze(1)
     return None, fn_t, fn_total, fn_dot
+
+
+def _weight_dot(weight: Tensor, log_value: Tensor) -> Tensor:
+    """sum_k weight_k * log_value_k (R,) for a (K,) weight, as one matrix product; rows where
+    that is NaN (a zero weight at a -inf log, or a NaN log) are redone by :func:`_weighted_sum`,
+    which gives 0 for the former."""
+    dot = log_value @ weight
+    if not dot.is_cpu or dot.isnan().any():  # reading the result is free on the CPU
+        dot = torch.where(dot.isnan(), _weighted_sum(weight, log_value), dot)
+    return dot
 
 
 def _softplus(x: Tensor) -> Tensor:
