@@ -498,6 +498,33 @@ def test_numbers_and_0dim_tensors_as_binary_weights():
         assert V.as_tensor("fn_weight", value, device="cpu", dtype=torch.float32).dim() == 0
 
 
+def test_weights_given_as_numbers_and_lists_compile_without_graph_breaks():
+    """The binary function's weights as numbers (its defaults too) and the multi-class one's as a
+    list, under torch.compile(fullgraph=True): no graph break, the values of PyTorch's BCE with
+    pos_weight and of the same call with tensors."""
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8, 3)).float()
+    z, t = torch.randn(8, 3), torch.randint(0, 3, (8,))
+
+    def step(x, y, z, t):
+        return (
+            rwwce.binary_real_world_weight_cross_entropy(x, y),
+            rwwce.binary_real_world_weight_cross_entropy(x, y, 20.0, 2),
+            RW(z, t, [1.0, 2.0, 0.5], [[0, 1, 2], [3, 0, 1], [1, 1, 0]]),
+        )
+
+    explanation = torch._dynamo.explain(step)(x, y, z, t)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch._dynamo.reset()
+    plain, weighted, multiclass = torch.compile(step, fullgraph=True, backend="aot_eager")(
+        x, y, z, t
+    )
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(x, y))
+    expected = F.binary_cross_entropy_with_logits(x, y, pos_weight=torch.tensor(10.0)) * 2
+    torch.testing.assert_close(weighted, expected)
+    fp = torch.tensor([[0.0, 1, 2], [3, 0, 1], [1, 1, 0]])
+    torch.testing.assert_close(multiclass, RW(z, t, torch.tensor([1.0, 2.0, 0.5]), fp))
+
+
 # ------------------------------------------------------------------ sample_costs
 def _elementwise_costs_loss(z, t, c, sw=None, reduction="mean", ignore_index=-100):
     """The per-sample cost definition element by element, in float64: a CostMatrix row each."""

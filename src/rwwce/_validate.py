@@ -135,7 +135,8 @@ def as_tensor(
     copy it on every call, a hidden host-to-device transfer and synchronisation per step. Numbers
     and 0-dim CPU tensors stay on the CPU: PyTorch passes them to kernels as scalars, with no copy.
     A tensor keeps its autograd history (the losses differentiate w.r.t. their weights); numbers
-    become 0-dim tensors.
+    become 0-dim tensors. Numbers, and lists under ``torch.compile``, become tensors without NumPy,
+    so that a compiled call with weights given as numbers or lists has no graph break.
     """
     if value is None:
         return None
@@ -151,7 +152,10 @@ def as_tensor(
         return value.to(dtype=dtype)  # keeps its autograd history: weights can be learned
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or a tensor of weights; got {value!r}")
-    tensor = to_tensor(value, name).to(dtype)
+    if type(value) in (int, float) or (is_traced() and isinstance(value, (list, tuple))):
+        tensor = torch.tensor(value, dtype=dtype)  # not through NumPy: torch.compile traces it
+    else:
+        tensor = to_tensor(value, name).to(dtype)
     return tensor if tensor.dim() == 0 else tensor.to(device)
 
 
