@@ -276,3 +276,33 @@ def test_keyword_hints_keep_signatures_and_compile_without_graph_breaks():
     module = rwwce.RWWCELoss(w, validate=False)
     compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, t), module(x, t))
+
+
+def test_an_unbatched_call_is_checked_in_the_callers_shapes():
+    """An unbatched (K,) input: a class index of shape () or (1,) (as F.cross_entropy accepts),
+    probabilities of shape (K,); errors name the shapes the caller passed, not (1, K)."""
+    z = torch.randn(4)
+    for target in (torch.tensor(2), torch.tensor([2])):
+        torch.testing.assert_close(rce(z, target), F.cross_entropy(z, target))
+    with pytest.raises(
+        ValueError, match=r"shape \(\) for an unbatched input of shape \(4,\); got \(6,\)"
+    ):
+        rce(z, torch.randint(0, 4, (6,)))
+    with pytest.raises(ValueError, match=r"the input's shape \(4,\); got \(5,\)"):
+        rce(z, torch.softmax(torch.randn(5), 0))
+    with pytest.raises(TypeError, match="one class index but has dtype torch.float32"):
+        rce(z, torch.tensor(2.0))
+    with pytest.raises(ValueError, match=r"one number \(shape \(\) or \(1,\)\); got shape \(5,\)"):
+        rce(z, torch.tensor(2), sample_weight=torch.ones(5))
+    with pytest.raises(ValueError, match=r"sample_costs must have the input's shape \(4,\)"):
+        rce(z, torch.tensor(2), sample_costs=[1.0, 0.0, 2.0])
+    torch.testing.assert_close(
+        rce(z, torch.tensor(2), sample_weight=3.0), 3 * rce(z, torch.tensor(2))
+    )
+
+
+def test_sample_weight_shape_error_names_each_accepted_shape_once():
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(6,\); got \(5,\)"):
+        rce(torch.randn(6, 4), torch.randint(0, 4, (6,)), sample_weight=torch.ones(5))
+    with pytest.raises(ValueError, match=r"shape \(6,\) or \(6, 2\); got \(5,\)"):
+        rce(torch.randn(6, 4, 2), torch.randint(0, 4, (6, 2)), sample_weight=torch.ones(5))

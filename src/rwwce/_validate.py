@@ -358,11 +358,19 @@ def check_call(
 
     unbatched = input.dim() == 1
     if unbatched:
+        target = _unbatched_target(input, target)
         input, target = input.unsqueeze(0), target.unsqueeze(0)
-        if sample_weight is not None and torch.as_tensor(sample_weight).dim() == 0:
-            sample_weight = torch.as_tensor(sample_weight).reshape(1)
-        if isinstance(sample_costs, Tensor) and sample_costs.dim() == 1:
+        if sample_weight is not None:
+            sample_weight = _unbatched_sample_weight(sample_weight)
+        if sample_costs is not None and not isinstance(sample_costs, Tensor):
+            sample_costs = to_tensor(sample_costs, "sample_costs")
+        if sample_costs is not None and sample_costs.shape == input.shape[1:]:
             sample_costs = sample_costs.unsqueeze(0)
+        elif sample_costs is not None:
+            raise ValueError(
+                f"sample_costs must have the input's shape {tuple(input.shape[1:])} (the cost of "
+                f"predicting each class); got shape {tuple(sample_costs.shape)}"
+            )
     if input.dim() == 0:
         raise ValueError("input must have a class dimension: shape (K,), (N, K) or (N, K, ...)")
     num_classes = input.shape[1]
@@ -454,6 +462,43 @@ def check_sample_costs_options(
         )
 
 
+def _unbatched_target(input: Tensor, target: Tensor) -> Tensor:
+    """The target of an unbatched (K,) input, checked in the caller's terms: a class index of
+    shape () (or (1,), as PyTorch accepts), or probabilities of shape (K,)."""
+    if target.is_floating_point():
+        if target.dim() == 0:
+            raise TypeError(
+                f"target is one class index but has dtype {target.dtype}; class indices must be "
+                "an integer dtype (use target.long())"
+            )
+        if target.shape != input.shape:
+            raise ValueError(
+                f"target given as class probabilities must have the input's shape "
+                f"{tuple(input.shape)}; got {tuple(target.shape)}"
+            )
+        return target
+    if target.shape == (1,):
+        return target.reshape(())
+    if target.dim() != 0 and target.dtype != torch.bool and not target.is_complex():
+        raise ValueError(
+            f"target of class indices must have shape () for an unbatched input of shape "
+            f"{tuple(input.shape)}; got {tuple(target.shape)} (for probability targets use a "
+            "floating dtype)"
+        )
+    return target
+
+
+def _unbatched_sample_weight(sample_weight: object) -> object:
+    """The sample weight of an unbatched call, one number (shape () or (1,)), as shape (1,)."""
+    shape = tuple(torch.as_tensor(sample_weight).shape)
+    if shape not in ((), (1,)):
+        raise ValueError(
+            f"sample_weight of an unbatched input must be one number (shape () or (1,)); got "
+            f"shape {shape}"
+        )
+    return torch.as_tensor(sample_weight).reshape(1)
+
+
 def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
     """Class probabilities (the input's shape, floating) or class indices (integer)."""
     if target.dtype == torch.bool or target.is_complex():
@@ -497,8 +542,10 @@ def _sample_weight_per_element(
     if per_target:
         expected = f"the target's shape {tuple(element_shape)}"
         expected += f" or ({element_shape[0]},)" if len(element_shape) > 1 else ""
-    else:
+    elif len(element_shape) > 1:
         expected = f"shape ({element_shape[0]},) or {element_shape}"
+    else:
+        expected = f"shape {tuple(element_shape)}"
     raise ValueError(f"sample_weight must have {expected}; got {tuple(weights.shape)}")
 
 
