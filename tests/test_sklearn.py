@@ -11,7 +11,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -162,6 +162,48 @@ def test_string_labels_and_a_named_cost_matrix():
     two = names != "dog"
     clf2 = CostSensitiveClassifier(LogisticRegression(), cm).fit(x[two], names[two])
     np.testing.assert_array_equal(clf2.costs_, COSTS3[np.ix_([0, 2], [0, 2])])
+
+
+def test_a_fold_missing_a_class_is_scored_with_the_whole_named_matrix():
+    """cross_val_score over unshuffled folds, one of which holds the only samples of a class in
+    its held-out part: the estimator's own score equals make_cost_scorer with the named matrix
+    (its decisions use the fitted classes' rows; the cost of the missing class is its own)."""
+    x, y, _ = three_class_problem(300, seed=8)
+    names = np.array(["cat", "dog", "eel"])[y]
+    order = np.argsort(y, kind="stable")  # the last fold holds most of "eel"
+    x, names = x[order], names[order]
+    cm = CostMatrix(COSTS3, classes=["cat", "dog", "eel"])
+    clf = CostSensitiveClassifier(LogisticRegression(), cm)
+    folds = KFold(3)
+    own = cross_val_score(clf, x, names, cv=folds, error_score="raise")
+    scorer = rwwce.metrics.make_cost_scorer(cm)
+    theirs = cross_val_score(clf, x, names, cv=folds, scoring=scorer, error_score="raise")
+    np.testing.assert_allclose(own, theirs, rtol=1e-12)
+    train, test = next((a, b) for a, b in folds.split(x) if "eel" not in names[a])
+    fitted = clone(clf).fit(x[train], names[train])
+    assert "eel" in names[test]
+    pred = fitted.predict(x[test])
+    rows = {"cat": 0, "dog": 1, "eel": 2}
+    brute = np.mean([COSTS3[rows[t], rows[p]] for t, p in zip(names[test], pred, strict=True)])
+    assert fitted.score(x[test], names[test]) == pytest.approx(-brute, rel=1e-12)
+
+
+def test_a_cost_matrix_without_names_is_positional_like_an_array():
+    """Without class names a CostMatrix's rows follow the sorted labels, as an array's: its
+    default names ("0", "1", ...) never map labels by name, so a fit on labels {1, 2} does not
+    silently take the rows "1" and "2" of a matrix meant for the labels {1, 2, 3}."""
+    x, y, _ = three_class_problem(300, seed=9)
+    labels = y + 1  # 1, 2, 3
+    unnamed = CostMatrix(COSTS3)
+    full = CostSensitiveClassifier(LogisticRegression(), unnamed).fit(x, labels)
+    np.testing.assert_array_equal(full.costs_, COSTS3)
+    two = labels != 3
+    for costs in (unnamed, COSTS3):
+        with pytest.raises(ValueError, match=r"costs has shape \(3, 3\) but y has 2 classes"):
+            CostSensitiveClassifier(LogisticRegression(), costs).fit(x[two], labels[two])
+    named = CostMatrix(COSTS3, classes=["1", "2", "3"])
+    fold = CostSensitiveClassifier(LogisticRegression(), named).fit(x[two], labels[two])
+    np.testing.assert_array_equal(fold.costs_, COSTS3[:2, :2])
 
 
 def test_pipeline_grid_search_and_cross_validation():

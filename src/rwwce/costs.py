@@ -91,11 +91,12 @@ class CostMatrix:
         True
     """
 
-    __slots__ = ("_matrix", "_classes")
+    __slots__ = ("_matrix", "_classes", "_named")
 
     def __init__(self, matrix: Any, classes: Sequence[str] | None = None) -> None:
         self._matrix = _validate_matrix(matrix, "matrix")
         self._classes = check_class_names(classes, self._matrix.shape[0])
+        self._named = classes is not None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -250,6 +251,12 @@ class CostMatrix:
     def classes(self) -> tuple[str, ...]:
         """The K class names (rows and columns share them)."""
         return self._classes
+
+    @property
+    def named(self) -> bool:
+        """Whether class names were given (else :attr:`classes` are the defaults "0", ...,
+        "K-1", which name positions, not labels)."""
+        return self._named
 
     @property
     def num_classes(self) -> int:

@@ -52,9 +52,11 @@ class CostSensitiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
     Args:
         estimator: a scikit-learn classifier with ``predict_proba`` (cloned, never modified).
         costs: a (K, K) array-like or :class:`rwwce.CostMatrix`; ``None`` (default) is the 0-1
-            cost. A ``CostMatrix`` whose class names include every label (``str(label)``) is
-            indexed by name, so a fold missing a class still gets the right rows; otherwise
-            K must equal the number of classes in ``y``.
+            cost. A ``CostMatrix`` given class names that include every label (``str(label)``)
+            is indexed by name, so a fold missing a class still gets the right rows for its
+            decisions and is scored with the whole matrix (the held-out part may hold the
+            missing class); otherwise (an array, or a ``CostMatrix`` without names) K must
+            equal the number of classes in ``y``, rows in the order of the sorted labels.
         calibration: ``None`` (use ``estimator.predict_proba`` as it is), ``"sigmoid"`` or
             ``"isotonic"`` (scikit-learn's ``CalibratedClassifierCV(estimator, method, cv=cv)``),
             or ``"temperature"`` (:class:`rwwce.calibration.TemperatureScaling` of
@@ -104,7 +106,7 @@ class CostSensitiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
             return 1.0 - np.eye(k)
         cm = as_cost_matrix(self.costs)
         names = [str(c) for c in self.classes_]
-        if isinstance(self.costs, CostMatrix) and set(names) <= set(cm.classes):
+        if self._by_name(names):
             rows = [cm.classes.index(n) for n in names]
             return cm.matrix.numpy()[np.ix_(rows, rows)]
         if cm.num_classes != k:
@@ -114,6 +116,11 @@ class CostSensitiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
                 "labels, or a CostMatrix naming every label"
             )
         return cm.matrix.numpy()
+
+    def _by_name(self, names: list[str]) -> bool:
+        """Whether the costs are a CostMatrix given class names that include ``names``."""
+        cm = self.costs
+        return isinstance(cm, CostMatrix) and cm.named and set(names) <= set(cm.classes)
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None, **fit_params: Any) -> Any:
         """Fit the estimator (and the calibration) on ``X``, ``y``.
@@ -203,13 +210,19 @@ class CostSensitiveClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator
         return self.classes_[bayes_decision(p, self.costs_).numpy()]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """Minus the (weighted) mean Real World Cost of ``predict(X)`` against ``y``."""
+        """Minus the (weighted) mean Real World Cost of ``predict(X)`` against ``y``; with a named
+        ``CostMatrix`` under the whole matrix, so that ``y`` may hold a class the fit never saw."""
+        predicted = self.predict(X)
+        if self._by_name([str(c) for c in self.classes_]):
+            return -_costmath.label_cost(
+                [str(v) for v in np.asarray(y).reshape(-1)],
+                [str(v) for v in predicted],
+                costs=self.costs,
+                labels=list(self.costs.classes),
+                sample_weight=sample_weight,
+            )
         return -_costmath.label_cost(
-            y,
-            self.predict(X),
-            costs=self.costs_,
-            labels=self.classes_,
-            sample_weight=sample_weight,
+            y, predicted, costs=self.costs_, labels=self.classes_, sample_weight=sample_weight
         )
 
     # ---------------------------------------------------------------------------- delegation
