@@ -422,6 +422,54 @@ def test_all_ignored_and_empty_batches_give_zero():
     assert loss.item() == 0 and empty.grad.shape == (0, HIDDEN)
 
 
+def test_zero_hidden_features_give_the_bias_logits_loss():
+    """nn.Linear(0, K) is valid (the logits are the bias): the loss and gradients of the unfused
+    layer, the weight's and the input's gradients empty."""
+    x, weight = torch.randn(6, 0, dtype=torch.float64), torch.randn(5, 0, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    target = torch.tensor([0, 1, 4, -100, 2, 3])
+    fp = oracles.random_fp("matrix", 5, torch.float64)
+    ours = loss_and_grads(lambda x, w, b: lrce(x, w, target, None, fp, linear_bias=b), x, weight, b)
+    theirs = loss_and_grads(lambda x, w, b: rce(F.linear(x, w, b), target, None, fp), x, weight, b)
+    assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_torch_func_transforms_equal_autograd(reduction):
+    """torch.func.grad, jacrev and per-sample gradients (vmap of grad over the head's parameters)
+    of the fused loss (computed unfused under a transform) equal autograd through the fused
+    operator."""
+    from torch.func import grad, jacrev, vmap
+
+    x, weight, b, target = problem(rows=7)
+    fp = random_fp("matrix")
+
+    def loss(x, w, b, t=target):
+        out = lrce(x, w, t, None, fp, linear_bias=b, reduction=reduction, label_smoothing=0.1)
+        return out.sum()
+
+    leaves = [v.clone().requires_grad_() for v in (x, weight, b)]
+    expected = torch.autograd.grad(loss(*leaves), leaves)
+    got = grad(loss, argnums=(0, 1, 2))(x, weight, b)
+    for mine, theirs in zip(got, expected, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    torch.testing.assert_close(jacrev(loss, argnums=1)(x, weight, b), expected[1])
+
+    params = {"weight": weight, "bias": b}
+    kept = target != -100
+    xs, ts = x[kept], target[kept]
+
+    def sample_loss(params, x, t):
+        return lrce(x, params["weight"], t, None, fp, linear_bias=params["bias"])
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, xs, ts)
+    for i in range(xs.shape[0]):
+        one = {k: v.clone().requires_grad_() for k, v in params.items()}
+        expected_i = torch.autograd.grad(sample_loss(one, xs[i], ts[i]), list(one.values()))
+        for name, theirs in zip(one, expected_i, strict=True):
+            torch.testing.assert_close(per_sample[name][i], theirs)
+
+
 def test_no_gradient_wanted_computes_the_loss_only():
     x, weight, b, target = problem()
     fp = random_fp("matrix")

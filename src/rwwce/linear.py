@@ -115,8 +115,10 @@ def linear_real_world_weight_cross_entropy(
             values, which would break the graph); ``True`` always checks.
 
     Only ``input``, ``linear_weight`` and ``linear_bias`` receive gradients; cost weights,
-    ``sample_weight`` or ``sample_costs`` that require grad raise a RuntimeError (use the unfused loss for those). Double
-    backward is not supported (RuntimeError).
+    ``sample_weight`` or ``sample_costs`` that require grad raise a RuntimeError (use the unfused
+    loss for those). Double backward is not supported (RuntimeError). Under a ``torch.func``
+    transform (``grad``, ``vmap``, ``jacrev``, ...) the loss is computed unfused, holding the
+    logits, by the plain loss's composite operations, which the transforms compose with.
 
     Shape:
         - input: (H,), (N, H) or (B, T, H) (any leading dimensions).
@@ -160,9 +162,19 @@ def linear_real_world_weight_cross_entropy(
         target, weights, fn, costs, ignore_index, reduction
     )
 
+    rows = input.reshape(flat_target.shape[0], hidden)  # not (-1, H): H may be 0
+    if torch._C._are_functorch_transforms_active():
+        # torch.func transforms cannot look into the operator: the same flat problem, unfused (the
+        # logits are held), by the composite operations every transform composes with.
+        problem = Problem(
+            *(torch.nn.functional.linear(rows, linear_weight, linear_bias), flat_target, fn, fp),
+            *(row_scale, fn_rows, fp_rows, float(label_smoothing), reduction != "none"),
+        )
+        loss = reference.rwwce_loss(problem)
+        return loss.reshape(target.shape).to(input.dtype) if reduction == "none" else loss
     grad_on = torch.is_grad_enabled()
     loss = torch.ops.rwwce.fused_linear_rwwce(
-        input.reshape(-1, hidden),
+        rows,
         linear_weight,
         linear_bias,
         flat_target,
