@@ -255,8 +255,9 @@ class CostMatrix:
     @property
     def named(self) -> bool:
         """Whether class names were given (else :attr:`classes` are the defaults "0", ...,
-        "K-1", which name positions, not labels)."""
-        return self._named
+        "K-1", which name positions, not labels). A matrix pickled before this existed counts as
+        named, as such matrices were treated then."""
+        return getattr(self, "_named", True)
 
     @property
     def num_classes(self) -> int:
