@@ -36,6 +36,8 @@ def test_quick_experiment_writes_results_report_and_plots(tmp_path):
     r = _run("experiment", "--dataset", "digits", "--scenario", "all", *TINY, "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
+    # The log (stderr, not a terminal here) keeps one line per message, however long.
+    assert any(f"runs done, 0 already in {out}" in line for line in r.stderr.splitlines())
     lines = (out / "results.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
     # quick: 3 pairs x 4 arms + 2 positive classes x 5 arms + 1 rare class x 4 arms, per seed
@@ -703,3 +705,31 @@ def test_type_and_import_errors_are_one_line_and_exit_2(tmp_path, monkeypatch, c
     assert main(["weights", str(labels)]) == 2
     err = capsys.readouterr().err
     assert err == f"rwwce weights: error: {error}\n"
+
+
+def test_unreadable_cost_files_are_one_line_errors_naming_the_file(tmp_path, capsys):
+    """A cost CSV that is a directory, not UTF-8, or holds a cell beyond the csv module's field
+    limit: one line naming the file, exit 2 (the last two were a traceback or an unnamed file)."""
+    pred = tmp_path / "pred.csv"
+    pred.write_text("y_true,y_pred\npos,neg\n")
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("t,né,pos\nné,0,1\npos,1,0\n".encode("latin-1"))
+    huge = tmp_path / "huge.csv"
+    huge.write_text("t,neg,pos\nneg,0," + "1" * 200_000 + "\npos,1,0\n")
+    for costs, needle in (
+        (tmp_path, "is a directory, expected a CSV file (--costs)"),
+        (latin, "latin1.csv: not a readable UTF-8 CSV file"),
+        (huge, "huge.csv: not a readable UTF-8 CSV file (field larger than field limit"),
+    ):
+        _assert_one_line_error(capsys, main(["cost", str(pred), "--costs", str(costs)]), needle)
+
+
+def test_a_closed_pipe_is_not_reported_as_an_error(tmp_path):
+    """`rwwce weights labels.csv | head -1`: the reader goes away; nothing on stderr."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("label\n" + "".join(f"class{i}\n" for i in range(20000)))
+    r = subprocess.run(
+        f"{sys.executable} -m rwwce weights {labels} | head -1",
+        shell=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.stdout.startswith("class") and r.stderr == "", r.stderr

@@ -561,6 +561,20 @@ def test_load_records_drops_a_truncated_last_line_with_a_note(tmp_path):
     assert [json.loads(x)["key"] for x in p.read_text().splitlines()] == ["a", "b", "c"]
 
 
+def test_load_records_ends_a_whole_last_record_with_its_newline(tmp_path):
+    """A last record without its newline (a crash between the two, an editor): the newline is
+    added with a note, so that the next record starts on a line of its own."""
+    p = tmp_path / "results.jsonl"
+    store.append_records(str(p), [{"key": "a", "metrics": {}}, {"key": "b", "metrics": {}}])
+    p.write_bytes(p.read_bytes().rstrip(b"\n"))
+    recs, note = store.load_records(str(p))
+    assert [r["key"] for r in recs] == ["a", "b"]
+    assert "line 2 had no newline at its end" in note
+    store.append_records(str(p), [{"key": "c", "metrics": {}}])
+    assert [json.loads(x)["key"] for x in p.read_text().splitlines()] == ["a", "b", "c"]
+    assert store.load_records(str(p)) == (recs + [{"key": "c", "metrics": {}}], None)
+
+
 @pytest.mark.parametrize(
     "foreign",
     ['{"something": "else"}\n', "not json at all\n", '{"key": "x"}\n', "[1, 2]"],

@@ -203,6 +203,8 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     from rwwce import metrics
     from rwwce.costs import CostMatrix
 
+    if os.path.isdir(args.costs):
+        raise _UserError(f"{args.costs!r} is a directory, expected a CSV file (--costs)")
     if not os.path.isfile(args.costs):
         raise FileNotFoundError(f"no such file: {args.costs!r} (--costs)")
     cm = CostMatrix.from_csv(args.costs)
@@ -422,10 +424,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below
+        return status
     except KeyboardInterrupt:
         print("rwwce: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): not a mistake to report. What is still
+        # buffered goes to /dev/null, so that Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, TypeError, IndexError, OSError, ImportError) as e:  # missing extras too
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"rwwce {args.command}: error: {msg}", file=sys.stderr)

@@ -180,12 +180,15 @@ class CostMatrix:
         1-based as a spreadsheet shows them.
         """
         p = Path(path)
-        with p.open(newline="", encoding="utf-8-sig") as fh:
-            rows = [
-                (n, [c.strip() for c in r])
-                for n, r in enumerate(csv.reader(fh), start=1)
-                if any(c.strip() for c in r)
-            ]
+        try:
+            with p.open(newline="", encoding="utf-8-sig") as fh:
+                rows = [
+                    (n, [c.strip() for c in r])
+                    for n, r in enumerate(csv.reader(fh), start=1)
+                    if any(c.strip() for c in r)
+                ]
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise ValueError(f"{p}: not a readable UTF-8 CSV file ({e})") from None
         if not rows:
             raise ValueError(
                 f"{p}: the file is empty; expected a CSV cost matrix with a header row"

@@ -380,7 +380,8 @@ def run_experiment(settings: Settings, console=None) -> report.Report:
     which covers every run of the settings, those done before included."""
     from rich.console import Console
 
-    console = console or Console(stderr=True)
+    # Log lines are never hard-wrapped: a log file or a pipe keeps one line per message.
+    console = console or Console(stderr=True, soft_wrap=True)
     # Every input is checked before anything is created.
     store.check_output_path(settings.out)
     data = load_dataset(settings.dataset)

@@ -128,7 +128,8 @@ def load_records(path: str) -> tuple[list[dict], str | None]:
     """Every record of a results file, and a note when a truncated last line was dropped.
 
     A last line without its newline that does not parse (a write cut short by a crash) is cut off
-    the file, and the note says so; every other byte stays as it was. Any other line that is not
+    the file; one that is a whole record gets its newline; the note says which. Every other byte
+    stays as it was. Any other line that is not
     an rwwce record raises :class:`ResultsFileError` naming the file and the line: the file is
     never rewritten behind the user's back.
     """
@@ -161,6 +162,12 @@ def load_records(path: str) -> tuple[list[dict], str | None]:
                 )
             records.append(rec)
         offset += len(line) + 1
+    if raw.strip() and not raw.endswith(b"\n"):
+        # A whole record without its newline (a crash between the two, an editor): new records
+        # must start on a line of their own.
+        with open(path, "ab") as f:
+            f.write(b"\n")
+        return records, f"{path!r} line {len(lines)} had no newline at its end: added one"
     return records, None
 
 
