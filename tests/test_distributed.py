@@ -87,13 +87,15 @@ def make_model():
 
 
 def run_case(name, rows, global_normalize):
-    """Loss and parameter gradients of a linear model on ``rows`` of the batch."""
+    """Loss and the gradients of a linear model's parameters and of a learned ``fn_weight`` (which
+    ``'weighted_mean'``'s denominator depends on) on ``rows`` of the batch."""
     x, tgt, sw, reduction, fp = case_inputs(name)
     model = make_model()
+    fn = FN.clone().requires_grad_()
     loss = rwwce.real_world_weight_cross_entropy(
         model(x[rows]),
         tgt[rows],
-        FN,
+        fn,
         fp,
         sample_weight=None if sw is None else sw[rows],
         ignore_index=IGNORE,
@@ -101,7 +103,7 @@ def run_case(name, rows, global_normalize):
         global_normalize=global_normalize,
     )
     loss.backward()
-    return loss.detach(), torch.cat([model.weight.grad.flatten(), model.bias.grad])
+    return loss.detach(), torch.cat([model.weight.grad.flatten(), model.bias.grad, fn.grad])
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:

@@ -67,7 +67,8 @@ class Prepared:
     ``problem`` is what a backend solves; ``element_shape`` / ``unbatched`` shape a ``'none'``
     result back; ``valid`` (M,) marks non-ignored rows (``None`` for probability targets);
     ``row_weight`` (M,) is valid x sample weight; ``classes`` is the (M,) index target (ignored
-    rows hold class 0) or the (M, K) probabilities before label smoothing.
+    rows hold class 0) or the (M, K) probabilities before label smoothing; ``denominator`` is
+    this process's reduction denominator (0-dim; ``None`` for ``'none'`` and ``'sum'``).
     """
 
     problem: Problem
@@ -76,6 +77,7 @@ class Prepared:
     valid: Tensor | None
     row_weight: Tensor
     classes: Tensor
+    denominator: Tensor | None = None
 
 
 def prepare(call: CheckedCall, global_normalize: bool = False) -> Prepared:
@@ -119,7 +121,7 @@ def prepare(call: CheckedCall, global_normalize: bool = False) -> Prepared:
         label_smoothing=smoothing,
         reduce=reduction != "none",
     )
-    return Prepared(problem, call.element_shape, call.unbatched, valid, row_weight, classes)
+    return Prepared(problem, call.element_shape, call.unbatched, valid, row_weight, classes, total)
 
 
 def index_rows(target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
@@ -198,6 +200,32 @@ def row_scale(row_weight: Tensor, denominator: Tensor | None, global_normalize: 
     positive = denominator > 0
     safe = torch.where(positive, denominator, torch.ones_like(denominator))
     return torch.where(positive, row_weight * (scale / safe), torch.zeros_like(row_weight))
+
+
+def global_denominator_gradient(loss: Tensor, denominator: Tensor | None) -> Tensor:
+    """A reduced ``global_normalize`` loss with the denominator's gradient made global.
+
+    This process's loss is W N_r / D (W processes, N_r its weighted sum of row losses, D the
+    denominator summed over processes), and :func:`row_scale` lets the gradient reach only this
+    process's share D_r of D. After DDP averages, a parameter that the denominator depends on
+    (a learned ``fn_weight``: ``'weighted_mean'`` divides by sum s_i fn_{t_i}) would get
+    sum_r (dN_r / D - N_r dD_r / D^2), where the global batch's gradient is
+    sum_r dN_r / D - N dD_r / D^2 with N = sum_r N_r. The term added here is 0 in value and
+    gives -W (N - N_r) dD_r / D^2, the difference. It costs one more all-reduce (of a number),
+    and only when the denominator needs a gradient; outside torch.distributed it adds nothing.
+    """
+    if denominator is None or not denominator.requires_grad:
+        return loss
+    total, world = _all_reduce_sum(denominator.detach().to(loss.dtype))
+    if world == 1:
+        return loss
+    positive = total > 0
+    safe = torch.where(positive, total, torch.ones_like(total))
+    local = torch.where(positive, loss.detach() * total / world, torch.zeros_like(total))
+    numerator, _ = _all_reduce_sum(local)
+    factor = torch.where(positive, world * (numerator - local) / safe**2, torch.zeros_like(total))
+    share = denominator.to(loss.dtype)
+    return loss - factor * (share - share.detach())
 
 
 def classes_last(tensor: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rwwce import _validate as V
-from rwwce._problem import prepare
+from rwwce._problem import global_denominator_gradient, prepare
 from rwwce.kernels.dispatch import backend_module, pick_backend
 from rwwce.kernels.reference import compute_dtype
 
@@ -112,7 +112,9 @@ def real_world_weight_cross_entropy(
             the checks on an accelerator, where they would synchronise; ``True`` always checks.
         global_normalize: under torch.distributed, divide ``'mean'`` / ``'weighted_mean'`` by
             the denominator summed over all processes, times the world size, so that
-            DistributedDataParallel's gradient averaging yields the exact global-batch gradient.
+            DistributedDataParallel's gradient averaging yields the exact global-batch gradient
+            (a learned ``fn_weight`` included, though ``'weighted_mean'``'s denominator depends
+            on it: then the numerator is all-reduced too, one number).
         backend: ``'auto'`` (the Triton kernel for CUDA inputs when available, else PyTorch),
             ``'torch'`` or ``'triton'`` (an error when unavailable or unsupported). Second
             derivatives (``create_graph=True``) need ``'torch'``: its double backward is exact,
@@ -157,6 +159,8 @@ def real_world_weight_cross_entropy(
     solver = backend_module(pick_backend(backend, prepared.problem))
     loss = solver.rwwce_loss(prepared.problem)
     if reduction != "none":
+        if global_normalize:
+            loss = global_denominator_gradient(loss, prepared.denominator)
         return loss
     loss = loss.reshape(prepared.element_shape)
     return (loss.squeeze(0) if prepared.unbatched else loss).to(input.dtype)
