@@ -167,6 +167,11 @@ def test_weights_integer_labels_sort_numerically(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert list(data["weights"]) == ["2", "10"]
     assert data["weights"]["2"] == pytest.approx(5 / 4)
+    # beyond int64: still distinct integers, named as written
+    p.write_text("y\n9223372036854775808\n9223372036854775809\n-1\n-1\n")
+    assert main(["weights", str(p), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert counts == {"-1": 2, "9223372036854775808": 1, "9223372036854775809": 1}
 
 
 # ---------------------------------------------------------------------------------------- cost

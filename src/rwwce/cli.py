@@ -94,7 +94,6 @@ def _json(data: dict) -> str:
 
 # ---------------------------------------------------------------------------------- commands
 def _cmd_weights(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     import rwwce
@@ -108,12 +107,14 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         row = line_no[values.index("")]
         raise _UserError(f"{args.labels!r} line {row}: empty label in column {column!r}")
     # Canonical integers are classes in numeric order; anything else is text in string order
-    # (numpy.unique, as rwwce.class_weights orders string labels): "01" and "1" stay apart.
+    # (code points, as rwwce.class_weights orders string labels): "01" and "1" stay apart.
+    # Python's own ints and sort: NumPy would turn integers beyond int64 into floats.
     ints = [_canonical_int(v) for v in values]
-    keys = np.array(ints if None not in ints else values)
-    uniq, inverse = np.unique(keys, return_inverse=True)
+    keys = ints if None not in ints else values
+    uniq = sorted(set(keys))
+    position = {k: i for i, k in enumerate(uniq)}
     names = [str(n) for n in uniq]
-    labels = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+    labels = torch.tensor([position[k] for k in keys], dtype=torch.int64)
     weights = rwwce.class_weights(labels, args.scheme, num_classes=len(names)).tolist()
     counts = torch.bincount(labels, minlength=len(names)).tolist()
     if args.json:
