@@ -561,7 +561,9 @@ def _rows_forward(
             out_loss.copy_(-_weighted_sum(fn_coef, log_p))
         else:
             fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
-            loss = -_times((1.0 - smoothing) * fn_t, log_p.gather(1, target.unsqueeze(1)))
+            loss = -_zero_weight_product(
+                (1.0 - smoothing) * fn_t, log_p.gather(1, target.unsqueeze(1))
+            )
             if smoothing:
                 loss -= (smoothing / num_classes) * _weight_dot(fn_weight, log_p).unsqueeze(1)
             out_loss.copy_(loss.squeeze(1))
@@ -803,12 +805,19 @@ def _fn_terms(
         return fn_coef, None, fn_coef.sum(dim=1, keepdim=True), fn_dot
     fn_t = (fn_weight[target] if fn_rows is None else fn_rows).unsqueeze(1)
     fn_total = (1.0 - smoothing) * fn_t
-    fn_dot = _times(fn_total, z.gather(1, target.unsqueeze(1)) - z_max)
+    fn_dot = _zero_weight_product(fn_total, z.gather(1, target.unsqueeze(1)) - z_max)
     if smoothing:
         uniform = smoothing / z.shape[1]
         fn_total = fn_total + uniform * fn_weight.sum()
         fn_dot = fn_dot + uniform * _weighted_sum(fn_weight, z - z_max).unsqueeze(1)
     return None, fn_t, fn_total, fn_dot
+
+
+def _zero_weight_product(weight: Tensor, log_value: Tensor) -> Tensor:
+    """weight * log_value, 0 where the weight is 0 even if the log is -inf; for the forms that
+    differentiate by hand (three operations on a (R, 1) column, where :func:`_times`, which keeps
+    the derivative w.r.t. the weight, takes five)."""
+    return torch.where(weight != 0, weight * log_value, 0.0)
 
 
 def _weight_dot(weight: Tensor, log_value: Tensor) -> Tensor:
