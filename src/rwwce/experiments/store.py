@@ -129,9 +129,8 @@ def load_records(path: str) -> tuple[list[dict], str | None]:
 
     A last line without its newline that does not parse (a write cut short by a crash) is cut off
     the file; one that is a whole record gets its newline; the note says which. Every other byte
-    stays as it was. Any other line that is not
-    an rwwce record raises :class:`ResultsFileError` naming the file and the line: the file is
-    never rewritten behind the user's back.
+    stays as it was. Any other line that is not an rwwce record raises :class:`ResultsFileError`
+    naming the file and the line: the file is never rewritten behind the user's back.
     """
     if not os.path.exists(path):
         return [], None
