@@ -175,8 +175,8 @@ def _scaled_row_losses(problem: Problem, row_grad: Tensor | None) -> Tensor:
             work=[buffer[: num_rows - start] for buffer in work],
         )
     # A row with row_scale 0 (ignored target, zero sample weight) contributes exactly 0: its
-    # loss may be inf (a -inf logit at the placeholder class), and its gradient is kept finite
-    # by ``_rows_forward``, so that the zero scale zeroes it.
+    # loss may be inf or NaN (a -inf logit at the placeholder class, unchecked NaN logits), and
+    # ``_rows_forward`` has set its gradient to 0.
     return torch.where(row_scale == 0, torch.zeros_like(row_loss), row_loss * row_scale)
 
 
@@ -571,13 +571,11 @@ def _rows_forward(
         if out_grad is not None:
             # d/dz_i of -sum_k a_k log p_k = p_i * sum_k a_k - a_i, times the row's scale.
             p = torch.exp(log_p, out=out_grad)
-            if not z.is_cpu or inactive.any():
-                # A fully masked row has log p NaN: its p is made 0 before the zero scale meets it.
-                p.masked_fill_(inactive, 0.0)
             p.mul_(fn_total * scale)
             _subtract_fn_coefficients(
                 out_grad, fn_coef, target, fn_t, fn_weight, smoothing, scale=scale
             )
+            _zero_inactive_rows(out_grad, inactive)
         return
 
     # Arg-max m, q_j = exp(z_j - z_m) for j != m (q_m = 0) and S = sum_j q_j, so that
@@ -585,7 +583,7 @@ def _rows_forward(
     # shifted domain log p_k = z_k - z_max - log_total with log_total = softplus(-d).
     z_max, argmax = z.max(dim=1, keepdim=True)
     z_max = _finite_or_zero(z_max)
-    q = torch.sub(z, _discard(z_max, inactive), out=work[0]).exp_().scatter_(1, argmax, 0.0)
+    q = torch.sub(z, z_max, out=work[0]).exp_().scatter_(1, argmax, 0.0)
     sum_others = q.sum(dim=1, keepdim=True)
     d = sum_others.log().neg_()
     _shift_far_rows_by_second_max(z, argmax, z_max, inactive, q, sum_others, d)
@@ -626,9 +624,9 @@ def _rows_forward(
     # Every factor is bounded: p_j <= 1/2 for j != m, so 1 - p_j >= 1/2. With the FN gradient
     # p_i sum_k a_k - a_i and p_i = (1 - p_m) q_i / S, every i != m term but r_i is q_i times a
     # row factor. r is built in the gradient buffer itself (r_m = 0 since p is 0 there), times
-    # the row's scale s: s r_j = -p_j / ((p_j - 1) / s), with 1 / s capped so that an inactive
-    # row (s = 0, p = 0) gets exact zeros; the row factors below take s too.
-    minus_inv_scale = (-1.0 / scale).clamp_min(torch.finfo(z.dtype).min)
+    # the row's scale s: s r_j = -p_j / ((p_j - 1) / s); the row factors below take s too (an
+    # inactive row, s = 0, is zeroed last).
+    minus_inv_scale = -1.0 / scale
     p_minus_one = torch.addcmul(minus_inv_scale, minus_p, minus_inv_scale, out=log_not_p)
     r = torch.div(minus_p, p_minus_one, out=out_grad)
     r_target = None if w_at_target is None else r.gather(1, t)
@@ -642,10 +640,7 @@ def _rows_forward(
     out_grad.addcmul_(q, q_factor)
     out_grad.scatter_(1, argmax, p_max * (fn_total + w_max - r_sum))
     _subtract_fn_coefficients(out_grad, fn_coef, target, fn_t, fn_weight, smoothing, scale=scale)
-    # An inactive row has q = 0 and S = 0, so that its factor may be infinite (once w_m > ~4),
-    # and NaN or +inf logits make its q NaN: its gradient is set to the exact 0 its scale gives.
-    if not z.is_cpu or inactive.any():  # reading the mask is free on the CPU
-        out_grad.masked_fill_(inactive, 0.0)
+    _zero_inactive_rows(out_grad, inactive)
 
 
 def _shift_far_rows_by_second_max(
@@ -702,9 +697,12 @@ def _finite_or_zero(row_max: Tensor) -> Tensor:
     return torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
 
 
-def _discard(row_shift: Tensor, inactive: Tensor) -> Tensor:
-    """The shift subtracted before ``exp``: +inf for inactive rows, so their exponentials are 0."""
-    return torch.where(inactive, float("inf"), row_shift)
+def _zero_inactive_rows(grad: Tensor, inactive: Tensor) -> None:
+    """Set the gradient of inactive rows (``inactive`` (R, 1): scale 0) to the exact 0 their
+    scale gives: whatever their logits (fully masked, +inf, NaN), the sweep's arithmetic on them
+    may have left NaN (0 * inf, 1 / 0) there. Only the rows' own entries are affected."""
+    if not grad.is_cpu or inactive.any():  # reading the mask is free on the CPU
+        grad.masked_fill_(inactive, 0.0)
 
 
 def _subtract_fn_coefficients(
