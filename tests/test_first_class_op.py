@@ -521,8 +521,10 @@ def test_weights_given_as_numbers_and_lists_compile_without_graph_breaks():
     torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(x, y))
     expected = F.binary_cross_entropy_with_logits(x, y, pos_weight=torch.tensor(10.0)) * 2
     torch.testing.assert_close(weighted, expected)
-    fp = torch.tensor([[0.0, 1, 2], [3, 0, 1], [1, 1, 0]])
-    torch.testing.assert_close(multiclass, RW(z, t, torch.tensor([1.0, 2.0, 0.5]), fp))
+    fp = torch.tensor([[0.0, 1, 2], [3, 0, 1], [1, 1, 0]], dtype=torch.float64)
+    fn = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    expected = rwwce_float64(z, F.one_hot(t, 3).double(), fn, fp).mean()
+    torch.testing.assert_close(multiclass.double(), expected, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------ sample_costs

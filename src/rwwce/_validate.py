@@ -490,13 +490,13 @@ def _unbatched_target(input: Tensor, target: Tensor) -> Tensor:
 
 def _unbatched_sample_weight(sample_weight: object) -> object:
     """The sample weight of an unbatched call, one number (shape () or (1,)), as shape (1,)."""
-    shape = tuple(torch.as_tensor(sample_weight).shape)
-    if shape not in ((), (1,)):
+    weight = torch.as_tensor(sample_weight)
+    if weight.shape not in ((), (1,)):
         raise ValueError(
             f"sample_weight of an unbatched input must be one number (shape () or (1,)); got "
-            f"shape {shape}"
+            f"shape {tuple(weight.shape)}"
         )
-    return torch.as_tensor(sample_weight).reshape(1)
+    return weight.reshape(1)
 
 
 def _is_soft_target(input: Tensor, target: Tensor, element_shape: tuple[int, ...]) -> bool:
